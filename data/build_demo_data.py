@@ -1,0 +1,34 @@
+"""Build the demo datasets in data/demo/ from the LLaMA-Factory demo files in data/llamafactory/.
+
+    python data/build_demo_data.py
+
+- identity.json: identity.json with {{name}} and {{author}} filled in (the domain data).
+- alpaca_general.json: short Alpaca rows mixed into training against forgetting.
+- general_holdout.json: other short Alpaca rows, never trained on, for the regression eval.
+"""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAME, AUTHOR = "Gatekeeper", "the tunegate team"
+
+
+def main() -> None:
+    src = HERE / "llamafactory"
+    out = HERE / "demo"
+    out.mkdir(exist_ok=True)
+    identity = json.loads((src / "identity.json").read_text())
+    for row in identity:
+        row["output"] = row["output"].replace("{{name}}", NAME).replace("{{author}}", AUTHOR)
+    alpaca = json.loads((src / "alpaca_en_demo.json").read_text())
+    # Short rows keep CPU training fast; file order is the split, so it is reproducible.
+    short = [r for r in alpaca if not r["input"] and len(r["instruction"]) + len(r["output"]) <= 260]
+    general, holdout = short[:48], short[48:108]
+    for name, rows in [("identity.json", identity), ("alpaca_general.json", general), ("general_holdout.json", holdout)]:
+        (out / name).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        print(f"{out / name}: {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    main()

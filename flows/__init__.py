@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. Each flow body is a short list of task calls."""

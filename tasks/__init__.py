@@ -1,0 +1,2 @@
+"""Pipeline stages, one per file, each a Prefect task: ingest, validate, prepare, sft, evaluate,
+register, gate, promote."""

@@ -1,0 +1,124 @@
+"""Stage 3, prepare: deterministic train/eval split, chat template, eval task data, data hash.
+
+Domain rows are split by a hash of their content, so a row stays on the same side when files
+are reordered or grow. General rows all train; the general holdout file feeds the regression eval.
+Eval prompts are rendered here with the base model's own chat template, once, so every model
+is scored on the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from prefect import task
+
+from data_checks.duplicates import conversation_key
+from tasks.ingest import read_rows, to_messages
+from tunegate.models import CHATML_TEMPLATE, resolve_base_model
+
+log = logging.getLogger(__name__)
+
+
+def is_eval_row(messages: list[dict], seed: int, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{seed}:{conversation_key(messages)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def load_chat_tokenizer(base_model_path: str, trust_remote_code: bool = False):
+    """The base model's tokenizer; ChatML is set (and logged) only when it ships no chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+    if not tokenizer.chat_template:
+        log.warning("%s has no chat template; using ChatML", base_model_path)
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def eval_doc(tokenizer, messages: list[dict]) -> dict:
+    """Prompt = the conversation up to the last assistant turn, rendered; reference = that turn."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    return {"prompt": prompt, "reference": messages[-1]["content"]}
+
+
+def sft_rows(records: list[dict]) -> list[dict]:
+    """prompt/completion rows: TRL then computes the loss on the final answer only."""
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:], "id": r["id"]} for r in records]
+
+
+def prepare_data(
+    clean_path: Path,
+    general_files: list[str],
+    general_holdout_file: str,
+    base_model_path: str,
+    out_dir: Path,
+    eval_fraction: float,
+    seed: int,
+    trust_remote_code: bool = False,
+) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    general = {str(f) for f in general_files}
+    train, domain_eval = [], []
+    with clean_path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["source"]["file"] not in general and is_eval_row(rec["messages"], seed, eval_fraction):
+                domain_eval.append(rec)
+            else:
+                train.append(rec)
+    if not domain_eval:
+        raise ValueError(f"eval_fraction={eval_fraction} left no domain rows for evaluation; raise it or add data")
+
+    tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
+    general_holdout = [to_messages(row) for _, row, err in read_rows(Path(general_holdout_file)) if err is None]
+
+    paths = {
+        "train": out_dir / "train.jsonl",
+        "eval": out_dir / "eval.jsonl",
+        "domain_eval": out_dir / "domain_eval.jsonl",
+        "general_eval": out_dir / "general_eval.jsonl",
+    }
+    _write_jsonl(paths["train"], sft_rows(train))
+    _write_jsonl(paths["eval"], sft_rows(domain_eval))
+    _write_jsonl(paths["domain_eval"], [eval_doc(tokenizer, r["messages"]) for r in domain_eval])
+    _write_jsonl(paths["general_eval"], [eval_doc(tokenizer, m) for m in general_holdout])
+
+    data_hash = hashlib.sha256()
+    for key in ("train", "eval", "domain_eval", "general_eval"):
+        data_hash.update(paths[key].read_bytes())
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "base_model_path": base_model_path,
+        "stop": tokenizer.eos_token,
+        "data_hash": data_hash.hexdigest(),
+        "counts": {"train": len(train), "domain_eval": len(domain_eval), "general_eval": len(general_holdout)},
+    }
+
+
+@task
+def prepare(
+    report: dict,
+    general_files: list[str],
+    general_holdout_file: str,
+    base_model: str,
+    out_dir: str,
+    eval_fraction: float,
+    seed: int,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Split the clean records, render eval prompts with the base model's chat template, hash the data."""
+    return prepare_data(
+        Path(report["clean"]), general_files, general_holdout_file, resolve_base_model(base_model), Path(out_dir),
+        eval_fraction, seed, trust_remote_code,
+    )

@@ -1,0 +1,150 @@
+"""Stage 7, register: one MLflow run with params, metrics and artifacts; the adapter as a model version.
+
+Metric names are the same in every run (`eval/<task>/<metric>` for the candidate,
+`baseline/<task>/<metric>` for what it was compared with), so MLflow's compare view lines them up.
+Only counts and file:line references of the data reach MLflow, never row content.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from prefect import task
+
+from tunegate.config import PipelineParams
+from tunegate.registry import connect, ensure_registered_model
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return out
+
+
+def code_version() -> str:
+    """The git commit of the code that ran, with '+dirty' when it had local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def eval_metrics(prefix: str, evaluation: dict) -> dict[str, float]:
+    return {
+        f"{prefix}/{task_name}/{metric}": value
+        for task_name, result in evaluation["tasks"].items()
+        for metric, value in result["metrics"].items()
+    }
+
+
+def register_run(
+    params: PipelineParams,
+    run_name: str,
+    report: dict,
+    prepared: dict,
+    trained: dict,
+    candidate_eval: dict,
+    baseline_eval: dict,
+) -> dict:
+    """Log the whole run to MLflow and register the adapter; return run id and version."""
+    import mlflow
+
+    client, experiment_id = connect(params.tracking)
+    lineage = {
+        "data_hash": prepared["data_hash"],
+        "base_model": params.base_model,
+        "code_version": code_version(),
+        "rows_kept": str(report["rows_kept"]),
+        "rows_quarantined": str(report["rows_quarantined"]),
+        "baseline": baseline_eval["label"],
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({"tunegate.stage": "registered", **{f"lineage.{k}": v for k, v in lineage.items()}})
+        mlflow.log_params(flatten(params.model_dump()))
+        mlflow.log_metrics(
+            {
+                "data/rows_in": report["rows_in"],
+                "data/rows_kept": report["rows_kept"],
+                "data/rows_quarantined": report["rows_quarantined"],
+                **{f"data/{rule}": n for rule, n in report["rule_counts"].items()},
+                "train/loss": trained["train_loss"],
+                "train/seconds": trained["seconds"],
+                **eval_metrics("eval", candidate_eval),
+                **eval_metrics("baseline", baseline_eval),
+            }
+        )
+        for step, loss in trained["loss_curve"]:
+            mlflow.log_metric("train/loss_step", loss, step=step)
+        mlflow.log_dict(params.model_dump(), "config.json")
+        mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")}, "data/validation_report.json")
+        mlflow.log_dict({k: v for k, v in trained.items() if k != "adapter"}, "train/sft_summary.json")
+        mlflow.log_dict(candidate_eval, "eval/candidate.json")
+        mlflow.log_dict(baseline_eval, "eval/baseline.json")
+        mlflow.log_artifacts(trained["adapter"], artifact_path="adapter")
+        artifact_uri = run.info.artifact_uri
+
+    model_name = params.tracking.registered_model
+    ensure_registered_model(client, model_name)
+    version = client.create_model_version(
+        model_name,
+        source=f"{artifact_uri}/adapter",
+        run_id=run.info.run_id,
+        tags={**lineage, "gate": "pending"},
+        description=f"{run_name}: LoRA adapter on {params.base_model}",
+    )
+    return {"run_id": run.info.run_id, "model_name": model_name, "version": version.version}
+
+
+@task
+def register(
+    params: PipelineParams,
+    run_name: str,
+    report: dict,
+    prepared: dict,
+    trained: dict,
+    candidate_eval: dict,
+    baseline_eval: dict,
+) -> dict:
+    """Log the run to MLflow and register the adapter as a model version."""
+    return register_run(params, run_name, report, prepared, trained, candidate_eval, baseline_eval)
+
+
+def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
+                registered: dict, tracking_uri: str) -> dict:
+    """What a person wants at the end of a run, in one small JSON-safe dict."""
+    return {
+        "rows_kept": report["rows_kept"],
+        "rows_quarantined": report["rows_quarantined"],
+        "quarantine_file": report["quarantine"],
+        "train_loss": trained["train_loss"],
+        "train_steps": trained["steps"],
+        "baseline": baseline_eval["label"],
+        "eval": {
+            t: {"baseline": baseline_eval["tasks"][t]["metrics"], "candidate": candidate_eval["tasks"][t]["metrics"]}
+            for t in candidate_eval["tasks"]
+        },
+        "gate": "passed" if decision["passed"] else "blocked",
+        "regressed": decision["regressed"],
+        "mlflow_run_id": registered["run_id"],
+        "model_version": registered["version"],
+        "mlflow_ui": f"mlflow ui --backend-store-uri {tracking_uri}",
+    }
+
+
+@task
+def summarize(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
+              registered: dict, tracking_uri: str, run_dir: str) -> dict:
+    """Write summary.json in the run folder, for the CLI and for people."""
+    summary = run_summary(report, trained, baseline_eval, candidate_eval, decision, registered, tracking_uri)
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,99 @@
+"""The tunegate command line.
+
+    tunegate run configs/demo.yaml [--set sft.max_steps=3 ...]   # run the gated pipeline
+    tunegate validate FILE [FILE ...]                             # data checks only
+
+`run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def format_summary(s: dict, seconds: float) -> str:
+    lines = [
+        "",
+        "=" * 72,
+        f"tunegate run finished in {seconds / 60:.1f} min",
+        f"  data:   {s['rows_kept']} rows kept, {s['rows_quarantined']} quarantined ({s['quarantine_file']})",
+        f"  train:  {s['train_steps']} steps, mean train loss {s['train_loss']:.4f}",
+        f"  eval:   candidate vs {s['baseline']}",
+    ]
+    for task, scores in s["eval"].items():
+        for metric, cand in scores["candidate"].items():
+            lines.append(f"          {task}/{metric}: {scores['baseline'][metric]:.4f} -> {cand:.4f}")
+    verdict = "PASSED: promoted to champion" if s["gate"] == "passed" else f"BLOCKED on {', '.join(s['regressed'])}"
+    lines += [
+        f"  gate:   {verdict} (model version {s['model_version']})",
+        f"  mlflow: run {s['mlflow_run_id']}",
+        f"  browse: {s['mlflow_ui']}",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    import time
+
+    from flows.finetune import finetune_pipeline
+    from tunegate.config import load_config
+
+    params = load_config(args.config, args.set)
+    if params.run_name is None:
+        params.run_name = f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary_path = Path(params.output_dir).resolve() / params.run_name / "summary.json"
+    start = time.perf_counter()
+    try:
+        finetune_pipeline(params)
+        code = 0
+    except Exception as err:  # the flow already logged the traceback; say what failed, once
+        print(f"\ntunegate: run failed: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+        code = 1
+    if summary_path.exists():
+        print(format_summary(json.loads(summary_path.read_text()), time.perf_counter() - start))
+    return code
+
+
+def cmd_validate(args) -> int:
+    import tempfile
+
+    from tasks.ingest import ingest_files
+    from tasks.validate import report_markdown, validate_records
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="tunegate-validate-"))
+    ingested = ingest_files(args.files, work)
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work,
+                              args.max_rejected_fraction, args.pii_policy)
+    print(report_markdown(report))
+    print(f"\nclean rows: {report['clean']}\nquarantine: {report['quarantine']}")
+    return 0 if report["success"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunegate", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gated fine-tuning pipeline")
+    run.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="run the data checks on files")
+    val.add_argument("files", nargs="+")
+    val.add_argument("--out", help="folder for clean.jsonl, quarantine.jsonl and report.json")
+    val.add_argument("--max-rejected-fraction", type=float, default=0.2)
+    val.add_argument("--pii-policy", choices=["reject", "redact"], default="reject")
+    val.set_defaults(func=cmd_validate)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

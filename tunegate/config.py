@@ -1,0 +1,164 @@
+"""One config schema for the whole pipeline.
+
+It loads from YAML, takes `--set key=value` overrides, and is the flow's parameter type, so the
+Prefect UI renders it as a form. Every field carries help text, shown in that form.
+
+    python -m tunegate.config configs/demo.yaml --set sft.max_steps=3   # print the resolved config
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    domain_files: list[str] = Field(
+        description="Your task's SFT data (Alpaca JSON/JSONL or OpenAI `messages` JSONL). "
+        "Split into train and a held-out eval set that becomes the domain eval task."
+    )
+    general_files: list[str] = Field(
+        default_factory=list,
+        description="General instruction data mixed into training to limit forgetting. All of it trains.",
+    )
+    general_holdout_file: str = Field(
+        description="Held-out general instructions (Alpaca) for the general-capability regression eval."
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of domain rows held out for evaluation.")
+    split_seed: int = Field(0, description="Seed of the deterministic train/eval split.")
+    max_rejected_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fail the run when more than this share of rows fails a data check."
+    )
+    pii_policy: Literal["reject", "redact"] = Field(
+        "reject", description="reject: quarantine rows with emails/phones. redact: replace them with <EMAIL>, <PHONE>."
+    )
+
+
+class SFTConfig(_Section):
+    method: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int | None = Field(None, description="LoRA alpha; default 2 * r.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters; 'all-linear' means every linear layer but the head."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    num_epochs: float = Field(1.0, gt=0, description="Epochs over the train split (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 trains num_epochs.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps to accumulate per optimizer step.")
+    warmup_steps: int = Field(2, ge=0, description="Linear warmup steps before the cosine decay.")
+    max_length: int = Field(512, ge=16, description="Maximum tokens per row after the chat template.")
+    seed: int = Field(42, description="Training seed.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory. Slower; off unless needed.")
+    logging_steps: int = Field(1, ge=1, description="Log the train loss every N steps.")
+
+    @property
+    def alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_r
+
+
+class EvalConfig(_Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["domain", "general"],
+        description="Local lm-eval task templates from evals/ (domain, general).",
+    )
+    max_gen_toks: int = Field(48, ge=1, description="Generation budget for the domain task.")
+    general_limit: int | None = Field(None, description="Evaluate only the first N general rows (None: all).")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size, the same for every model.")
+
+
+class GateRule(_Section):
+    task: str = Field(description="lm-eval task name, e.g. tunegate_domain.")
+    metric: str = Field(description="Metric of that task, e.g. token_f1.")
+    higher_is_better: bool = Field(True, description="Direction of the metric.")
+    max_drop: float = Field(
+        0.0, ge=0, description="Largest allowed move in the bad direction against the champion (metric units)."
+    )
+    min_score: float | None = Field(None, description="Absolute floor (higher-is-better metrics).")
+    max_score: float | None = Field(None, description="Absolute ceiling (lower-is-better metrics).")
+
+
+class GateConfig(_Section):
+    rules: list[GateRule] = Field(
+        default_factory=lambda: [
+            GateRule(task="tunegate_domain", metric="token_f1", max_drop=0.02),
+            GateRule(task="tunegate_general", metric="bits_per_byte", higher_is_better=False, max_drop=0.05),
+        ],
+        description="Per-task promotion rules. A candidate passes only when every rule passes.",
+    )
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str = Field("sqlite:///mlruns/mlflow.db", description="MLflow tracking URI.")
+    artifact_root: str = Field("mlruns/artifacts", description="Artifact folder for new experiments.")
+    experiment: str = Field("tunegate", description="MLflow experiment name.")
+    registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
+
+
+class PipelineParams(_Section):
+    """Everything one fine-tuning run needs."""
+
+    name: str = Field("tunegate", description="Run name prefix, shown in Prefect and MLflow.")
+    run_name: str | None = Field(None, description="Name of this run's folder and MLflow run; default: name + time.")
+    base_model: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="bundled:smollm2-135m-instruct (offline default), tiny (test model), a hub id or a local path.",
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you need it.")
+    output_dir: str = Field("outputs", description="Where run folders (data, adapters, eval files) are written.")
+    data: DataConfig
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _gate_rules_name_eval_tasks(self) -> PipelineParams:
+        known = {f"tunegate_{t}" for t in self.eval.tasks}
+        unknown = [r.task for r in self.gate.rules if r.task not in known]
+        if unknown:
+            raise ValueError(f"gate.rules name tasks that eval.tasks does not run: {unknown}; known: {sorted(known)}")
+        return self
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: '{key}' is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineParams:
+    """Read a YAML config, apply `key=value` overrides (values parsed as YAML), validate."""
+    path = Path(path)
+    tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got '{item}'")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return PipelineParams.model_validate(tree)
+    except ValidationError as err:
+        raise ValueError(f"{path}: invalid config\n{err}") from None
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    print(yaml.safe_dump(load_config(args[0], sets).model_dump(), sort_keys=False))
