@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pandas as pd
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Each ephemeral context logs where it put a temporary docs site; that is noise per suite.
+logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 
 def flag_expectations(columns: dict[str, str], max_fraction: float) -> list:

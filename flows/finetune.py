@@ -26,7 +26,7 @@ from tasks.validate import validate
 from tunegate.config import PipelineParams, load_config
 
 
-@flow(name="finetune-pipeline", log_prints=True)
+@flow(name="finetune-pipeline")
 def finetune_pipeline(params: PipelineParams) -> dict:
     """Fine-tune on validated data and promote only when no eval regresses past its gate."""
     run_name = params.run_name or f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -39,7 +39,7 @@ def finetune_pipeline(params: PipelineParams) -> dict:
                        str(run_dir / "data"), data.eval_fraction, data.split_seed, params.trust_remote_code)
     trained = sft(prepared, params.sft, str(run_dir / "sft"), params.trust_remote_code)
     baseline = resolve_baseline(params.tracking, str(run_dir / "baseline"))
-    baseline_eval = evaluate(baseline["label"].replace(" ", "-"), prepared, baseline["adapter"], ev.tasks,
+    baseline_eval = evaluate(baseline["label"], prepared, baseline["adapter"], ev.tasks,
                              ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)
     candidate_eval = evaluate("candidate", prepared, trained["adapter"], ev.tasks,
                               ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)

@@ -84,7 +84,7 @@ def evaluate_model(
         summary["tasks"][name] = {"metrics": metrics, "samples": per_sample, "n": len(results["samples"][name])}
     summary["lm_eval_version"] = results.get("versions", {})
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"eval_{label}.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / f"eval_{label.replace(' ', '-')}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -96,7 +96,7 @@ def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> dict:
     if version is None:
         return {"label": "base", "adapter": None, "version": None}
     adapter = download_version(client, version, Path(out_dir) / f"champion-v{version.version}")
-    return {"label": f"champion v{version.version}", "adapter": adapter, "version": version.version}
+    return {"label": f"champion v{version.version}", "adapter": adapter, "version": str(version.version)}
 
 
 @task

@@ -20,10 +20,11 @@ class GateBlocked(RuntimeError):
 def move_champion(client, model_name: str, version: str) -> str | None:
     """Point `champion` at version and `previous` at the old champion; return the old one."""
     old = get_alias(client, model_name, CHAMPION)
-    if old is not None and old.version != version:
-        client.set_registered_model_alias(model_name, PREVIOUS, old.version)
-    client.set_registered_model_alias(model_name, CHAMPION, version)
-    return old.version if old is not None else None
+    old_version = str(old.version) if old is not None else None
+    if old_version is not None and old_version != str(version):
+        client.set_registered_model_alias(model_name, PREVIOUS, old_version)
+    client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return old_version
 
 
 @task

@@ -102,7 +102,7 @@ def register_run(
         tags={**lineage, "gate": "pending"},
         description=f"{run_name}: LoRA adapter on {params.base_model}",
     )
-    return {"run_id": run.info.run_id, "model_name": model_name, "version": version.version}
+    return {"run_id": run.info.run_id, "model_name": model_name, "version": str(version.version)}
 
 
 @task

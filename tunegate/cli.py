@@ -19,7 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def format_summary(s: dict, seconds: float) -> str:
+def stage_seconds(flow_run_id) -> list[tuple[str, float]]:
+    """Each task run's duration, read back from Prefect, in start order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = sorted((r for r in runs if r.start_time), key=lambda r: r.start_time)
+    return [(r.name.rsplit("-", 1)[0], r.total_run_time.total_seconds()) for r in runs]
+
+
+def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> str:
     lines = [
         "",
         "=" * 72,
@@ -36,6 +47,7 @@ def format_summary(s: dict, seconds: float) -> str:
         f"  gate:   {verdict} (model version {s['model_version']})",
         f"  mlflow: run {s['mlflow_run_id']}",
         f"  browse: {s['mlflow_ui']}",
+        "  stages: " + ", ".join(f"{name} {sec:.0f}s" for name, sec in stages),
         "=" * 72,
     ]
     return "\n".join(lines)
@@ -52,15 +64,14 @@ def cmd_run(args) -> int:
         params.run_name = f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
     summary_path = Path(params.output_dir).resolve() / params.run_name / "summary.json"
     start = time.perf_counter()
-    try:
-        finetune_pipeline(params)
-        code = 0
-    except Exception as err:  # the flow already logged the traceback; say what failed, once
-        print(f"\ntunegate: run failed: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
-        code = 1
+    state = finetune_pipeline(params, return_state=True)
+    seconds = time.perf_counter() - start
+    if state.is_failed():  # the flow already logged the traceback; say what failed, once
+        print(f"\ntunegate: run failed: {state.message}", file=sys.stderr)
     if summary_path.exists():
-        print(format_summary(json.loads(summary_path.read_text()), time.perf_counter() - start))
-    return code
+        stages = stage_seconds(state.state_details.flow_run_id)
+        print(format_summary(json.loads(summary_path.read_text()), seconds, stages))
+    return 0 if state.is_completed() else 1
 
 
 def cmd_validate(args) -> int:

@@ -24,7 +24,7 @@ BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"
 TINY = "tiny"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the tiny model's recipe changes, so stale caches are rebuilt.
-_TINY_VERSION = "v1"
+_TINY_VERSION = "v3"
 
 # ChatML, as SmolLM2 uses; given to tokenizers that ship without a chat template.
 CHATML_TEMPLATE = (
@@ -90,7 +90,8 @@ def convert_bundled_smollm2() -> Path:
 def build_tiny_model(corpus_files: list[Path] | None = None) -> Path:
     """A 2-layer Llama with a BPE tokenizer trained on the bundled data: builds in seconds, for tests.
 
-    It is briefly pretrained on the general Alpaca rows so that fine-tuning has something to shift.
+    It is pretrained on the Alpaca demo rows (minus the general holdout) until it knows some
+    English, so that fine-tuning on good data helps it and on corrupted data measurably hurts it.
     """
     target = cache_dir() / "models" / f"tiny-llama-{_TINY_VERSION}"
     if (target / "model.safetensors").exists():
@@ -99,18 +100,25 @@ def build_tiny_model(corpus_files: list[Path] | None = None) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    files = corpus_files or [Path(__file__).resolve().parent.parent / "data" / "demo" / "alpaca_general.json"]
+    data = Path(__file__).resolve().parent.parent / "data"
+    files = corpus_files or [data / "llamafactory" / "alpaca_en_demo.json"]
+    holdout = {r["instruction"] for r in json.loads((data / "demo" / "general_holdout.json").read_text())}
     texts = []
     for f in files:
         for row in json.loads(Path(f).read_text()):
-            texts.append(_chatml_text(row["instruction"] + ("\n" + row["input"] if row["input"] else ""), row["output"]))
+            if row["instruction"] not in holdout:
+                prompt = row["instruction"] + ("\n" + row["input"] if row["input"] else "")
+                texts.append(_chatml_text(prompt, row["output"]))
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
+    # The tokenizer also sees the identity rows (mostly Chinese), so they are not split into bytes;
+    # the model itself never trains on them before fine-tuning.
+    identity = [r["instruction"] + r["output"] for r in json.loads((data / "demo" / "identity.json").read_text())]
     bpe.train_from_iterator(
-        texts,
+        texts + identity,
         trainers.BpeTrainer(
             vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
@@ -148,12 +156,13 @@ def _chatml_text(user: str, assistant: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
 
 
-def _pretrain(model, tokenizer, texts: list[str], steps: int = 150, batch_size: int = 16) -> None:
+def _pretrain(model, tokenizer, texts: list[str], steps: int = 400, batch_size: int = 32) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(0)
     enc = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(texts), (batch_size,), generator=gen)
@@ -162,6 +171,7 @@ def _pretrain(model, tokenizer, texts: list[str], steps: int = 150, batch_size: 
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
+        sched.step()
         opt.zero_grad()
     model.eval()
     log.info("tiny model pretrained: final loss %.3f", loss.item())

@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny model, prepared demo data, an isolated MLflow store and Prefect."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "data" / "demo"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_from_root():
+    # Config paths are relative to the repository root, as in the Makefile.
+    old = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    from tunegate.models import build_tiny_model
+
+    return str(build_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_model, tmp_path_factory) -> dict:
+    """The demo data ingested, validated and prepared for the tiny model."""
+    from tasks.ingest import ingest_files
+    from tasks.prepare import prepare_data
+    from tasks.validate import validate_records
+
+    work = tmp_path_factory.mktemp("prepared")
+    files = [str(DEMO / "identity.json"), str(DEMO / "alpaca_general.json")]
+    ingested = ingest_files(files, work)
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject")
+    out = prepare_data(Path(report["clean"]), files[1:], str(DEMO / "general_holdout.json"), tiny_model, work, 0.15, 0)
+    return {**out, "report": report}
+
+
+@pytest.fixture()
+def tracking(tmp_path):
+    from tunegate.config import TrackingConfig
+
+    return TrackingConfig(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "artifacts"),
+        experiment="test", registered_model="test-model",
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,27 @@
+import json
+
+from tunegate.cli import format_summary, main
+
+from conftest import DEMO
+
+
+def test_validate_command_exit_codes_follow_the_thresholds(tmp_path, capsys):
+    assert main(["validate", str(DEMO / "identity.json"), "--out", str(tmp_path / "ok")]) == 0
+    assert "| duplicates | duplicates_exact | 0 |" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "write me at a@b.io"}]}
+            for i in range(5)]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["validate", str(bad), "--out", str(tmp_path / "bad")]) == 1
+    assert main(["validate", str(bad), "--out", str(tmp_path / "redacted"), "--pii-policy", "redact"]) == 0
+    assert "<EMAIL>" in (tmp_path / "redacted" / "clean.jsonl").read_text()
+
+
+def test_summary_names_the_gate_outcome_and_the_ui_command():
+    summary = {"rows_kept": 9, "rows_quarantined": 1, "quarantine_file": "q.jsonl", "train_steps": 2, "train_loss": 1.25,
+               "baseline": "base", "gate": "blocked", "regressed": ["tunegate_general"], "model_version": "3",
+               "mlflow_run_id": "abc", "mlflow_ui": "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db",
+               "eval": {"tunegate_general": {"baseline": {"bits_per_byte": 1.0}, "candidate": {"bits_per_byte": 1.5}}}}
+    text = format_summary(summary, 90, [("sft", 60.0)])
+    assert "BLOCKED on tunegate_general" in text and "1.0000 -> 1.5000" in text
+    assert "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in text and "sft 60s" in text
