@@ -21,7 +21,7 @@ from tasks.ingest import ingest
 from tasks.prepare import prepare
 from tasks.promote import promote
 from tasks.register import register, summarize
-from tasks.sft import sft
+from tasks.sft import check_setup, sft
 from tasks.validate import validate
 from tunegate.config import PipelineParams, load_config
 
@@ -33,11 +33,13 @@ def finetune_pipeline(params: PipelineParams) -> dict:
     run_dir = Path(params.output_dir).resolve() / run_name
     data, ev = params.data, params.eval
 
+    check_setup(params.sft)
     ingested = ingest(data.domain_files + data.general_files, str(run_dir / "data"))
     report = validate(ingested, str(run_dir / "data"), data.max_rejected_fraction, data.pii_policy)
     prepared = prepare(report, data.general_files, data.general_holdout_file, params.base_model,
                        str(run_dir / "data"), data.eval_fraction, data.split_seed, params.trust_remote_code)
-    trained = sft(prepared, params.sft, str(run_dir / "sft"), params.trust_remote_code)
+    trained = sft(prepared, params.sft, str(run_dir / "sft"), str(Path(params.output_dir).resolve() / "checkpoints"),
+                  params.trust_remote_code)
     baseline = resolve_baseline(params.tracking, str(run_dir / "baseline"))
     baseline_eval = evaluate(baseline["label"], prepared, baseline["adapter"], ev.tasks,
                              ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)

@@ -1,23 +1,47 @@
-"""Stage 4, sft: supervised fine-tuning with TRL's SFTTrainer and a peft LoRA adapter.
+"""Stage 4, sft: supervised fine-tuning with TRL's SFTTrainer: LoRA, DoRA, QLoRA or full.
 
-    python -m tasks.sft MODEL_DIR TRAIN_JSONL OUT_DIR   # 2 steps with the default SFT config
+    python -m tasks.sft --spec SPEC.json    # one training job; `accelerate launch` runs this too
 
-Setup (precision, model, adapter), then train, then save the adapter as safetensors.
+Setup (hardware checks, precision, model, adapter), then train (resuming from the last complete
+checkpoint if one exists), then save safetensors and a loss plot. With `num_processes > 1` the
+task writes the spec and runs this module under `accelerate launch` (DDP, DeepSpeed, FSDP).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from tunegate.config import SFTConfig
 
 log = logging.getLogger(__name__)
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+
+
+def check_training_setup(cfg: SFTConfig) -> None:
+    """Refuse, before any work, what this machine cannot run; say why and what to use instead."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.method == "qlora" and not cuda:
+        raise ValueError(
+            "sft.method=qlora needs a CUDA GPU: bitsandbytes 4-bit NF4 layers have no CPU kernels for training. "
+            "Use sft.method=lora (or dora) on this machine, or run on a GPU worker."
+        )
+    if cfg.optimizer == "adamw_8bit" and not cuda:
+        raise ValueError("sft.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); use adamw_torch on CPU.")
+    if cfg.accelerate_config and not Path(cfg.accelerate_config).exists():
+        raise FileNotFoundError(f"sft.accelerate_config not found: {cfg.accelerate_config}")
 
 
 def choose_precision(requested: str) -> tuple[str, str]:
@@ -34,36 +58,150 @@ def choose_precision(requested: str) -> tuple[str, str]:
     return "fp16", f"{torch.cuda.get_device_name()} has no bf16: fp16 with loss scaling"
 
 
+def estimate_training_bytes(model, cfg: SFTConfig, precision: str) -> int:
+    """Rough peak memory: weights + grads/Adam state of trainable params + activations (no checkpointing)."""
+    c = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    weight_bytes = {"fp32": 4, "bf16": 2, "fp16": 2}[precision] * n_params
+    trainable = n_params if cfg.method == "full" else n_params // 50  # adapters: ~1-2% of the weights
+    state_bytes = trainable * (4 + 8)  # fp32 grads + two Adam moments
+    # ~34 bytes per token per hidden unit per layer, plus attention scores (Korthikanti et al., 2022).
+    tokens = cfg.batch_size * cfg.max_length
+    act = c.num_hidden_layers * (34 * tokens * c.hidden_size + 5 * c.num_attention_heads * cfg.batch_size * cfg.max_length**2)
+    return weight_bytes + state_bytes + act * {"fp32": 2, "bf16": 1, "fp16": 1}[precision]
+
+
+def choose_gradient_checkpointing(cfg: SFTConfig, model, precision: str) -> tuple[bool, str]:
+    import torch
+
+    if cfg.gradient_checkpointing != "auto":
+        return cfg.gradient_checkpointing == "on", "set in the config"
+    if not torch.cuda.is_available():
+        return False, "CPU: memory is plentiful and checkpointing only costs time"
+    need = estimate_training_bytes(model, cfg, precision)
+    total = torch.cuda.mem_get_info()[1]
+    if need > 0.85 * total:
+        return True, f"estimated {need / 2**30:.1f} GiB > 85% of {total / 2**30:.1f} GiB on the GPU"
+    return False, f"estimated {need / 2**30:.1f} GiB fits in {total / 2**30:.1f} GiB"
+
+
+def load_model(base_model_path: str, cfg: SFTConfig, precision: str, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if cfg.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        # Weights stay fp32 under fp16 AMP (the scaler needs fp32 master weights); bf16 loads as bf16.
+        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
+    return AutoModelForCausalLM.from_pretrained(base_model_path, **kwargs)
+
+
+def peft_config_for(cfg: SFTConfig):
+    from peft import LoraConfig
+
+    if cfg.method == "full":
+        return None
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        use_dora=cfg.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def checkpoint_dir_for(root: Path, base_model_path: str, cfg: SFTConfig, data_hash: str) -> Path:
+    """Checkpoints live where a re-run with the same model, config and data finds them."""
+    key = hashlib.sha256(f"{base_model_path}|{cfg.model_dump_json()}|{data_hash}".encode()).hexdigest()[:16]
+    return root / f"sft-{key}"
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint with its completeness marker; half-written ones (a crash mid-save) are removed."""
+    done = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        if (path / COMPLETE_MARKER).exists():
+            done.append(path)
+        else:
+            log.warning("removing incomplete checkpoint %s (no %s)", path, COMPLETE_MARKER)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def marker_callback():
+    from transformers import TrainerCallback
+
+    class CheckpointCompleteMarker(TrainerCallback):
+        """Trainer calls on_save after weights, optimizer, scheduler and RNG state are all written."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                (ckpt / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step, "time": time.time()}))
+
+    return CheckpointCompleteMarker()
+
+
+def plot_losses(train: list, evals: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", lw=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def train_sft(
     base_model_path: str,
     train_path: str,
     eval_path: str | None,
     cfg: SFTConfig,
     out_dir: Path,
+    checkpoint_dir: Path,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Train a LoRA adapter; return the adapter path, losses and what was chosen."""
+    """Train; return where the weights are, the loss curves and what was chosen, with reasons."""
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
+    from transformers import EarlyStoppingCallback
     from trl import SFTConfig as TRLSFTConfig, SFTTrainer
 
     from tasks.prepare import load_chat_tokenizer
 
-    precision, why = choose_precision(cfg.precision)
-    log.info("precision %s (%s); gradient checkpointing %s", precision, why,
-             "on (config)" if cfg.gradient_checkpointing else "off")
+    check_training_setup(cfg)
+    precision, precision_why = choose_precision(cfg.precision)
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[precision]
-    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_model(base_model_path, cfg, precision, trust_remote_code)
+    checkpointing, checkpointing_why = choose_gradient_checkpointing(cfg, model, precision)
+    log.info("precision %s (%s); gradient checkpointing %s (%s)", precision, precision_why,
+             "on" if checkpointing else "off", checkpointing_why)
 
-    files = {"train": train_path} | ({"eval": eval_path} if eval_path else {})
-    data = load_dataset("json", data_files=files)
-    data = data.remove_columns([c for c in ("id",) if c in data["train"].column_names])
+    use_eval = bool(eval_path and cfg.eval_steps)
+    files = {"train": train_path} | ({"eval": eval_path} if use_eval else {})
+    data = load_dataset("json", data_files=files).remove_columns(["id"])
 
     args = TRLSFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(checkpoint_dir),
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_steps,
@@ -73,64 +211,134 @@ def train_sft(
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
+        packing=cfg.packing,
+        optim=cfg.optimizer,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=checkpointing,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if use_eval else "no",
+        eval_steps=cfg.eval_steps or None,
+        load_best_model_at_end=bool(cfg.early_stopping_patience),
+        metric_for_best_model="eval_loss" if cfg.early_stopping_patience else None,
         report_to=[],
         dataloader_num_workers=0,
     )
-    peft_config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    callbacks = [marker_callback()]
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=data["train"],
+        eval_dataset=data["eval"] if use_eval else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=peft_config_for(cfg),
+        callbacks=callbacks,
     )
+    resume = last_complete_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
 
-    adapter_dir = out_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.save_pretrained(adapter_dir)
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    n_tokens = trainer.state.num_input_tokens_seen or None
+    weights_dir = out_dir / ("model" if cfg.method == "full" else "adapter")
+    trainer.save_model(str(weights_dir))  # safetensors; rank 0 only under accelerate
+    if not trainer.is_world_process_zero():
+        return {}
+    # Trainer pickles its arguments next to the weights; ship JSON instead, never a pickle.
+    (weights_dir / "training_args.bin").unlink(missing_ok=True)
+    (weights_dir / "training_args.json").write_text(trainer.args.to_json_string())
+    history = trainer.state.log_history
+    train_curve = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    eval_curve = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    plot_losses(train_curve, eval_curve, out_dir / "loss_curve.png")
+    stopped_early = cfg.early_stopping_patience > 0 and trainer.state.global_step < trainer.state.max_steps
     summary = {
-        "adapter": str(adapter_dir),
+        "method": cfg.method,
+        "adapter": None if cfg.method == "full" else str(weights_dir),
+        "model": str(weights_dir) if cfg.method == "full" else None,
         "train_loss": float(result.training_loss),
-        "final_loss": losses[-1][1] if losses else None,
-        "loss_curve": losses,
+        "final_loss": train_curve[-1][1] if train_curve else None,
+        "loss_curve": train_curve,
+        "eval_loss_curve": eval_curve,
+        "loss_plot": str(out_dir / "loss_curve.png"),
         "steps": int(trainer.state.global_step),
+        "stopped_early": stopped_early,
+        "resumed_from": str(resume) if resume else None,
         "seconds": round(seconds, 1),
         "precision": precision,
-        "precision_reason": why,
+        "precision_reason": precision_why,
+        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_reason": checkpointing_why,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "input_tokens_seen": n_tokens,
+        "world_size": trainer.args.world_size,
     }
     (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def launch_distributed(spec: dict, cfg: SFTConfig, out_dir: Path) -> dict:
+    """Run this module under `accelerate launch` with the spec; return rank 0's summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = out_dir / "sft_spec.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes)]
+    if cfg.accelerate_config:
+        cmd += ["--config_file", cfg.accelerate_config]
+    cmd += ["-m", "tasks.sft", "--spec", str(spec_path)]
+    log.info("launching: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return json.loads((out_dir / "sft_summary.json").read_text())
+
+
+def run_spec(spec: dict) -> dict:
+    cfg = SFTConfig.model_validate(spec["cfg"])
+    return train_sft(spec["base_model_path"], spec["train"], spec["eval"], cfg, Path(spec["out_dir"]),
+                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"])
+
+
 @task
-def sft(prepared: dict, cfg: SFTConfig, out_dir: str, trust_remote_code: bool = False) -> dict:
-    """Fine-tune a LoRA adapter on the train split."""
-    return train_sft(prepared["base_model_path"], prepared["train"], None, cfg, Path(out_dir), trust_remote_code)
+def check_setup(cfg: SFTConfig) -> None:
+    """Fail in seconds, before data work, when this machine cannot run the training config."""
+    check_training_setup(cfg)
+
+
+def _sft_cache_key(context, parameters) -> str:
+    # Content, not paths: the same data, base model and config reuse the finished adapter.
+    prepared, cfg = parameters["prepared"], parameters["cfg"]
+    return hashlib.sha256(
+        f"{prepared['data_hash']}|{prepared['base_model_path']}|{cfg.model_dump_json()}".encode()
+    ).hexdigest()
+
+
+@task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_sft_cache_key), persist_result=True)
+def sft(prepared: dict, cfg: SFTConfig, out_dir: str, checkpoint_root: str, trust_remote_code: bool = False) -> dict:
+    """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0."""
+    spec = {
+        "base_model_path": prepared["base_model_path"],
+        "train": prepared["train"],
+        "eval": prepared["eval"],
+        "cfg": cfg.model_dump(),
+        "out_dir": out_dir,
+        "checkpoint_dir": str(checkpoint_dir_for(Path(checkpoint_root), prepared["base_model_path"], cfg,
+                                                 prepared["data_hash"])),
+        "trust_remote_code": trust_remote_code,
+    }
+    if cfg.num_processes > 1:
+        return launch_distributed(spec, cfg, Path(out_dir))
+    return run_spec(spec)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    out = train_sft(sys.argv[1], sys.argv[2], None, SFTConfig(max_steps=2), Path(sys.argv[3]))
-    print(json.dumps({k: v for k, v in out.items() if k != "loss_curve"}, indent=2))
+    parser = argparse.ArgumentParser(description="Run one SFT job from a spec file.")
+    parser.add_argument("--spec", required=True, help="JSON written by the sft task")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_spec(json.loads(Path(parser.parse_args().spec).read_text()))

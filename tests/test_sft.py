@@ -1,33 +1,91 @@
+"""SFT on the tiny model: each method trains exactly the parameters it should."""
+
 import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.sft import choose_precision, train_sft
-from tunegate.config import SFTConfig
+from tasks.sft import check_training_setup, choose_precision, last_complete_checkpoint, train_sft, COMPLETE_MARKER
+from tunegate.config import SFTConfig, load_config
+
+BASE_KEY = "model.layers.0.self_attn.q_proj.weight"
 
 
-def test_cpu_gets_fp32_with_a_reason():
-    precision, reason = choose_precision("auto")
-    assert precision == "fp32" and "CPU" in reason
+def two_steps(prepared, tmp_path, **overrides):
+    cfg = SFTConfig(max_steps=2, batch_size=4, learning_rate=1e-2 if overrides.get("method") != "full" else 1e-4,
+                    warmup_steps=1, lora_r=4, save_steps=100, **overrides)
+    return train_sft(prepared["base_model_path"], prepared["train"], None, cfg, tmp_path, tmp_path / "ckpt")
+
+
+def test_cpu_gets_fp32_and_no_checkpointing_with_reasons():
+    assert choose_precision("auto") == ("fp32", "no CUDA device: fp32 is the fast path on CPU")
     assert choose_precision("bf16") == ("bf16", "set in the config")
 
 
+def test_qlora_and_8bit_adam_are_refused_up_front_on_cpu():
+    with pytest.raises(ValueError, match="sft.method=qlora needs a CUDA GPU.*Use sft.method=lora"):
+        check_training_setup(SFTConfig(method="qlora"))
+    with pytest.raises(ValueError, match="adamw_8bit needs a CUDA GPU"):
+        check_training_setup(SFTConfig(optimizer="adamw_8bit"))
+    # The config itself still loads: a GPU worker may run it.
+    assert load_config("configs/tiny.yaml", ["sft.method=qlora"]).sft.method == "qlora"
+
+
+def test_warmup_zero_is_refused_with_an_explanation():
+    with pytest.raises(ValueError, match="warmup_steps must be >= 1: starting at the full learning rate"):
+        SFTConfig(warmup_steps=0)
+
+
+def test_learning_rate_far_outside_the_method_range_warns_why():
+    with pytest.warns(UserWarning, match="outside the usual range.*full fine-tuning moves every weight"):
+        SFTConfig(method="full", learning_rate=1e-3)
+    with pytest.warns(UserWarning, match="adapters start at zero"):
+        SFTConfig(method="lora", learning_rate=0.1)
+
+
 def test_lora_trains_two_steps_and_changes_only_the_adapter(prepared, tmp_path):
-    cfg = SFTConfig(max_steps=2, batch_size=4, learning_rate=1e-2, warmup_steps=0, lora_r=4)
-    out = train_sft(prepared["base_model_path"], prepared["train"], None, cfg, tmp_path)
+    out = two_steps(prepared, tmp_path, method="lora")
     assert out["steps"] == 2 and math.isfinite(out["train_loss"]) and len(out["loss_curve"]) == 2
     adapter = Path(out["adapter"])
-    assert (adapter / "adapter_model.safetensors").exists()
     assert not list(adapter.glob("*.bin"))  # safetensors only
     weights = load_file(adapter / "adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
-    # lora_B starts at zero; two steps at lr 1e-2 must have moved every one of them.
-    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
-    assert all("lora_" in k for k in weights)  # the base weights are not in the adapter
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["r"] == 4 and config["lora_alpha"] == 8
+    # lora_B starts at zero: two steps at lr 1e-2 must have moved every one of them.
+    assert len(lora_b) == 2 * 7 and all(v.abs().sum() > 0 for v in lora_b)  # 7 linear layers x 2 layers
+    assert all("lora_" in k for k in weights)  # nothing else is saved: the base did not train
+    assert json.loads((adapter / "adapter_config.json").read_text())["lora_alpha"] == 8
+    assert (tmp_path / "loss_curve.png").stat().st_size > 5000
+
+
+def test_dora_adds_trained_magnitude_vectors(prepared, tmp_path):
+    out = two_steps(prepared, tmp_path, method="dora")
+    weights = load_file(Path(out["adapter"]) / "adapter_model.safetensors")
+    magnitudes = [k for k in weights if "lora_magnitude_vector" in k]
+    assert len(magnitudes) == 14 and json.loads((Path(out["adapter"]) / "adapter_config.json").read_text())["use_dora"]
+    # A magnitude starts as the column norm of the base weight; training moves it.
     base = load_file(Path(prepared["base_model_path"]) / "model.safetensors")
-    assert base["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32  # base file untouched
+    key = next(k for k in magnitudes if "layers.0.self_attn.q_proj" in k)
+    assert not torch.allclose(weights[key], base[BASE_KEY].norm(dim=1))
+
+
+def test_full_fine_tuning_changes_every_weight_and_saves_a_whole_model(prepared, tmp_path):
+    out = two_steps(prepared, tmp_path, method="full")
+    assert out["adapter"] is None and out["trainable_params"] > 100_000
+    before = load_file(Path(prepared["base_model_path"]) / "model.safetensors")
+    after = load_file(Path(out["model"]) / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before), set(before) - set(changed)
+
+
+def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
+    for step, complete in [(2, True), (4, True), (6, False)]:
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        if complete:
+            (ckpt / COMPLETE_MARKER).write_text("{}")
+    assert last_complete_checkpoint(tmp_path).name == "checkpoint-4"
+    assert not (tmp_path / "checkpoint-6").exists()

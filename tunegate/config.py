@@ -9,6 +9,7 @@ Prefect UI renders it as a form. Every field carries help text, shown in that fo
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -42,31 +43,95 @@ class DataConfig(_Section):
     )
 
 
+# Usual peak learning rates; outside them training usually diverges or does nothing.
+LR_RANGES = {"lora": (1e-5, 5e-3), "dora": (1e-5, 5e-3), "qlora": (1e-5, 5e-3), "full": (1e-7, 2e-4)}
+
+
 class SFTConfig(_Section):
-    method: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    method: Literal["lora", "dora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: low-rank adapters. dora: weight-decomposed LoRA (peft use_dora). qlora: LoRA on a "
+        "4-bit NF4 base (CUDA only). full: every weight trains.",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int | None = Field(None, description="LoRA alpha; default 2 * r.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters; 'all-linear' means every linear layer but the head."
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (cosine decay after warmup).")
     num_epochs: float = Field(1.0, gt=0, description="Epochs over the train split (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 trains num_epochs.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Steps to accumulate per optimizer step.")
-    warmup_steps: int = Field(2, ge=0, description="Linear warmup steps before the cosine decay.")
+    warmup_steps: int = Field(2, description="Linear warmup steps before the cosine decay. Must be >= 1.")
     max_length: int = Field(512, ge=16, description="Maximum tokens per row after the chat template.")
+    packing: bool = Field(False, description="Pack several rows into each sequence (TRL packing).")
+    optimizer: Literal["adamw_torch", "adamw_8bit"] = Field(
+        "adamw_torch", description="adamw_torch, or adamw_8bit (bitsandbytes, CUDA only) to save optimizer memory."
+    )
     seed: int = Field(42, description="Training seed.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory. Slower; off unless needed.")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on only when the estimated training memory does not fit the GPU. Costs ~30% speed."
+    )
     logging_steps: int = Field(1, ge=1, description="Log the train loss every N steps.")
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every N steps; a re-run resumes from the last.")
+    eval_steps: int = Field(0, ge=0, description="Eval loss on the held-out split every N steps; 0 turns it off.")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without eval-loss improvement; 0 turns it off."
+    )
+    num_processes: int = Field(1, ge=1, description="Training processes; > 1 runs under `accelerate launch`.")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config for multi-process training, e.g. configs/accelerate/deepspeed_zero2.yaml."
+    )
 
     @property
     def alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_r
+
+    @model_validator(mode="after")
+    def _explain_bad_combinations(self) -> SFTConfig:
+        if self.warmup_steps < 1:
+            raise ValueError(
+                "sft.warmup_steps must be >= 1: starting at the full learning rate sends large, noisy updates "
+                "through freshly initialised adapters (and Adam's early variance estimates), which often diverges. "
+                "A few steps of warmup are enough."
+            )
+        if self.early_stopping_patience and not self.eval_steps:
+            raise ValueError("sft.early_stopping_patience needs sft.eval_steps > 0: it watches the eval loss.")
+        if self.early_stopping_patience and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"sft.save_steps ({self.save_steps}) must be a multiple of sft.eval_steps ({self.eval_steps}) with "
+                "early stopping: the best checkpoint is reloaded at the end, so evaluated steps must be saved."
+            )
+        low, high = LR_RANGES[self.method]
+        if not low <= self.learning_rate <= high:
+            warnings.warn(
+                f"sft.learning_rate={self.learning_rate:g} is outside the usual range [{low:g}, {high:g}] for "
+                f"method={self.method}: " + ("full fine-tuning moves every weight, so rates above ~1e-4 tend to "
+                "destroy what the model knew." if self.method == "full" else "adapters start at zero; far above "
+                "this they diverge, far below it they barely move in a short run."),
+                stacklevel=2,
+            )
+        return self
+
+
+class DPOConfig(_Section):
+    enabled: bool = Field(True, description="Run DPO after SFT when the data has preference pairs.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference (SFT) model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero"] = Field(
+        "sigmoid", description="TRL DPO loss: sigmoid is the original DPO; ipo is more robust to overfitting."
+    )
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate for the DPO updates.")
+    max_steps: int = Field(10, description="DPO optimizer steps; -1 trains num_epochs.")
+    num_epochs: float = Field(1.0, gt=0, description="Epochs over the pairs (ignored when max_steps > 0).")
+    batch_size: int = Field(4, ge=1, description="Pairs per device per step.")
+    warmup_steps: int = Field(1, ge=1, description="Linear warmup steps.")
+    max_length: int = Field(512, ge=16, description="Maximum tokens of prompt + answer.")
+    max_pairs: int | None = Field(None, description="Use only the first N pairs (keeps demos short).")
 
 
 class EvalConfig(_Section):
@@ -120,6 +185,7 @@ class PipelineParams(_Section):
     output_dir: str = Field("outputs", description="Where run folders (data, adapters, eval files) are written.")
     data: DataConfig
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
