@@ -273,6 +273,7 @@ def train_sft(
         "steps": int(trainer.state.global_step),
         "stopped_early": stopped_early,
         "resumed_from": str(resume) if resume else None,
+        "resumed_at_step": int(resume.name.split("-")[-1]) if resume else 0,
         "seconds": round(seconds, 1),
         "precision": precision,
         "precision_reason": precision_why,
