@@ -1,4 +1,5 @@
-"""The gated fine-tuning flow: ingest -> validate -> prepare -> sft -> evaluate -> register -> gate -> promote.
+"""The gated fine-tuning flow: ingest -> validate -> prepare -> sft -> dpo -> evaluate -> register -> gate ->
+promote -> export.
 
     tunegate run configs/demo.yaml                   # or: make demo
     python -m flows.finetune configs/tiny.yaml       # same flow, no CLI summary
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from tasks.dpo import dpo
 from tasks.evaluate import evaluate, resolve_baseline
+from tasks.export import export
 from tasks.gate import gate
 from tasks.ingest import ingest
 from tasks.prepare import prepare
@@ -40,16 +43,20 @@ def finetune_pipeline(params: PipelineParams) -> dict:
                        str(run_dir / "data"), data.eval_fraction, data.split_seed, params.trust_remote_code)
     trained = sft(prepared, params.sft, str(run_dir / "sft"), str(Path(params.output_dir).resolve() / "checkpoints"),
                   params.trust_remote_code)
+    aligned = dpo(prepared["base_model_path"], trained, report["clean_preferences"], params.dpo,
+                  str(run_dir / "dpo"), params.trust_remote_code)
     baseline = resolve_baseline(params.tracking, str(run_dir / "baseline"))
     baseline_eval = evaluate(baseline["label"], prepared, baseline["adapter"], ev.tasks,
                              ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)
-    candidate_eval = evaluate("candidate", prepared, trained["adapter"], ev.tasks,
+    candidate_eval = evaluate("candidate", prepared, aligned["adapter"], ev.tasks,
                               ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)
-    registered = register(params, run_name, report, prepared, trained, candidate_eval, baseline_eval)
+    registered = register(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
     decision = gate(params.gate.rules, candidate_eval, baseline_eval, registered, params.tracking)
     summary = summarize(report, trained, baseline_eval, candidate_eval, decision, registered,
                         params.tracking.tracking_uri, str(run_dir))
     promote(decision, registered, params.tracking)
+    export(prepared["base_model_path"], aligned, str(run_dir / "export"), params.tracking.registered_model,
+           params.sft.max_length)
     return summary
 
 if __name__ == "__main__":

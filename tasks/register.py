@@ -47,6 +47,22 @@ def eval_metrics(prefix: str, evaluation: dict) -> dict[str, float]:
     }
 
 
+def log_training_curves(trained: dict, aligned: dict) -> None:
+    """Per-step SFT train/eval loss and DPO loss/margin as MLflow metrics, plus the loss plot."""
+    import mlflow
+
+    for step, loss in trained["loss_curve"]:
+        mlflow.log_metric("train/loss_step", loss, step=step)
+    for step, loss in trained["eval_loss_curve"]:
+        mlflow.log_metric("train/eval_loss_step", loss, step=step)
+    mlflow.log_artifact(trained["loss_plot"], artifact_path="train")
+    if not aligned["skipped"]:
+        for step, loss in aligned["loss_curve"]:
+            mlflow.log_metric("dpo/loss_step", loss, step=step)
+        for step, margin in aligned["margin_curve"]:
+            mlflow.log_metric("dpo/reward_margin_step", margin, step=step)
+
+
 def register_run(
     params: PipelineParams,
     run_name: str,
@@ -55,6 +71,7 @@ def register_run(
     trained: dict,
     candidate_eval: dict,
     baseline_eval: dict,
+    aligned: dict,
 ) -> dict:
     """Log the whole run to MLflow and register the adapter; return run id and version."""
     import mlflow
@@ -83,21 +100,22 @@ def register_run(
                 **eval_metrics("baseline", baseline_eval),
             }
         )
-        for step, loss in trained["loss_curve"]:
-            mlflow.log_metric("train/loss_step", loss, step=step)
+        log_training_curves(trained, aligned)
         mlflow.log_dict(params.model_dump(), "config.json")
         mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")}, "data/validation_report.json")
-        mlflow.log_dict({k: v for k, v in trained.items() if k != "adapter"}, "train/sft_summary.json")
+        mlflow.log_dict(trained, "train/sft_summary.json")
+        mlflow.log_dict(aligned, "train/dpo_summary.json")
         mlflow.log_dict(candidate_eval, "eval/candidate.json")
         mlflow.log_dict(baseline_eval, "eval/baseline.json")
-        mlflow.log_artifacts(trained["adapter"], artifact_path="adapter")
+        weights = aligned["adapter"] or aligned["model"]  # DPO passes the SFT weights through when skipped
+        mlflow.log_artifacts(weights, artifact_path="adapter" if aligned["adapter"] else "model")
         artifact_uri = run.info.artifact_uri
 
     model_name = params.tracking.registered_model
     ensure_registered_model(client, model_name)
     version = client.create_model_version(
         model_name,
-        source=f"{artifact_uri}/adapter",
+        source=f"{artifact_uri}/{'adapter' if aligned['adapter'] else 'model'}",
         run_id=run.info.run_id,
         tags={**lineage, "gate": "pending"},
         description=f"{run_name}: LoRA adapter on {params.base_model}",
@@ -114,9 +132,10 @@ def register(
     trained: dict,
     candidate_eval: dict,
     baseline_eval: dict,
+    aligned: dict,
 ) -> dict:
-    """Log the run to MLflow and register the adapter as a model version."""
-    return register_run(params, run_name, report, prepared, trained, candidate_eval, baseline_eval)
+    """Log the run to MLflow and register the trained weights as a model version."""
+    return register_run(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
 
 
 def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,

@@ -79,6 +79,7 @@ def validate_records(
         rule_counts={col: int(flags[col].sum()) for col in flags.columns},
         success=all(s["success"] for s in report["suites"]),
         clean=str(clean_path),
+        clean_preferences=None,  # preference data arrives with the multi-format ingest
         quarantine=str(quarantine_path),
     )
     examples = {}

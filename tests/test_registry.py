@@ -28,9 +28,12 @@ def register_once(tracking, adapter, f1):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "rule_counts": {"pii_email": 1},
               "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": []}
-    trained = {"adapter": str(adapter), "train_loss": 1.5, "seconds": 3.0, "loss_curve": [[1, 2.0], [2, 1.0]]}
+    plot = adapter.parent / "loss_curve.png"
+    plot.write_bytes(b"png")
+    trained = {"adapter": str(adapter), "model": None, "train_loss": 1.5, "seconds": 3.0, "loss_plot": str(plot),
+               "loss_curve": [[1, 2.0], [2, 1.0]], "eval_loss_curve": [[2, 1.7]]}
     return register_run(params, "run-a", report, {"data_hash": "abc"}, trained, fake_eval("candidate", f1),
-                        fake_eval("base", 0.1))
+                        fake_eval("base", 0.1), {**trained, "skipped": True})
 
 
 def test_register_logs_params_metrics_artifacts_and_a_version(tracking, adapter):
@@ -42,6 +45,8 @@ def test_register_logs_params_metrics_artifacts_and_a_version(tracking, adapter)
     assert run.data.metrics["baseline/tunegate_domain/token_f1"] == 0.1
     assert run.data.metrics["data/rows_quarantined"] == 1
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_step")] == [2.0, 1.0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/eval_loss_step")] == [2]
+    assert "train/loss_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "config.json", "data", "eval", "train"} <= artifacts
     version = client.get_model_version("test-model", registered["version"])

@@ -1,0 +1,113 @@
+"""Training throughput: tunegate's SFT settings vs raw PyTorch vs TRL's default SFTConfig, same run.
+
+    .venv/bin/python bench/train_throughput.py [--model bundled:smollm2-135m-instruct] [--seq 128] [--batch 8]
+
+All three train the same LoRA (r=16, all linear layers) on the same pre-tokenized batches of
+exactly --seq tokens. Tokens/s is measured over steps after the first (warm-up) step.
+- raw: a hand loop of forward + backward + AdamW step in fp32: the ceiling to compare against.
+- tunegate: TRL SFTTrainer with what tasks/sft.py picks on this hardware (fp32 on CPU, no checkpointing).
+- trl-default: SFTConfig defaults (bf16 + gradient checkpointing); on CPU it needs use_cpu=True to start.
+Prints a markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from tasks.prepare import load_chat_tokenizer  # noqa: E402
+from tunegate.models import resolve_base_model  # noqa: E402
+
+
+def lora():
+    return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def batches(vocab: int, seq: int, batch: int, steps: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(100, vocab - 1, (batch, seq), generator=gen) for _ in range(steps)]
+
+
+def raw_loop(path: str, data: list[torch.Tensor]) -> list[float]:
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), lora())
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for ids in data:
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self._start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def trainer_loop(path: str, data: list[torch.Tensor], config: SFTConfig) -> list[float]:
+    tokenizer = load_chat_tokenizer(path)
+    rows = [{"input_ids": row.tolist()} for ids in data for row in ids]
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    timer = StepTimer()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora(), callbacks=[timer])
+    trainer.train()
+    return timer.times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="bundled:smollm2-135m-instruct")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--default-steps", type=int, default=3, help="TRL-default run is slow on CPU")
+    args = parser.parse_args()
+    path = resolve_base_model(args.model)
+    vocab = AutoModelForCausalLM.from_pretrained(path).config.vocab_size
+    data = batches(vocab, args.seq, args.batch, args.steps)
+    common = dict(output_dir="/tmp/tunegate-bench", per_device_train_batch_size=args.batch, learning_rate=1e-4,
+                  max_length=args.seq, report_to=[], save_strategy="no", logging_steps=1000, shuffle_dataset=False,
+                  dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+    results = {}
+    results["raw PyTorch (fp32 fwd+bwd+AdamW)"] = raw_loop(path, data)
+    ours = SFTConfig(max_steps=args.steps, bf16=False, gradient_checkpointing=False, **common)
+    results["tunegate SFT (fp32, no checkpointing)"] = trainer_loop(path, data, ours)
+    default = SFTConfig(max_steps=args.default_steps, **common)  # bf16=True, gradient_checkpointing=True
+    results[f"TRL default SFTConfig (bf16={default.bf16}, checkpointing={default.gradient_checkpointing})"] = (
+        trainer_loop(path, data[: args.default_steps], default))
+
+    tokens = args.batch * args.seq
+    rate = {name: tokens * (len(t) - 1) / sum(t[1:]) for name, t in results.items()}
+    raw = rate["raw PyTorch (fp32 fwd+bwd+AdamW)"]
+    ours_rate = rate["tunegate SFT (fp32, no checkpointing)"]
+    print(f"\nmodel {args.model}, LoRA r=16 all-linear, batch {args.batch} x {args.seq} tokens, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("\n| setup | s/step | tokens/s | vs raw | tunegate vs this |\n|---|---|---|---|---|")
+    for name, t in results.items():
+        step = sum(t[1:]) / (len(t) - 1)
+        print(f"| {name} | {step:.2f} | {rate[name]:.0f} | {rate[name] / raw:.2f}x | {ours_rate / rate[name]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
