@@ -280,6 +280,8 @@ def train_sft(
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_reason": checkpointing_why,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "input_tokens_per_step": int(next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), 0))
+        // max(trainer.state.global_step, 1),
         "world_size": trainer.args.world_size,
     }
     (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2))

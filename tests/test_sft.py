@@ -89,3 +89,29 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
             (ckpt / COMPLETE_MARKER).write_text("{}")
     assert last_complete_checkpoint(tmp_path).name == "checkpoint-4"
     assert not (tmp_path / "checkpoint-6").exists()
+
+
+def test_eval_loss_is_tracked_and_early_stopping_ends_a_diverging_run(prepared, tmp_path):
+    # lr 0.3 on adapters diverges within a few steps, so the eval loss stops improving.
+    cfg = SFTConfig(max_steps=40, batch_size=8, learning_rate=0.3, warmup_steps=1, lora_r=4, eval_steps=2,
+                    save_steps=2, early_stopping_patience=2)
+    out = train_sft(prepared["base_model_path"], prepared["train"], prepared["eval"], cfg, tmp_path, tmp_path / "ck")
+    evals = [loss for _, loss in out["eval_loss_curve"]]
+    assert out["stopped_early"] and out["steps"] < 40
+    best = evals.index(min(evals))
+    assert len(evals) == best + 1 + 2  # stopped after `patience` evaluations without improvement
+    assert [s for s, _ in out["eval_loss_curve"]] == list(range(2, out["steps"] + 1, 2))
+
+
+def test_early_stopping_needs_evaluations_that_are_saved():
+    with pytest.raises(ValueError, match="early_stopping_patience needs sft.eval_steps"):
+        SFTConfig(early_stopping_patience=2)
+    with pytest.raises(ValueError, match="save_steps \\(5\\) must be a multiple of sft.eval_steps \\(2\\)"):
+        SFTConfig(early_stopping_patience=2, eval_steps=2, save_steps=5)
+
+
+def test_packing_fills_sequences_and_trains(prepared, tmp_path):
+    packed = two_steps(prepared, tmp_path / "packed", method="lora", packing=True, max_length=256)
+    plain = two_steps(prepared, tmp_path / "plain", method="lora", max_length=256)
+    assert math.isfinite(packed["train_loss"]) and packed["steps"] == 2
+    assert packed["input_tokens_per_step"] > 2 * plain["input_tokens_per_step"]  # no padding, rows packed together
