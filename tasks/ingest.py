@@ -474,10 +474,14 @@ def ingest_files(
 
 @task(retries=2, retry_delay_seconds=[2, 5])
 def ingest(
-    files: list[str], out_dir: str, preference_files: list[str] = (), formats: dict[str, dict] | None = None
+    files: list[str],
+    out_dir: str,
+    preference_files: list[str] = (),
+    formats: dict[str, dict] | None = None,
+    max_row_mb: float = MAX_ROW_BYTES / 2**20,
 ) -> dict:
     """Read the dataset files into canonical SFT records and preference pairs."""
-    return ingest_files(files, Path(out_dir), list(preference_files), formats)
+    return ingest_files(files, Path(out_dir), list(preference_files), formats, int(max_row_mb * 2**20))
 
 
 if __name__ == "__main__":
