@@ -52,17 +52,27 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 def minhash_signatures(view: TextView, num_perm: int = 64, shingle_words: int = 3) -> np.ndarray:
     """(rows, num_perm) uint32 one-permutation MinHash signatures; rows without words are all 0xFFFFFFFF."""
+    return signatures_and_keys(view, num_perm, shingle_words)[0]
+
+
+def signatures_and_keys(view: TextView, num_perm: int = 64, shingle_words: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures and exact-duplicate keys of every row, computed chunk by chunk."""
     if num_perm & (num_perm - 1) or not 8 <= num_perm <= 1024:
         raise ValueError(f"num_perm must be a power of two in [8, 1024], got {num_perm}")
     n = len(view)
     sig = np.full((n, num_perm), _EMPTY, dtype=np.uint32)
-    words, rows = view.words()
-    shingles, shingle_rows = ngram_hashes(words, rows, shingle_words, short_rows_whole=True)
+    keys = np.zeros(n, dtype=np.uint64)
     shift = np.uint64(64 - int(np.log2(num_perm)))
-    bins = (shingles >> shift).astype(np.int64)
-    values = (shingles & np.uint64(0xFFFFFFFE)).astype(np.uint32)  # never 0xFFFFFFFF, the empty mark
-    np.minimum.at(sig.reshape(-1), shingle_rows * num_perm + bins, values)
-    return _densify(sig)
+    for first, end in view.chunks():
+        words, rows = view.chunk_words(first, end)
+        keys[first:end] = sequence_keys(words, rows, end - first)
+        shingles, shingle_rows = ngram_hashes(words, rows, shingle_words, short_rows_whole=True)
+        part = sig[first:end]
+        bins = (shingles >> shift).astype(np.int64)
+        values = (shingles & np.uint64(0xFFFFFFFE)).astype(np.uint32)  # never 0xFFFFFFFF, the empty mark
+        np.minimum.at(part.reshape(-1), shingle_rows * num_perm + bins, values)
+        sig[first:end] = _densify(part)
+    return sig, keys
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:
@@ -129,12 +139,11 @@ def detect(
     """The first occurrence is kept; later copies are flagged with the file and line they repeat."""
     view = view or TextView.of(records)
     n = len(records)
-    words, rows = view.words()
-    keys = sequence_keys(words, rows, n)
+    sig, keys = signatures_and_keys(view, num_perm, shingle_words)
     _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
     first_exact = first_index[inverse] if n else np.zeros(0, np.int64)
     exact = (first_exact != np.arange(n)) & (keys != 0)
-    leader = near_duplicate_groups(minhash_signatures(view, num_perm, shingle_words), near_threshold)
+    leader = near_duplicate_groups(sig, near_threshold)
     near = (leader != np.arange(n)) & ~exact
     details: list[dict[str, str]] = [{} for _ in range(n)]
     for i in np.flatnonzero(exact):

@@ -78,10 +78,25 @@ def _messages_problems(messages, final: str) -> dict[str, str]:
     return problems
 
 
-def row_problems(rec: dict) -> dict[str, str]:
+def _sft_problems(messages, by_shape: dict) -> dict[str, str]:
+    """SFT rows whose contents are all present: the answer depends only on roles and tool calls, so memoise it."""
+    if type(messages) is not list or not messages or not all(type(m) is dict for m in messages):
+        return _messages_problems(messages, "assistant")
+    shape = tuple([(m.get("role"), bool(m.get("tool_calls"))) for m in messages])
+    for m in messages:
+        content = m.get("content")
+        if type(content) is not str or not (content.strip() or m.get("tool_calls")):
+            return _messages_problems(messages, "assistant")
+    found = by_shape.get(shape)
+    if found is None:
+        found = by_shape[shape] = _messages_problems(messages, "assistant")
+    return found  # shared between rows: callers copy before changing it
+
+
+def row_problems(rec: dict, by_shape: dict | None = None) -> dict[str, str]:
     """Rule -> reason for one canonical record (SFT or preference)."""
     if "messages" in rec:
-        return _messages_problems(rec["messages"], "assistant")
+        return _sft_problems(rec["messages"], {} if by_shape is None else by_shape)
     problems = _messages_problems(rec.get("prompt"), "prompt")
     for key in ("chosen", "rejected"):
         answer = rec.get(key)
@@ -113,12 +128,13 @@ def text_problems(view: TextView) -> tuple[np.ndarray, np.ndarray]:
 def detect(records: list[dict], view: TextView | None = None) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Boolean column per rule, plus per-row details for the quarantine reasons."""
     view = view or TextView.of(records)
-    details = [row_problems(r) for r in records]
+    by_shape: dict = {}
+    details = [row_problems(r, by_shape) for r in records]
     control, surrogate = text_problems(view)
     for i in np.flatnonzero(control):
-        details[i]["format_control_chars"] = "contains control characters"
+        details[i] = {**details[i], "format_control_chars": "contains control characters"}
     for i in np.flatnonzero(surrogate):
-        details[i]["format_invalid_utf8"] = "contains a lone surrogate (not encodable as UTF-8)"
+        details[i] = {**details[i], "format_invalid_utf8": "contains a lone surrogate (not encodable as UTF-8)"}
     return flag_frame(details, RULES), details
 
 

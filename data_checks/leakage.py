@@ -4,7 +4,8 @@ Eval items are the general holdout file and the domain rows that prepare will ho
 computes that split with prepare's own `is_eval_row`, so both agree). An eval item's prompt is
 every turn before its reference answer.
 
-- exact: the training row's prompt equals an eval prompt (ASCII case and whitespace ignored).
+- exact: the training row's prompt equals an eval prompt (ASCII case and whitespace ignored). Rows
+  whose first words hash like an eval prompt are the candidates; only their prompt text is compared.
 - n-gram: the training row shares a run of `ngram` words with an eval prompt (GPT-3 and
   lm-eval's decontamination use 13; prompts shorter than `ngram` words are covered by exact).
 
@@ -14,15 +15,51 @@ training row that gives the same answer to another question teaches the task, no
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
-from data_checks.text import TextView, message_text, ngram_hashes, sequence_keys
+from data_checks.text import _SEQ, _SEQ_SALT, TextView, _powers, message_text, ngram_hashes, sequence_keys, splitmix64
 
 RULES = {
     "leakage_exact": "no training prompt equals an eval prompt",
     "leakage_ngram": "no training row shares an n-gram with an eval prompt",
 }
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_WORD = re.compile(r"[^\x00-\x20]+")
+
+
+def normalise(text: str) -> str:
+    """Words as the word hashes see them: split at ASCII whitespace and controls, ASCII-lowercased."""
+    return " ".join(_WORD.findall(text.translate(_ASCII_LOWER)))
+
+
+def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """np.isin for a small sorted set: a binary search per value instead of sorting both."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
+def first_words_keys(words: np.ndarray, rows: np.ndarray, n_rows: int, lengths: list[int]) -> list[np.ndarray]:
+    """For each k in lengths, every row's `sequence_keys` of its first k words (0 where it has fewer)."""
+    counts = np.bincount(rows, minlength=n_rows)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = []
+    with np.errstate(over="ignore"):
+        pos = np.arange(len(words)) - first[rows]
+        weighted = words * _powers(_SEQ, int(pos.max()) + 1 if len(pos) else 1)[pos]
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
+        for k in lengths:
+            keys = np.zeros(n_rows, dtype=np.uint64)
+            ok = counts >= k
+            keys[ok] = splitmix64((prefix[first[ok] + k] - prefix[first[ok]]) ^ _SEQ_SALT)
+            out.append(keys)
+    return out
 
 
 def prompt_text(rec: dict) -> str:
@@ -42,20 +79,26 @@ def detect(
     n = len(records)
     is_eval = np.zeros(n, dtype=bool) if is_eval is None else is_eval
     view = view or TextView.of(records)
-    evals = TextView.of_texts(eval_prompts)
+    eval_texts = {normalise(p) for p in eval_prompts} - {""}
+    evals = TextView.of_texts(sorted(eval_texts))
     eval_words, eval_rows = evals.words()
-    eval_keys = sequence_keys(eval_words, eval_rows, len(evals))
-    eval_grams = ngram_hashes(eval_words, eval_rows, ngram, short_rows_whole=False)[0]
+    eval_grams = np.unique(ngram_hashes(eval_words, eval_rows, ngram, short_rows_whole=False)[0])
+    # Exact: a row is a candidate when its first k words hash like a k-word eval prompt; then its prompt is compared.
+    eval_len = np.bincount(eval_rows, minlength=len(evals))
+    eval_keys = {k: np.unique(sequence_keys(eval_words, eval_rows, len(evals))[eval_len == k]) for k in set(eval_len)}
 
-    prompts = TextView.of_texts([prompt_text(r) for r in records])
-    p_words, p_rows = prompts.words()
-    exact = np.isin(sequence_keys(p_words, p_rows, n), eval_keys[eval_keys != 0]) & ~is_eval
-    exact &= prompts.nbytes > 0
-
-    words, rows = view.words()
-    grams, gram_rows = ngram_hashes(words, rows, ngram, short_rows_whole=False)
-    near = np.zeros(n, dtype=bool)
-    near[gram_rows[np.isin(grams, eval_grams)]] = True
+    exact_candidates, near = [], np.zeros(n, dtype=bool)
+    for first, end in view.chunks():
+        words, rows = view.chunk_words(first, end)
+        for k, prefix_keys in zip(eval_keys, first_words_keys(words, rows, end - first, list(eval_keys))):
+            exact_candidates.append(first + np.flatnonzero(_isin_sorted(prefix_keys, eval_keys[k])))
+        if len(eval_grams):
+            grams, gram_rows = ngram_hashes(words, rows, ngram, short_rows_whole=False)
+            near[first + gram_rows[_isin_sorted(grams, eval_grams)]] = True
+    exact = np.zeros(n, dtype=bool)
+    for i in np.unique(np.concatenate(exact_candidates)) if exact_candidates else ():
+        exact[i] = normalise(prompt_text(records[i])) in eval_texts
+    exact &= ~is_eval
     near &= ~is_eval & ~exact
 
     details: list[dict[str, str]] = [{} for _ in range(n)]

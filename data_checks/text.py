@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_CHUNK_BYTES = 1 << 22
+_CHUNK_BYTES = 1 << 20  # small enough that a chunk's temporaries stay in cache and reuse freed memory
+_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+_MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [2**64 - 1], dtype=np.uint64)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -31,6 +33,11 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         x = x ^ (x >> np.uint64(27))
         x = x * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+_SEQ, _SEQ_SALT = np.uint64(0x9E3779B97F4A7C15), np.uint64(0x5851F42D4C957F2D)  # row keys: sum h_j * SEQ**j
+_Q = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2**64
+_Q_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))
 
 
 def _powers(base: np.uint64, n: int) -> np.ndarray:
@@ -64,6 +71,7 @@ class TextView:
     starts: np.ndarray  # int64 byte offset of each text
     nbytes: np.ndarray  # int64 UTF-8 length of each text
     _words: tuple | None = field(default=None, repr=False)
+    _chunk_words: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, records: list[dict]) -> TextView:
@@ -99,21 +107,32 @@ class TextView:
             yield first, end
             first = end
 
+    def chunk_words(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hash of every word, row of every word counted from `first`) for rows first..end-1; cached."""
+        key = (first, end)
+        if key not in self._chunk_words:
+            self._chunk_words[key] = self._hash_chunk(first, end)
+        return self._chunk_words[key]
+
+    def _hash_chunk(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(self.starts[first]), int(self.starts[end - 1] + self.nbytes[end - 1]) + 1
+        h, word_start = _word_hashes(self.buf[lo:hi], self._windows, lo)
+        bounds = np.append(self.starts[first:end] - lo, hi - lo)
+        per_row = np.diff(np.searchsorted(word_start, bounds))
+        return h, np.repeat(np.arange(end - first, dtype=np.int32), per_row)
+
     def words(self) -> tuple[np.ndarray, np.ndarray]:
-        """(hash of every word, row of every word), in text order; computed once."""
+        """(hash of every word, row of every word), in text order, for all rows; computed once."""
         if self._words is None:
-            hashes, rows = [], []
-            windows = _windows(self.buf)
-            for first, end in self.chunks():
-                lo, hi = int(self.starts[first]), int(self.starts[end - 1] + self.nbytes[end - 1]) + 1
-                h, word_start = _word_hashes(self.buf[lo:hi], windows, lo)
-                bounds = np.append(self.starts[first:end] - lo, hi - lo)
-                per_row = np.diff(np.searchsorted(word_start, bounds))
-                hashes.append(h)
-                rows.append(np.repeat(np.arange(first, end, dtype=np.int64), per_row))
-            self._words = (np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
-                           np.concatenate(rows) if rows else np.zeros(0, np.int64))
+            parts = [self.chunk_words(first, end) for first, end in self.chunks()]
+            self._words = (np.concatenate([h for h, _ in parts]) if parts else np.zeros(0, np.uint64),
+                           np.concatenate([r.astype(np.int64) + first for (_, r), (first, _) in zip(parts, self.chunks())])
+                           if parts else np.zeros(0, np.int64))
         return self._words
+
+    @property
+    def _windows(self) -> np.ndarray:
+        return _windows(self.buf)
 
 
 def _windows(buf: np.ndarray) -> np.ndarray:
@@ -141,21 +160,23 @@ def _word_hashes(chunk: np.ndarray, windows: np.ndarray, offset: int) -> tuple[n
     ends = np.flatnonzero(inner[:-1] & sep[1:]) + 1
     if len(chunk) and inner[-1]:
         ends = np.append(ends, len(chunk))
-    lengths = (ends - starts).astype(np.uint64)
+    lengths = ends - starts
+    at = starts + offset
     with np.errstate(over="ignore"):
-        h = lengths * np.uint64(0x9E3779B97F4A7C15)
-        todo = np.arange(len(starts))
-        block = 0
+        # The first two 8-byte blocks of every word at once (multiply-xorshift folds, one full mix at
+        # the end); longer words loop over the few that are left.
+        h = (lengths.astype(np.uint64) ^ (_lower_ascii(windows[at]) & _MASKS[np.minimum(lengths, 8)])) * _M1
+        h ^= h >> np.uint64(29)
+        h = (h ^ (_lower_ascii(windows[at + 8]) & _MASKS[np.clip(lengths - 8, 0, 8)])) * _M2
+        todo = np.flatnonzero(lengths > 16)
+        block = 2
         while len(todo):
-            left = lengths[todo] - np.uint64(8 * block)
-            x = _lower_ascii(windows[starts[todo] + offset + 8 * block])
-            keep_bits = np.minimum(left, np.uint64(8)) * np.uint64(8)
-            mask = np.where(keep_bits >= 64, np.uint64(0xFFFFFFFFFFFFFFFF),
-                            (np.uint64(1) << (keep_bits & np.uint64(63))) - np.uint64(1))
-            h[todo] = splitmix64(h[todo] ^ (x & mask))
+            left = lengths[todo] - 8 * block
+            x = _lower_ascii(windows[at[todo] + 8 * block]) & _MASKS[np.minimum(left, 8)]
+            h[todo] = ((h[todo] ^ (h[todo] >> np.uint64(29))) ^ x) * _M2
             todo = todo[left > 8]
             block += 1
-    return h, starts
+    return splitmix64(h), starts
 
 
 def sequence_keys(hashes: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
@@ -166,10 +187,10 @@ def sequence_keys(hashes: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarr
     with np.errstate(over="ignore"):
         first_word = np.searchsorted(rows, np.arange(n_rows), side="left")
         pos = np.arange(len(hashes)) - first_word[rows]
-        weighted = hashes * _powers(np.uint64(0x9E3779B97F4A7C15), int(pos.max()) + 1)[pos]
+        weighted = hashes * _powers(_SEQ, int(pos.max()) + 1)[pos]
         has = np.bincount(rows, minlength=n_rows) > 0
         sums = np.add.reduceat(weighted, first_word[has])  # rows are sorted, so each row is one segment
-        keys[has] = splitmix64(sums ^ np.uint64(0x5851F42D4C957F2D))
+        keys[has] = splitmix64(sums ^ _SEQ_SALT)
     return keys
 
 
@@ -182,11 +203,11 @@ def ngram_hashes(hashes: np.ndarray, rows: np.ndarray, n: int, short_rows_whole:
     if m < n:
         full_h, full_rows = np.zeros(0, np.uint64), np.zeros(0, np.int64)
     else:
-        mult = splitmix64(np.arange(1, n + 1, dtype=np.uint64))
+        # Rolling polynomial: gram_i = sum_j h[i+j] * Q**j = (S[i+n] - S[i]) * Q**-i, from one prefix sum.
         with np.errstate(over="ignore"):
-            acc = hashes[: m - n + 1] * mult[0]
-            for j in range(1, n):
-                acc += hashes[j : m - n + 1 + j] * mult[j]
+            prefix = np.zeros(m + 1, dtype=np.uint64)
+            np.cumsum(hashes * _powers(_Q, m), out=prefix[1:])
+            acc = (prefix[n:] - prefix[: m - n + 1]) * _powers(_Q_INV, m - n + 1)
         inside = rows[n - 1 :] == rows[: m - n + 1]
         full_h, full_rows = splitmix64(acc[inside]), rows[: m - n + 1][inside]
     if not short_rows_whole:
