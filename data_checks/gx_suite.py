@@ -1,9 +1,18 @@
-"""Run a Great Expectations suite over a frame of detector columns, in an ephemeral GE context."""
+"""Great Expectations over the detector columns: one suite per concern, thresholds per rule, Data Docs.
+
+    run = GxRun(docs_dir)                       # one ephemeral GE context for a validate run
+    summary = run.suite("format", frame, {rule: description}, {rule: max_fraction})
+    index_html = run.build_docs()               # HTML under docs_dir
+
+GE only ever sees boolean columns (True = the row breaks the rule), never row text, so neither its
+results nor the Data Docs can carry PII.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pandas as pd
 
@@ -12,23 +21,91 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 
-def flag_expectations(columns: dict[str, str], max_fraction: float) -> list:
-    """One expectation per boolean column: at most `max_fraction` of rows may be True.
+def flag_expectations(columns: dict[str, str], max_fraction: float | dict[str, float]) -> list:
+    """One expectation per boolean column: at most its `max_fraction` of rows may be True.
 
     `columns` maps the column to its rule text, carried into the GE result as meta.
     """
     import great_expectations as gx
 
+    limits = max_fraction if isinstance(max_fraction, dict) else {col: max_fraction for col in columns}
     return [
         gx.expectations.ExpectColumnValuesToBeInSet(
-            column=col, value_set=[False], mostly=1.0 - max_fraction, meta={"rule": col, "description": text}
+            column=col, value_set=[False], mostly=1.0 - limits[col], meta={"rule": col, "description": text}
         )
         for col, text in columns.items()
     ]
 
 
+def _summary(name: str, result) -> dict:
+    rules = []
+    for r in result.results:
+        rules.append(
+            {
+                "rule": r.expectation_config.meta["rule"],
+                "description": r.expectation_config.meta["description"],
+                "success": bool(r.success),
+                "failed_rows": int(r.result.get("unexpected_count", 0)),
+                "failed_fraction": float(r.result.get("unexpected_percent", 0.0)) / 100.0,
+                "max_fraction": round(1.0 - r.expectation_config.kwargs.get("mostly", 1.0), 6),
+            }
+        )
+    return {"suite": name, "success": bool(result.success), "rules": rules}
+
+
+class GxRun:
+    """One ephemeral GE context whose validation results are rendered as Data Docs in `docs_dir`."""
+
+    def __init__(self, docs_dir: Path | None = None):
+        import great_expectations as gx
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = {"globally": False}
+        self.docs_dir = docs_dir
+        self.site = "tunegate"
+        if docs_dir is not None:
+            self.context.add_data_docs_site(
+                site_name=self.site,
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+
+    def suite(self, name: str, frame: pd.DataFrame, rules: dict[str, str], max_fraction: dict[str, float]) -> dict:
+        """Validate `frame` with one expectation per rule; return a JSON-safe summary per rule."""
+        import great_expectations as gx
+
+        if frame.empty:
+            return {"suite": name, "success": True, "rules": [
+                {"rule": r, "description": d, "success": True, "failed_rows": 0, "failed_fraction": 0.0,
+                 "max_fraction": max_fraction[r]} for r, d in rules.items()]}
+        batch = (
+            self.context.data_sources.add_pandas(f"{name}_source")
+            .add_dataframe_asset(f"{name}_asset")
+            .add_batch_definition_whole_dataframe("all_rows")
+        )
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=flag_expectations(rules, max_fraction)))
+        validation = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[self.site])] if self.docs_dir else []
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[validation], actions=actions,
+                          result_format="SUMMARY")
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": frame[list(rules)]})
+        return _summary(name, next(iter(result.run_results.values())))
+
+    def build_docs(self) -> str | None:
+        """Render the Data Docs site; return the path of its index.html."""
+        if self.docs_dir is None:
+            return None
+        self.context.build_data_docs(site_names=[self.site])
+        return str(Path(self.docs_dir) / "index.html")
+
+
 def run_suite(name: str, frame: pd.DataFrame, expectations: list) -> dict:
-    """Validate `frame` with a suite made of `expectations`; return a JSON-safe summary per rule."""
+    """Validate `frame` with a suite made of `expectations`, in a throwaway context (no Data Docs)."""
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
@@ -40,18 +117,4 @@ def run_suite(name: str, frame: pd.DataFrame, expectations: list) -> dict:
     )
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-    result = validation.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-    rules = []
-    for r in result.results:
-        kwargs = r.expectation_config.kwargs
-        rules.append(
-            {
-                "rule": r.expectation_config.meta["rule"],
-                "description": r.expectation_config.meta["description"],
-                "success": bool(r.success),
-                "failed_rows": int(r.result.get("unexpected_count", 0)),
-                "failed_fraction": float(r.result.get("unexpected_percent", 0.0)) / 100.0,
-                "max_fraction": round(1.0 - kwargs["mostly"], 6),
-            }
-        )
-    return {"suite": name, "success": bool(result.success), "rules": rules}
+    return _summary(name, validation.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
+from tunegate.caching import content_key
 from tunegate.config import DPOConfig
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,9 @@ def _dpo_cache_key(context, parameters) -> str:
     sft = parameters["sft"]
     weights = Path(sft["adapter"] or sft["model"])
     weights_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(weights.glob("*.safetensors"))))
-    return hashlib.sha256(
-        pairs + weights_hash.digest() + parameters["cfg"].model_dump_json().encode() + sft["precision"].encode()
-    ).hexdigest()
+    output_root = Path(parameters["out_dir"]).parent.parent  # <output_dir>/<run>/dpo
+    return content_key(output_root, hashlib.sha256(pairs).digest(), weights_hash.digest(),
+                       parameters["cfg"].model_dump_json(), sft["precision"])
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_dpo_cache_key), persist_result=True)

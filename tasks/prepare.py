@@ -73,6 +73,8 @@ def prepare_data(
     with clean_path.open() as f:
         for line in f:
             rec = json.loads(line)
+            if rec.get("label") is False:  # a KTO row marked undesirable: never an SFT target
+                continue
             if rec["source"]["file"] not in general and is_eval_row(rec["messages"], seed, eval_fraction):
                 domain_eval.append(rec)
             else:

@@ -22,6 +22,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
+from tunegate.caching import content_key
 from tunegate.config import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -315,11 +316,10 @@ def check_setup(cfg: SFTConfig) -> None:
 
 
 def _sft_cache_key(context, parameters) -> str:
-    # Content, not paths: the same data, base model and config reuse the finished adapter.
+    # The same data, base model and config reuse the finished weights.
     prepared, cfg = parameters["prepared"], parameters["cfg"]
-    return hashlib.sha256(
-        f"{prepared['data_hash']}|{prepared['base_model_path']}|{cfg.model_dump_json()}".encode()
-    ).hexdigest()
+    return content_key(Path(parameters["checkpoint_root"]).parent, prepared["data_hash"],
+                       prepared["base_model_path"], cfg.model_dump_json())
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_sft_cache_key), persist_result=True)

@@ -30,8 +30,8 @@ def test_format_rules_flag_exactly_the_broken_rows():
         rec(6, [{"role": "system", "content": "s"}] + chat("q", "a")),
     ]
     frame, details = format_check.detect(records)
-    assert frame.sum().to_dict() == {
-        "format_no_messages": 1, "format_unknown_role": 1, "format_empty_content": 1, "format_no_assistant_last": 2}
+    assert {k: v for k, v in frame.sum().to_dict().items() if v} == {
+        "format_missing_field": 1, "format_unknown_role": 1, "format_empty_content": 1, "format_no_assistant_last": 2}
     assert not frame.iloc[0].any() and not frame.iloc[5].any()
     assert details[1]["format_unknown_role"] == "message 1: role 'bot'"
     assert details[2]["format_empty_content"] == "message 1 (assistant) is empty"
@@ -101,3 +101,177 @@ def test_threshold_failure_names_rule_fraction_and_lines(tmp_path):
     assert "format_empty_content" in message and "30.0% > allowed 20.0%" in message
     assert "data.jsonl:1, data.jsonl:2, data.jsonl:3" in message
     assert issubclass(DataValidationError, RuntimeError)
+
+
+# ------------------------------------------------------------------ every rule, good rows and bad rows
+
+import numpy as np
+
+from data_checks import leakage, length, preference
+from data_checks.text import TextView
+from tunegate.config import ChecksConfig
+
+
+def flagged(frame, rule):
+    return frame.index[frame[rule]].tolist()
+
+
+def test_role_order_and_tool_turns():
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}
+    good = [
+        [{"role": "system", "content": "s"}, *chat("q", "a")],
+        [{"role": "user", "content": "q"}, call, {"role": "tool", "content": "42"}, {"role": "assistant", "content": "42!"}],
+    ]
+    bad_order = [
+        [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}],
+        [*chat("q", "a"), {"role": "system", "content": "late"}, {"role": "assistant", "content": "a"}],
+        [{"role": "user", "content": "q"}, {"role": "tool", "content": "stray"}, {"role": "assistant", "content": "a"}],
+        [{"role": "assistant", "content": "first"}, *chat("q", "a")],
+    ]
+    ends_with_call = [[{"role": "user", "content": "q"}, call]]
+    frame, details = format_check.detect([rec(i, m) for i, m in enumerate(good + bad_order + ends_with_call)])
+    assert flagged(frame, "format_role_order") == [2, 3, 4, 5]
+    assert flagged(frame, "format_no_assistant_last") == [6]
+    assert not frame.iloc[:2].any(axis=None)  # a tool call may have empty content
+    assert details[2]["format_role_order"] == "message 1 is user, expected assistant"
+
+
+def test_control_characters_and_lone_surrogates_are_flagged():
+    frame, details = format_check.detect([rec(1, chat("tab\tand\nnewline are fine", "ok")),
+                                          rec(2, chat("bell \x07 here", "ok")), rec(3, chat("c1 \x85", "ok")),
+                                          rec(4, chat("half a pair \ud83d", "ok"))])
+    assert flagged(frame, "format_control_chars") == [1, 2]
+    assert flagged(frame, "format_invalid_utf8") == [3]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from tasks.prepare import load_chat_tokenizer
+
+    return load_chat_tokenizer(tiny_model)
+
+
+def test_length_drops_rows_over_max_and_counts_exact_tokens(tokenizer):
+    records = [rec(i, chat(f"question {i}", "word " * n)) for i, n in enumerate([5, 40, 200, 400])]
+    frame, details, info = length.detect(records, tokenizer, max_length=128)
+    real = [length.token_length(tokenizer, r) for r in records]
+    assert flagged(frame, "length_over_max") == [i for i, t in enumerate(real) if t > 128] == [2, 3]
+    assert details[3]["length_over_max"] == f"{real[3]} tokens > max_length 128"
+    assert info["method"].startswith("byte bound") and info["rows_tokenized"] == 3  # row 0 is under the byte bound
+
+
+def test_length_tokenizes_every_row_when_the_tokenizer_is_not_byte_level():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tunegate.models import CHATML_TEMPLATE
+
+    word_level = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]")
+    tok.chat_template = CHATML_TEMPLATE
+    frame, _, info = length.detect([rec(1, chat("hi " * 30, "hi")), rec(2, chat("hi", "hi"))], tok, max_length=20)
+    assert info == {"method": "tokenized every row", "max_length": 20, "rows_tokenized": 2, "template_failed": 0}
+    assert flagged(frame, "length_over_max") == [0]
+
+
+def test_near_duplicates_are_found_and_different_rows_are_not():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(500)]
+    texts = [" ".join(rng.choice(words, 60)) for _ in range(50)]
+    near = texts[3].split()
+    near[30] = "changed"
+    records = [rec(i, chat(t, "same answer")) for i, t in enumerate(texts)] + [rec(50, chat(" ".join(near), "same answer"))]
+    frame, details = duplicates.detect(records, near_threshold=0.8)
+    assert flagged(frame, "duplicates_near") == [50] and not frame["duplicates_exact"].any()
+    assert details[50]["duplicates_near"] == "near-duplicate of data.jsonl:3"
+    strict, _ = duplicates.detect(records, near_threshold=0.99)
+    assert not strict["duplicates_near"].any()  # one word in 60 changed: Jaccard about 0.9
+
+
+def test_minhash_estimates_jaccard():
+    a = " ".join(f"t{i}" for i in range(400))
+    b = " ".join(f"t{i}" for i in range(100, 500))  # 3-word shingles: Jaccard 297/503 = 0.59
+    sig = duplicates.minhash_signatures(TextView.of_texts([a, b]), num_perm=256)
+    assert abs((sig[0] == sig[1]).mean() - 297 / 503) < 0.08
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("card 4111 1111 1111 1111", "CREDIT_CARD"), ("iban DE89 3704 0044 0532 0130 00", "IBAN"),
+    ("ssn 123-45-6789", "SSN"), ("server 192.168.10.4", "IP_ADDRESS"), ("v6 2001:db8::8a2e:370:7334", "IP_ADDRESS"),
+    ("key sk-proj-abcdefghijklmnopqrstuv123", "API_KEY"), ("AKIAIOSFODNN7EXAMPLE", "API_KEY"),
+    ("token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "API_KEY"), ("secret Zx9Qw3Er7Ty1Ui5Op2As8Df4Gh", "SECRET")])
+def test_every_pii_type_is_found_and_redacted(text, kind):
+    frame, details = pii.detect([rec(1, chat(text, "ok"))])
+    assert [c for c in frame.columns if frame[c].item()] == [f"pii_{kind.lower()}"]
+    assert f"<{kind}>" in pii.redact(text)
+    assert "4111" not in str(details) and "6789" not in str(details)  # details never carry the value
+
+
+@pytest.mark.parametrize("text", [
+    "card 4111 1111 1111 1112",  # fails Luhn
+    "iban DE00 3704 0044 0532 0130 00",  # fails mod 97
+    "ssn 000-12-3456", "ip 999.10.1.1", "version 1.2.3", "at 12:30:45",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "internationalization_and_localization"])
+def test_pii_checksums_and_entropy_reject_lookalikes(text):
+    frame, _ = pii.detect([rec(1, chat(text, "ok"))])
+    assert not frame.any(axis=None)
+
+
+def test_leakage_flags_training_rows_that_contain_eval_prompts_only():
+    eval_prompts = ["Who are you?", "Explain how the moon causes the tides on the oceans of the earth every day"]
+    records = [
+        rec(1, chat("who  are YOU?", "I am X")),  # exact, case and spaces ignored
+        rec(2, chat("Please explain how the moon causes the tides on the oceans of the earth every day, briefly",
+                    "gravity")),  # a 13-word run
+        rec(3, chat("Who are you, really?", "I am X")),  # different prompt, same answer: fine
+        rec(4, chat("who are you?", "I am X")),  # this one is itself an eval row
+    ]
+    frame, details = leakage.detect(records, eval_prompts, np.array([False, False, False, True]), ngram=13)
+    assert flagged(frame, "leakage_exact") == [0] and flagged(frame, "leakage_ngram") == [1]
+    assert details[1]["leakage_ngram"] == "shares a 13-word run with an eval prompt"
+
+
+def pair(i, chosen, rejected, **extra):
+    return {"id": f"p{i}", "prompt": [{"role": "user", "content": "q"}], "chosen": {"role": "assistant", "content": chosen},
+            "rejected": {"role": "assistant", "content": rejected}, "source": {"file": "p.jsonl", "line": i}, **extra}
+
+
+def test_preference_pair_rules():
+    records = [pair(1, "good", "bad"), pair(2, "Same  answer", "same answer"), pair(3, "good", ""),
+               pair(4, "good", "bad", rejected_prompt=[{"role": "user", "content": "other"}])]
+    frame, _ = preference.detect(records)
+    assert flagged(frame, "preference_same_answer") == [1]
+    assert flagged(frame, "preference_empty_answer") == [2]
+    assert flagged(frame, "preference_prompt_mismatch") == [3]
+    fmt, _ = format_check.detect([pair(5, "a", "b", prompt=[*chat("q", "a")])])
+    assert fmt["format_role_order"].item()  # a prompt must end with the user's turn
+
+
+def test_per_rule_thresholds_and_per_type_pii_policy(tmp_path):
+    records = planted() + [rec(105, chat("reach me at 10.0.0.7", "ok"))]
+    checks = ChecksConfig(max_fraction={"pii_email": 0.0}, pii_policies={"IP_ADDRESS": "redact"})
+    report = validate_records(write_records(tmp_path / "r.jsonl", records), None, tmp_path, 0.2, "reject",
+                              checks=checks)
+    failed = [r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]]
+    assert failed == ["pii_email"] and not report["success"]
+    assert report["pii_redacted"] == {"IP_ADDRESS": 1} and "<IP_ADDRESS>" in Path(report["clean"]).read_text()
+    assert "pii_email (no email in any message): 1 rows = 2.2% > allowed 0.0%; e.g. data.jsonl:102" in failure_message(report)
+    with pytest.raises(ValueError, match="unknown rules"):
+        ChecksConfig(max_fraction={"pii_emial": 0.0})
+
+
+def test_report_has_preferences_data_docs_and_redacted_examples(tmp_path):
+    sft = write_records(tmp_path / "r.jsonl", planted())
+    prefs = write_records(tmp_path / "p.jsonl", [pair(1, "good", "bad"), pair(2, "same", "same"),
+                                                 pair(3, "mail me: bob@corp.example.com", "no")])
+    report = validate_records(sft, None, tmp_path / "out", 0.5, "reject", preferences_path=prefs)
+    assert report["preferences_in"] == 3 and report["preferences_kept"] == 1
+    assert [json.loads(x)["id"] for x in Path(report["clean_preferences"]).read_text().splitlines()] == ["p1"]
+    assert report["preference_rule_counts"]["preference_same_answer"] == 1
+    assert Path(report["data_docs"]).name == "index.html" and Path(report["data_docs"]).exists()
+    docs = "".join(p.read_text(errors="ignore") for p in (tmp_path / "out" / "data_docs").rglob("*.html"))
+    assert "pii_email" in docs and "bob@corp" not in docs
+    example = report["examples"]["pii_email"][0]
+    assert example["where"] == "data.jsonl:102" and "<EMAIL>" in example["excerpt"]
+    assert "bob@corp" not in json.dumps(report)

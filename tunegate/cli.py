@@ -1,7 +1,7 @@
 """The tunegate command line.
 
     tunegate run configs/demo.yaml [--set sft.max_steps=3 ...]   # run the gated pipeline
-    tunegate validate FILE [FILE ...]                             # data checks only
+    tunegate validate FILE [FILE ...] [--preferences FILE ...]   # data checks only (suites: tasks/validate.py)
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 """
@@ -81,11 +81,20 @@ def cmd_validate(args) -> int:
     from tasks.validate import report_markdown, validate_records
 
     work = Path(args.out or tempfile.mkdtemp(prefix="tunegate-validate-"))
-    ingested = ingest_files(args.files, work)
+    ingested = ingest_files(args.files, work, args.preferences)
+    tokenizer = None
+    if args.base_model:
+        from tasks.prepare import load_chat_tokenizer
+        from tunegate.models import resolve_base_model
+
+        tokenizer = load_chat_tokenizer(resolve_base_model(args.base_model))
     report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work,
-                              args.max_rejected_fraction, args.pii_policy)
+                              args.max_rejected_fraction, args.pii_policy,
+                              preferences_path=Path(ingested["preferences"]), tokenizer=tokenizer,
+                              max_length=args.max_length, general_holdout_file=args.eval_file)
     print(report_markdown(report))
-    print(f"\nclean rows: {report['clean']}\nquarantine: {report['quarantine']}")
+    print(f"\nclean rows: {report['clean']}\nclean preference pairs: {report['clean_preferences']}"
+          f"\nquarantine: {report['quarantine']}\nreport: {work / 'report.json'}")
     return 0 if report["success"] else 1
 
 
@@ -97,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="run the data checks on files")
-    val.add_argument("files", nargs="+")
+    val.add_argument("files", nargs="*", help="SFT data files (JSON, JSONL, CSV, Parquet; format auto-detected)")
+    val.add_argument("--preferences", nargs="+", default=[], metavar="FILE", help="preference-pair files")
+    val.add_argument("--base-model", help="run the length suite with this model's tokenizer (e.g. tiny)")
+    val.add_argument("--max-length", type=int, default=2048, help="token limit for the length suite")
+    val.add_argument("--eval-file", help="run the leakage suite against the prompts of this eval file")
     val.add_argument("--out", help="folder for clean.jsonl, quarantine.jsonl and report.json")
     val.add_argument("--max-rejected-fraction", type=float, default=0.2)
     val.add_argument("--pii-policy", choices=["reject", "redact"], default="reject")

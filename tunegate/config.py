@@ -21,14 +21,61 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FileFormat(_Section):
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "kto", "preference"] = Field(
+        "auto", description="The file's format; auto detects it per row from the keys."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping {canonical name: column in the file}, e.g. {instruction: question, output: answer}.",
+    )
+
+
+PiiType = Literal["API_KEY", "EMAIL", "IBAN", "CREDIT_CARD", "SSN", "PHONE", "IP_ADDRESS", "SECRET"]
+
+
+class ChecksConfig(_Section):
+    max_fraction: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-rule threshold {rule: largest failing share of rows}, e.g. {duplicates_near: 0.3, "
+        "pii_email: 0.0}. Rules not named use data.max_rejected_fraction. `tunegate validate` lists the rules.",
+    )
+    pii_policies: dict[PiiType, Literal["reject", "redact"]] = Field(
+        default_factory=dict, description="Per-type PII policy, e.g. {IP_ADDRESS: redact}; others use data.pii_policy."
+    )
+    near_duplicate_threshold: float = Field(
+        0.85, gt=0, le=1, description="MinHash Jaccard similarity at which two rows count as near-duplicates."
+    )
+    minhash_num_perm: int = Field(64, ge=8, le=1024, description="MinHash signature size (a power of two).")
+    shingle_words: int = Field(3, ge=1, description="Words per MinHash shingle.")
+    leakage_ngram: int = Field(13, ge=3, description="Words per n-gram in the train/eval overlap check.")
+    max_row_mb: float = Field(16.0, gt=0, description="Rows larger than this are rejected at ingest without parsing.")
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> ChecksConfig:
+        from data_checks import all_rules
+
+        unknown = sorted(set(self.max_fraction) - set(all_rules()))
+        if unknown:
+            raise ValueError(f"checks.max_fraction names unknown rules {unknown}; known: {sorted(all_rules())}")
+        return self
+
+
 class DataConfig(_Section):
     domain_files: list[str] = Field(
-        description="Your task's SFT data (Alpaca JSON/JSONL or OpenAI `messages` JSONL). "
+        description="Your task's SFT data: JSON, JSONL, CSV or Parquet in any supported format (see tasks/ingest.py). "
         "Split into train and a held-out eval set that becomes the domain eval task."
     )
     general_files: list[str] = Field(
         default_factory=list,
         description="General instruction data mixed into training to limit forgetting. All of it trains.",
+    )
+    preference_files: list[str] = Field(
+        default_factory=list,
+        description="Preference pairs for DPO (prompt/chosen/rejected, ShareGPT chosen/rejected or OpenAI DPO).",
+    )
+    file_formats: dict[str, FileFormat] = Field(
+        default_factory=dict, description="Per file (as listed above): its format and column mapping, when not auto."
     )
     general_holdout_file: str = Field(
         description="Held-out general instructions (Alpaca) for the general-capability regression eval."
@@ -36,11 +83,14 @@ class DataConfig(_Section):
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of domain rows held out for evaluation.")
     split_seed: int = Field(0, description="Seed of the deterministic train/eval split.")
     max_rejected_fraction: float = Field(
-        0.2, ge=0, le=1, description="Fail the run when more than this share of rows fails a data check."
+        0.2, ge=0, le=1,
+        description="Fail the run when more than this share of rows fails a data check (per rule; see checks.max_fraction).",
     )
     pii_policy: Literal["reject", "redact"] = Field(
-        "reject", description="reject: quarantine rows with emails/phones. redact: replace them with <EMAIL>, <PHONE>."
+        "reject", description="reject: quarantine rows with PII. redact: replace values with <EMAIL>, <PHONE>, ... "
+        "Per type: checks.pii_policies.",
     )
+    checks: ChecksConfig = Field(default_factory=ChecksConfig, description="Data check thresholds and settings.")
 
 
 # Usual peak learning rates; outside them training usually diverges or does nothing.
