@@ -5,6 +5,8 @@
 - identity.json: identity.json with {{name}} and {{author}} filled in (the domain data).
 - alpaca_general.json: short Alpaca rows mixed into training against forgetting.
 - general_holdout.json: other short Alpaca rows, never trained on, for the regression eval.
+- dpo_short.json: the dpo_en_demo.json pairs of at most 1,200 characters (prompt + longer answer),
+  so the demo's DPO step fits its max_length and its time budget on a CPU.
 """
 
 import json
@@ -25,7 +27,12 @@ def main() -> None:
     # Short rows keep CPU training fast; file order is the split, so it is reproducible.
     short = [r for r in alpaca if not r["input"] and len(r["instruction"]) + len(r["output"]) <= 260]
     general, holdout = short[:48], short[48:108]
-    for name, rows in [("identity.json", identity), ("alpaca_general.json", general), ("general_holdout.json", holdout)]:
+    pairs = json.loads((src / "dpo_en_demo.json").read_text())
+    size = lambda r: sum(len(t["value"]) for t in r["conversations"]) + max(len(r["chosen"]["value"]),  # noqa: E731
+                                                                          len(r["rejected"]["value"]))
+    short_pairs = [r for r in pairs if size(r) <= 1200]
+    for name, rows in [("identity.json", identity), ("alpaca_general.json", general), ("general_holdout.json", holdout),
+                       ("dpo_short.json", short_pairs)]:
         (out / name).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         print(f"{out / name}: {len(rows)} rows")
 

@@ -32,6 +32,9 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     assert good["rows_kept"] + good["rows_quarantined"] == 139 and good["rows_quarantined"] >= 1  # nothing lost
     assert str(get_alias(client, "test-model", CHAMPION).version) == good["model_version"] == "1"
     assert (tmp_path / "good" / "summary.json").exists()
+    margins = client.get_metric_history(good["mlflow_run_id"], "dpo/reward_margin_step")
+    assert [m.step for m in margins] == [1, 2]  # DPO ran on the preference file, after SFT
+    assert (tmp_path / "good" / "export" / "merged" / "model.safetensors").exists()  # promoted -> exported
 
     data = params.data.model_copy(update={
         "domain_files": [corrupted_copy(DEMO / "identity.json", tmp_path / "identity_bad.json")],
