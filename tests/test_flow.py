@@ -29,7 +29,9 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
 
     good = finetune_pipeline(params.model_copy(update={"run_name": "good"}))
     assert good["gate"] == "passed" and good["baseline"] == "base"
-    assert good["rows_kept"] == 138 and good["rows_quarantined"] == 1  # one phone number in the general mix
+    # Quarantined: a phone number in the general mix, "hello" (a near-duplicate of "hi": same answer), and two
+    # Chinese identity rows longer than the tiny tokenizer's max_length of 256 tokens.
+    assert good["rows_kept"] == 135 and good["rows_quarantined"] == 4
     assert str(get_alias(client, "test-model", CHAMPION).version) == good["model_version"] == "1"
     assert (tmp_path / "good" / "summary.json").exists()
 
