@@ -215,6 +215,15 @@ def main() -> None:
                   f"({results[-1]['rows'] / results[0]['rows']:.0f}x the rows)."]
     lines += [
         "",
+        "Found vs planted: every planted exact copy is found (the few extra are copies the generator's Zipf "
+        "vocabulary made by chance). Near-duplicates are planted with one word of about 50 changed, a true "
+        "3-shingle Jaccard of about 0.88 against the 0.85 threshold: LSH (8 bands of 8 values of a 64-value "
+        "signature, weighted towards recall) makes about 97% of such pairs candidates, and a candidate whose "
+        "estimate lands within 0.15 of the threshold is decided by its exact shingle Jaccard, since the "
+        "estimate alone (spread about 0.04) would drop a quarter of them.",
+    ]
+    lines += [
+        "",
         f"Per-row Python baseline (same checks; datasketch MinHash LSH): {base_seconds:.1f} s for "
         f"{args.baseline_rows:,} rows, where the vectorised suite took {fast_subset:.1f} s "
         f"(fixed costs such as GE's context dominate at that size). Extrapolated linearly to "
