@@ -179,9 +179,11 @@ def near_duplicate_groups(
     leader_of = np.arange(n)
     if not pairs:
         return leader_of
-    a, b = np.unique(np.concatenate(pairs, axis=1), axis=1)
-    if len(a) == 0:
+    both = np.concatenate(pairs, axis=1).astype(np.uint64)
+    distinct = np.unique((both[0] << np.uint64(24)) | both[1])  # rows fit in 24 bits
+    if len(distinct) == 0:
         return leader_of
+    a, b = (distinct >> np.uint64(24)).astype(np.int64), (distinct & np.uint64((1 << 24) - 1)).astype(np.int64)
     estimate = (sig[a] == sig[b]).mean(axis=1)
     similar = estimate >= threshold
     if view is not None:
