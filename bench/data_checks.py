@@ -60,21 +60,23 @@ def generate(n: int, seed: int = 0) -> tuple[list[dict], list[str], dict]:
         return [" ".join(row) for row in vocab[rng.choice(len(vocab), size=(count, words), p=p)]]
 
     users, answers = sentences(n, 16), sentences(n, 33)
+    has_system = np.arange(n) % 10 == 0
     evals = sentences(1000, 20)
     for i in rng.choice(n, n // 5, replace=False):
         answers[i] += f" in {1900 + i % 120} about {i % 997} units"
     planted = {"exact": 0, "near": 0, "pii": 0, "leak": 0}
     idx = rng.permutation(n)
-    exact, near, with_pii, leak = np.split(idx[: n // 50 * 2 + n // 100 + n // 1000],
-                                           np.cumsum([n // 50, n // 50, n // 100]))
+    n_planted = n // 50 * 2 + n // 100 + n // 1000
+    exact, near, with_pii, leak = np.split(idx[:n_planted], np.cumsum([n // 50, n // 50, n // 100]))
+    untouched = idx[n_planted:]  # copies are made of rows nothing else changes
     for i in exact:
-        j = int(rng.integers(0, n))
-        users[i], answers[i] = users[j].upper(), answers[j].replace(" ", "  ")
+        j = int(untouched[rng.integers(len(untouched))])
+        users[i], answers[i], has_system[i] = users[j].upper(), answers[j].replace(" ", "  "), has_system[j]
     for i in near:
-        j = int(rng.integers(0, n))
+        j = int(untouched[rng.integers(len(untouched))])
         words = answers[j].split(" ")
         words[int(rng.integers(len(words)))] = "zqx"
-        users[i], answers[i] = users[j], " ".join(words)
+        users[i], answers[i], has_system[i] = users[j], " ".join(words), has_system[j]
     kinds = list(PII_SAMPLES)
     for k, i in enumerate(with_pii):
         kind = kinds[k % len(kinds)]
@@ -85,7 +87,7 @@ def generate(n: int, seed: int = 0) -> tuple[list[dict], list[str], dict]:
     records = []
     for i in range(n):
         msgs = [{"role": "user", "content": users[i]}, {"role": "assistant", "content": answers[i]}]
-        if i % 10 == 0:
+        if has_system[i]:
             msgs.insert(0, {"role": "system", "content": "You are a helpful assistant."})
         records.append({"id": f"bench-{i}", "messages": msgs, "source": {"file": "bench.jsonl", "line": i + 1}})
     return records, evals, planted
@@ -211,6 +213,15 @@ def main() -> None:
         ratio = results[-1]["seconds"] / results[0]["seconds"]
         lines += ["", f"Scaling: {results[-1]['rows']:,} rows took {ratio:.1f}x the time of {results[0]['rows']:,} "
                   f"({results[-1]['rows'] / results[0]['rows']:.0f}x the rows)."]
+    lines += [
+        "",
+        "Found vs planted: every planted exact copy is found (the few extra are copies the generator's Zipf "
+        "vocabulary made by chance). Near-duplicates are planted with one word of about 50 changed, a true "
+        "3-shingle Jaccard of about 0.88 against the 0.85 threshold: LSH (8 bands of 8 values of a 64-value "
+        "signature, weighted towards recall) makes about 97% of such pairs candidates, and a candidate whose "
+        "estimate lands within 0.15 of the threshold is decided by its exact shingle Jaccard, since the "
+        "estimate alone (spread about 0.04) would drop a quarter of them.",
+    ]
     lines += [
         "",
         f"Per-row Python baseline (same checks; datasketch MinHash LSH): {base_seconds:.1f} s for "

@@ -2,15 +2,17 @@
 
 - exact: the same words in the same order, ASCII case and whitespace ignored (a 64-bit key per
   row over its word hashes; two different rows of a million collide with odds of about 1 in 30 million).
-- near: MinHash LSH over word shingles. Rows whose estimated Jaccard similarity reaches the
-  threshold are grouped; the first row of a group is kept, later ones are flagged.
+- near: MinHash LSH over word shingles. Candidate pairs whose signatures estimate a Jaccard
+  similarity within 0.15 of the threshold get their exact Jaccard over 40-bit shingle hashes
+  (few pairs, vectorised); pairs at or over the threshold are grouped; the first row of a group is kept, later
+  ones are flagged.
 
 The MinHash is one-permutation hashing (Li, Owen, Zhang 2012) with rotation densification
 (Shrivastava, Li 2014): every shingle is hashed once, its top bits pick one of `num_perm` bins and
 the row keeps the minimum of the low bits per bin. That costs O(shingles) instead of
 O(shingles x num_perm), and runs as a few numpy passes over all rows at once. LSH bands are
-chosen, like datasketch's MinHashLSH, to minimise false positives plus false negatives at the
-threshold, and every candidate pair is then checked against the threshold on its signatures.
+chosen like datasketch's MinHashLSH, but weighted towards recall, since every candidate pair is
+checked afterwards.
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ def conversation_key(messages: list[dict]) -> str:
     return hashlib.sha1(re.sub(r"\s+", " ", text).strip().lower().encode()).hexdigest()
 
 
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimising false positive + false negative probability mass at threshold."""
+def lsh_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> tuple[int, int]:
+    """(bands, rows per band) minimising weighted false positive + false negative probability mass.
+
+    False negatives weigh more (0.95, datasketch's default is 0.5): every candidate pair is checked
+    against the threshold on its signatures afterwards, so extra candidates cost little, while a
+    missed pair is a duplicate left in the training data.
+    """
     xs = np.linspace(0, 1, 201)
     best, best_err = (1, num_perm), np.inf
     for b in range(1, num_perm + 1):
@@ -45,8 +52,9 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
             p = 1 - (1 - xs**r) ** b
             fp = np.trapezoid(np.where(xs < threshold, p, 0), xs)
             fn = np.trapezoid(np.where(xs >= threshold, 1 - p, 0), xs)
-            if fp + fn < best_err:
-                best, best_err = (b, r), fp + fn
+            err = (1 - fn_weight) * fp + fn_weight * fn
+            if err < best_err:
+                best, best_err = (b, r), err
     return best
 
 
@@ -93,12 +101,64 @@ def _densify(sig: np.ndarray) -> np.ndarray:
     return sig
 
 
-def near_duplicate_groups(sig: np.ndarray, threshold: float) -> np.ndarray:
-    """For each row, the first row of its near-duplicate group (itself when it has none)."""
+def _row_shingles(view: TextView, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct 40-bit shingle hashes of the given (sorted, unique) rows: (hashes, row of each), grouped by row."""
+    hashes, owners = [], []
+    for first, end in view.chunks():
+        wanted = rows[(rows >= first) & (rows < end)] - first
+        if len(wanted) == 0:
+            continue
+        words, local = view.chunk_words(first, end)
+        keep = np.isin(local, wanted)
+        grams, gram_rows = ngram_hashes(words[keep], local[keep].astype(np.int64), n, short_rows_whole=True)
+        hashes.append(grams)
+        owners.append(gram_rows + first)
+    if not hashes:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    hashes, owners = np.concatenate(hashes), np.concatenate(owners)
+    # One sort of (row, top 40 bits of the hash) packed in a uint64 is much faster than a lexsort.
+    index = np.searchsorted(rows, owners)
+    packed = np.sort((index.astype(np.uint64) << np.uint64(40)) | (hashes >> np.uint64(24)))
+    distinct = np.ones(len(packed), dtype=bool)
+    distinct[1:] = packed[1:] != packed[:-1]
+    packed = packed[distinct]
+    return packed & np.uint64((1 << 40) - 1), rows[(packed >> np.uint64(40)).astype(np.int64)]
+
+
+def shingle_jaccard(view: TextView, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Jaccard similarity of the shingle sets of rows a[i] and b[i] (40-bit shingle hashes), vectorised."""
+    hashes, owners = _row_shingles(view, np.unique(np.concatenate([a, b])), n)
+    start = np.searchsorted(owners, np.arange(len(view) + 1))
+
+    def expand(rows):  # every shingle of rows[i], labelled with its pair i
+        counts = start[rows + 1] - start[rows]
+        pair = np.repeat(np.arange(len(rows)), counts)
+        offset = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
+        return pair, hashes[start[rows][pair] + offset], counts
+
+    pair_a, hash_a, size_a = expand(a)
+    pair_b, hash_b, size_b = expand(b)
+    packed = np.sort((np.concatenate([pair_a, pair_b]).astype(np.uint64) << np.uint64(40))
+                     | np.concatenate([hash_a, hash_b]))
+    shared = packed[1:] == packed[:-1]  # in both sets (each set is distinct on its own)
+    inter = np.bincount((packed[1:][shared] >> np.uint64(40)).astype(np.int64), minlength=len(a))
+    union = size_a + size_b - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def near_duplicate_groups(
+    sig: np.ndarray, threshold: float, view: TextView | None = None, shingle_words: int = 3, margin: float = 0.15
+) -> np.ndarray:
+    """For each row, the first row of its near-duplicate group (itself when it has none).
+
+    With `view`, candidate pairs whose estimate is near the threshold are decided by their exact Jaccard.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n, k = sig.shape
+    if n >= 1 << 24:
+        raise ValueError(f"{n} rows: near-duplicate search packs row numbers in 24 bits; split the data")
     bands, rows_per_band = lsh_bands(threshold, k)
     live = np.flatnonzero(sig[:, 0] != _EMPTY) if n else np.zeros(0, np.int64)
     pairs = []
@@ -107,8 +167,10 @@ def near_duplicate_groups(sig: np.ndarray, threshold: float) -> np.ndarray:
         block = sig[live, band * rows_per_band : (band + 1) * rows_per_band].astype(np.uint64)
         with np.errstate(over="ignore"):
             keys = splitmix64((block * mult).sum(axis=1, dtype=np.uint64))
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+        # Sort (top 40 bits of the band key, row) packed in one uint64: rows stay in order within a bucket.
+        packed = np.sort((keys >> np.uint64(24) << np.uint64(24)) | np.arange(len(keys), dtype=np.uint64))
+        order = (packed & np.uint64((1 << 24) - 1)).astype(np.int64)
+        sorted_keys = packed >> np.uint64(24)
         run_start = np.ones(len(order), dtype=bool)
         run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
         leader = order[np.flatnonzero(run_start)[np.cumsum(run_start) - 1]]
@@ -117,10 +179,19 @@ def near_duplicate_groups(sig: np.ndarray, threshold: float) -> np.ndarray:
     leader_of = np.arange(n)
     if not pairs:
         return leader_of
-    a, b = np.unique(np.concatenate(pairs, axis=1), axis=1)
-    if len(a) == 0:
+    both = np.concatenate(pairs, axis=1).astype(np.uint64)
+    distinct = np.unique((both[0] << np.uint64(24)) | both[1])  # rows fit in 24 bits
+    if len(distinct) == 0:
         return leader_of
-    similar = (sig[a] == sig[b]).mean(axis=1) >= threshold
+    a, b = (distinct >> np.uint64(24)).astype(np.int64), (distinct & np.uint64((1 << 24) - 1)).astype(np.int64)
+    estimate = (sig[a] == sig[b]).mean(axis=1)
+    similar = estimate >= threshold
+    if view is not None:
+        # The estimate's spread (about 0.04 at 64 values) would drop true pairs just above the threshold:
+        # pairs it puts within `margin` of it get their exact shingle Jaccard instead. Identical signatures stay.
+        unsure = np.flatnonzero((estimate >= threshold - margin) & (estimate < 1.0))
+        if len(unsure):
+            similar[unsure] = shingle_jaccard(view, a[unsure], b[unsure], shingle_words) >= threshold
     a, b = a[similar], b[similar]
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
@@ -143,7 +214,7 @@ def detect(
     _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
     first_exact = first_index[inverse] if n else np.zeros(0, np.int64)
     exact = (first_exact != np.arange(n)) & (keys != 0)
-    leader = near_duplicate_groups(sig, near_threshold)
+    leader = near_duplicate_groups(sig, near_threshold, view, shingle_words)
     near = (leader != np.arange(n)) & ~exact
     details: list[dict[str, str]] = [{} for _ in range(n)]
     for i in np.flatnonzero(exact):

@@ -96,14 +96,14 @@ def _read_jsonl(path: Path, max_row_bytes: int):
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
                 yield line_no, None, RowError("format_invalid_utf8", f"not valid UTF-8: byte {err.start} is 0x{raw[err.start]:02x}")
                 continue
             try:
                 yield line_no, json.loads(text), None
             except json.JSONDecodeError as err:
-                yield line_no, None, RowError("format_invalid_json", f"invalid JSON: {err.msg} at column {err.colno}")
+                yield line_no, None, RowError("format_invalid_json", f"invalid JSON: {err.msg} (column {err.colno})")
 
 
 def _too_large(size: int, limit: int) -> RowError:
@@ -127,7 +127,7 @@ def _read_json_array(text: str, max_row_bytes: int):
             # Pretty-printed arrays start every element at the same indent: resume at the next one.
             indent = text[text.rfind("\n", 0, pos) + 1 : pos]
             resume = text.find("\n" + indent + text[pos], pos + 1) if indent.strip() == "" and indent else -1
-            where = f"at line {err.lineno} column {err.colno}"
+            where = f"(line {err.lineno}, column {err.colno})"
             if resume < 0:
                 yield line, None, RowError("format_invalid_json", f"invalid JSON: {err.msg} {where}; rest of file skipped")
                 return

@@ -101,8 +101,9 @@ def check_rows(
     max_length: int | None = None,
     eval_prompts: list[str] | None = None,
     is_eval: np.ndarray | None = None,
+    only: set[str] | None = None,
 ) -> dict:
-    """Run every suite for one kind of row (sft or preference); return flags, details and summaries."""
+    """Run every suite (or those in `only`) for one kind of row (sft or preference); return flags, details, summaries."""
     n, n_bad = len(records), len(ingest_rejected)
     prefix = "" if kind == "sft" else "preference_"
     seconds, summaries, frames = {}, [], []
@@ -111,6 +112,9 @@ def check_rows(
     start = time.perf_counter()
     view = TextView.of(records)
     seconds["text"] = time.perf_counter() - start
+
+    def wanted(suite: str) -> bool:
+        return only is None or suite in only
 
     def run(suite: str, rules: dict[str, str], detected: tuple) -> None:
         frame, suite_details = detected[0], detected[1]
@@ -131,18 +135,24 @@ def check_rows(
         seconds[name] = time.perf_counter() - started
         return out
 
-    fmt, fmt_details = timed("format", format_check.detect, records, view)
+    if wanted("format"):  # unreadable rows count here, so it always runs when rows failed at ingest
+        fmt, fmt_details = timed("format", format_check.detect, records, view)
+    else:
+        fmt_details = [{} for _ in range(n)]
     bad_details = details[n:]
-    run("format", format_check.RULES, (format_check.flag_frame(fmt_details + bad_details, format_check.RULES),
-                                       fmt_details + bad_details))
+    if wanted("format") or n_bad:
+        run("format", format_check.RULES, (format_check.flag_frame(fmt_details + bad_details, format_check.RULES),
+                                           fmt_details + bad_details))
     length_info = None
-    if tokenizer is not None and max_length:
+    if tokenizer is not None and max_length and wanted("length"):
         frame, d, length_info = timed("length", length.detect, records, tokenizer, max_length, view)
         run("length", length.RULES, (frame, d))
-    run("duplicates", duplicates.RULES, timed(
-        "duplicates", duplicates.detect, records, view, checks.near_duplicate_threshold, checks.minhash_num_perm,
-        checks.shingle_words))
-    pii_frame, pii_details = timed("pii", pii.detect, records, view)
+    if wanted("duplicates"):
+        run("duplicates", duplicates.RULES, timed(
+            "duplicates", duplicates.detect, records, view, checks.near_duplicate_threshold, checks.minhash_num_perm,
+            checks.shingle_words))
+    pii_frame, pii_details = timed("pii", pii.detect, records, view) if wanted("pii") else (
+        pd.DataFrame({c: np.zeros(n, dtype=bool) for c in pii.RULES}), [{} for _ in range(n)])
     redact_types = [t for t in pii.TYPES if policies[t] == "redact"]
     redacted = {t: int(pii_frame[f"pii_{t.lower()}"].sum()) for t in redact_types}
     redacted_rows = pii_frame[[f"pii_{t.lower()}" for t in redact_types]].any(axis=1).to_numpy() if redact_types \
@@ -151,11 +161,12 @@ def check_rows(
         pii_frame[f"pii_{t.lower()}"] = False
         for d in pii_details:
             d.pop(f"pii_{t.lower()}", None)
-    run("pii", pii.RULES, (pii_frame, pii_details))
-    if eval_prompts is not None:
+    if wanted("pii"):
+        run("pii", pii.RULES, (pii_frame, pii_details))
+    if eval_prompts is not None and wanted("leakage"):
         run("leakage", leakage.RULES, timed("leakage", leakage.detect, records, eval_prompts, is_eval,
                                             checks.leakage_ngram, view))
-    if kind == "preference":
+    if kind == "preference" and wanted("preference"):
         run("preference", preference.RULES, timed("preference", preference.detect, records))
     flags = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=range(n + n_bad))
     return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds,
@@ -193,6 +204,7 @@ def validate_records(
     eval_fraction: float | None = None,
     split_seed: int = 0,
     data_docs: bool = True,
+    only: set[str] | None = None,
 ) -> dict:
     """Check every record; write clean/quarantine/report files and Data Docs; return the report.
 
@@ -205,7 +217,7 @@ def validate_records(
     try:
         return _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy,
                                  preferences_path, checks, tokenizer, max_length, general_files,
-                                 general_holdout_file, eval_fraction, split_seed, data_docs)
+                                 general_holdout_file, eval_fraction, split_seed, data_docs, only)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -213,7 +225,7 @@ def validate_records(
 
 def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy, preferences_path,
                       checks, tokenizer, max_length, general_files, general_holdout_file, eval_fraction, split_seed,
-                      data_docs) -> dict:
+                      data_docs, only) -> dict:
     started = time.perf_counter()
     checks = checks or ChecksConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +244,7 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
     eval_prompts, is_eval = (eval_sets(records, general_files, general_holdout_file, eval_fraction, split_seed)
                              if leakage_on else (None, None))
     common = dict(gx=gx, thresholds=thresholds, policies=policies, checks=checks, tokenizer=tokenizer,
-                  max_length=max_length, eval_prompts=eval_prompts)
+                  max_length=max_length, eval_prompts=eval_prompts, only=only)
     sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, **common)
     pref = check_rows("preference", preferences, rejected_pref, **common) if preferences or rejected_pref else None
 

@@ -7,7 +7,7 @@ from conftest import DEMO
 
 def test_validate_command_exit_codes_follow_the_thresholds(tmp_path, capsys):
     assert main(["validate", str(DEMO / "identity.json"), "--out", str(tmp_path / "ok")]) == 0
-    assert "| duplicates | duplicates_exact | 0 |" in capsys.readouterr().out
+    assert "| sft | duplicates | duplicates_exact | 0 |" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "write me at a@b.io"}]}
             for i in range(5)]
@@ -25,3 +25,16 @@ def test_summary_names_the_gate_outcome_and_the_ui_command():
     text = format_summary(summary, 90, [("sft", 60.0)])
     assert "BLOCKED on tunegate_general" in text and "1.0000 -> 1.5000" in text
     assert "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in text and "sft 60s" in text
+
+
+def test_validate_runs_one_suite_alone_and_checks_preference_files(tmp_path, capsys):
+    from conftest import ROOT
+
+    dpo = str(ROOT / "data" / "llamafactory" / "dpo_en_demo.json")
+    assert main(["validate", str(DEMO / "identity.json"), "--preferences", dpo, "--only", "pii",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {s["suite"] for s in report["suites"]} == {"pii", "preference_pii"}
+    assert report["preferences_in"] == 300 and report["rows_in"] == 91
+    assert len((tmp_path / "clean_preferences.jsonl").read_text().splitlines()) == report["preferences_kept"]
+    assert "| preference | preference_pii |" in capsys.readouterr().out

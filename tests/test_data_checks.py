@@ -275,3 +275,17 @@ def test_report_has_preferences_data_docs_and_redacted_examples(tmp_path):
     example = report["examples"]["pii_email"][0]
     assert example["where"] == "data.jsonl:102" and "<EMAIL>" in example["excerpt"]
     assert "bob@corp" not in json.dumps(report)
+
+
+def test_exact_shingle_jaccard_matches_python_sets():
+    texts = ["a b c d e f g", "a b c d e f x", "one two", "a b c d e f g a b c"]
+    view = TextView.of_texts(texts)
+
+    def shingles(t):
+        w = t.split()
+        return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
+
+    a, b = np.array([0, 0, 2, 3]), np.array([1, 3, 1, 0])
+    got = duplicates.shingle_jaccard(view, a, b, 3)
+    want = [len(shingles(texts[i]) & shingles(texts[j])) / len(shingles(texts[i]) | shingles(texts[j])) for i, j in zip(a, b)]
+    assert np.allclose(got, want) and want[0] == 4 / 6

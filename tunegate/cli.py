@@ -91,7 +91,8 @@ def cmd_validate(args) -> int:
     report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work,
                               args.max_rejected_fraction, args.pii_policy,
                               preferences_path=Path(ingested["preferences"]), tokenizer=tokenizer,
-                              max_length=args.max_length, general_holdout_file=args.eval_file)
+                              max_length=args.max_length, general_holdout_file=args.eval_file,
+                              only=set(args.only) if args.only else None)
     print(report_markdown(report))
     print(f"\nclean rows: {report['clean']}\nclean preference pairs: {report['clean_preferences']}"
           f"\nquarantine: {report['quarantine']}\nreport: {work / 'report.json'}")
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--base-model", help="run the length suite with this model's tokenizer (e.g. tiny)")
     val.add_argument("--max-length", type=int, default=2048, help="token limit for the length suite")
     val.add_argument("--eval-file", help="run the leakage suite against the prompts of this eval file")
+    val.add_argument("--only", action="append", metavar="SUITE",
+                     choices=["format", "length", "duplicates", "pii", "leakage", "preference"],
+                     help="run only this suite (repeatable); default: all that have their inputs")
     val.add_argument("--out", help="folder for clean.jsonl, quarantine.jsonl and report.json")
     val.add_argument("--max-rejected-fraction", type=float, default=0.2)
     val.add_argument("--pii-policy", choices=["reject", "redact"], default="reject")
