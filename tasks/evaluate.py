@@ -109,7 +109,9 @@ def task_manager(include_paths: tuple[str, ...], include_defaults: bool):
 
 def definition_hash(entry, lm_eval_version: str) -> str:
     """The task's YAML (includes resolved) and the Python next to it; not its data files or its folder."""
-    cfg = dict(entry.cfg)
+    if entry.yaml_path is None:  # a task defined in Python: pinned by the lm-eval version
+        return sha256_parts(lm_eval_version, entry.name)
+    cfg = dict(entry.cfg or {})
     kwargs = dict(cfg.get("dataset_kwargs") or {})
     kwargs.pop("data_files", None)  # local data is hashed by content, in data_hash
     cfg["dataset_kwargs"] = kwargs
@@ -362,6 +364,7 @@ def score_task(model: dict, spec: dict, footing: dict, settings: dict) -> dict:
     """One model on one task: lm-eval's scores, per-sample values, and what makes them comparable."""
     key = eval_cache_key(model, spec, footing)
     files_dir = Path(settings["cache_dir"]) / "lm_eval" / key
+    shutil.rmtree(files_dir, ignore_errors=True)  # left by an attempt that did not finish
     summary = run_lm_eval(settings["base_model_path"], model["adapter"], spec, footing, files_dir,
                           settings["trust_remote_code"])
     return {

@@ -116,6 +116,22 @@ def test_an_lm_eval_task_of_your_own_is_found_by_name(prepared, tmp_path):
     assert changed["data_hash"] != mine["data_hash"] and changed["definition_hash"] == mine["definition_hash"]
 
 
+def test_a_named_task_whose_data_is_missing_fails_naming_it(prepared, tmp_path):
+    tasks_dir = tmp_path / "my_tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "gone.yaml").write_text(
+        f"task: my_gone\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'nope.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "metric_list:\n  - metric: acc\n")
+    cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["my_gone"], include_paths=[str(tasks_dir)])
+    with pytest.raises(EvalSuiteError, match=r"data of lm-eval task 'my_gone' cannot be loaded here"):
+        eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run")
+    with pytest.raises(EvalSuiteError, match=r"eval.limits names tasks the suite does not run: \['tunegate_domain'\]"):
+        eval_suite(prepared, EvalConfig(tasks=["general"], limits={"tunegate_domain": 3}), [], tmp_path / "cache",
+                   tmp_path / "run")
+
+
+@pytest.mark.slow
 def test_a_standard_task_without_reachable_data_fails_naming_it(prepared, tmp_path):
     """Nothing is downloaded here: arc_easy's data is not in the local cache. (Indexes lm-eval's tasks: ~15 s.)"""
     cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["arc_easy"])
@@ -146,7 +162,7 @@ def lora_adapter(base_model_path: str, out: Path, seed: int) -> str:
 def test_results_are_cached_by_content_so_an_unchanged_model_is_never_re_evaluated(prepared, tmp_path, tracking):
     from mlflow import MlflowClient
 
-    cfg = EvalConfig(max_gen_toks=8, batch_size=16, limits={"tunegate_general": 20})
+    cfg = EvalConfig(max_gen_toks=8, batch_size=16, limits={"tunegate_domain": 4, "tunegate_general": 20})
     suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run1")
     adapter = lora_adapter(prepared["base_model_path"], tmp_path / "adapter", seed=0)
 
@@ -164,7 +180,7 @@ def test_results_are_cached_by_content_so_an_unchanged_model_is_never_re_evaluat
     other = evaluate_suite({"label": "other", "adapter": lora_adapter(prepared["base_model_path"], tmp_path / "b", 1),
                             "version": None}, suite, tracking)
     assert other["cache_hits"] == [] and other["model_hash"] != first["model_hash"]
-    fewer = eval_suite(prepared, cfg.model_copy(update={"limits": {"tunegate_general": 10}}), [],
+    fewer = eval_suite(prepared, cfg.model_copy(update={"limits": {"tunegate_domain": 4, "tunegate_general": 10}}), [],
                        tmp_path / "cache", tmp_path / "run3")
     assert evaluate_suite({"label": "c", "adapter": adapter, "version": None}, fewer, tracking)["cache_hits"] == [
         "tunegate_domain"]
