@@ -1,6 +1,6 @@
 """Evaluation speed on the demo suite: one model cold, then the cache hits that replace re-evaluation.
 
-    python bench/eval_speed.py          # SmolLM2-135M-Instruct, configs/demo.yaml; ~3 min on 2 CPU cores
+    python bench/eval_speed.py --threads 1 2   # SmolLM2-135M-Instruct, configs/demo.yaml; minutes on 2 cores
 
 The demo data is prepared for the bundled SmolLM2-135M-Instruct and its eval suite is built as the
 flow builds it (configs/demo.yaml: 12 domain generations of up to 40 tokens, 60 general
@@ -10,7 +10,8 @@ server (its start-up is not counted). Models: the base model, and a LoRA adapter
 shape (r=16, all linear layers) with random weights, whose answers usually run to the full token
 budget (a slow case). Each is then asked for again: a cache hit. The last hit is timed with the
 file-hash memo removed, so the 540 MB base weights are hashed again (the first hit in a new cache).
-Prints a markdown section for docs/benchmarks.md.
+All of it once per `--threads` value (eval.cpu_threads; each is its own cache footing). The load
+average is printed: other jobs share these 2 cores. Prints a markdown section for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ def random_lora(base_model_path: str, out: Path, r: int) -> str:
     return str(out)
 
 
-def main(work: Path) -> list[tuple[str, float, float, list[str]]]:
+def main(work: Path, threads: int) -> list[tuple[str, float, float, list[str]]]:
     from prefect import flow
 
     params = load_config(ROOT / "configs/demo.yaml")
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{work}/mlflow.db", artifact_root=str(work / "artifacts"))
     prepared = prepare_once(params, work / "data")
-    suite = eval_suite(prepared, params.eval, params.gate.rules, work / "eval-cache", work / "suite")
+    cfg = params.eval.model_copy(update={"cpu_threads": threads})
+    suite = eval_suite(prepared, cfg, params.gate.rules, work / "eval-cache", work / "suite")
     adapter = random_lora(prepared["base_model_path"], work / "lora", params.sft.lora_r)
     models = [{"label": "base", "adapter": None, "version": None},
               {"label": "lora r16", "adapter": adapter, "version": None}]
@@ -79,14 +81,23 @@ def main(work: Path) -> list[tuple[str, float, float, list[str]]]:
 
 
 if __name__ == "__main__":
+    import argparse
+
     from prefect.testing.utilities import prefect_test_harness
 
-    load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="eval-speed-") as tmp, prefect_test_harness(server_startup_timeout=120):
-        timings = main(Path(tmp))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="eval.cpu_threads values to time")
+    args = parser.parse_args()
+    rows = []
+    with prefect_test_harness(server_startup_timeout=120):
+        for threads in args.threads:
+            load_before = os.getloadavg()[0]
+            with tempfile.TemporaryDirectory(prefix="eval-speed-") as tmp:
+                timings = main(Path(tmp), threads)
+            load = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+            rows += [(threads, load, *t) for t in timings]
     print("## Evaluation speed\n")
-    print(f"1-min load average of the 2-core machine: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-          "(other processes share these cores).\n")
-    print("| model, call | seconds | of which inside lm-eval | tasks from cache |\n|---|---|---|---|")
-    for what, seconds, lm_eval_s, hits in timings:
-        print(f"| {what} | {seconds:.2f} | {lm_eval_s:.1f} | {', '.join(hits) or '-'} |")
+    print("| cpu_threads | load avg | model, call | seconds | of which in lm-eval | tasks from cache |")
+    print("|---|---|---|---|---|---|")
+    for threads, load, what, seconds, lm_eval_s, hits in rows:
+        print(f"| {threads} | {load} | {what} | {seconds:.2f} | {lm_eval_s:.1f} | {', '.join(hits) or '-'} |")

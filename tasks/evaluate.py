@@ -174,6 +174,7 @@ def eval_footing(cfg: EvalConfig) -> dict:
         "batch_size": cfg.batch_size,
         "device": device,
         "dtype": "float32" if device == "cpu" else "auto",
+        "cpu_threads": cfg.cpu_threads if device == "cpu" else None,  # thread count can change float sums
         **{pkg: package_version(pkg) for pkg in ("lm_eval", "transformers", "peft", "torch")},
     }
 
@@ -271,6 +272,7 @@ def _prefect_cache_key(context, parameters: dict) -> str:
 def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: dict, out_dir: Path,
                 trust_remote_code: bool = False) -> dict:
     """Score one model on one task with lm-eval; lm-eval writes its results and per-sample log to out_dir."""
+    import torch
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
@@ -281,21 +283,27 @@ def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: 
         model_args["trust_remote_code"] = True
     name, seed = spec["name"], footing["seed"]
     tracker = EvaluationTracker(output_path=str(out_dir / "results.json"))
+    threads = torch.get_num_threads()
+    if footing["cpu_threads"]:
+        torch.set_num_threads(footing["cpu_threads"])
     start = time.perf_counter()
-    results = simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=[name],
-        task_manager=task_manager(tuple(spec["include_paths"]), spec["include_defaults"]),
-        batch_size=footing["batch_size"],
-        limit=spec["limit"],
-        log_samples=True,
-        evaluation_tracker=tracker,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    try:
+        results = simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=[name],
+            task_manager=task_manager(tuple(spec["include_paths"]), spec["include_defaults"]),
+            batch_size=footing["batch_size"],
+            limit=spec["limit"],
+            log_samples=True,
+            evaluation_tracker=tracker,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
     metrics = {

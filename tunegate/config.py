@@ -92,6 +92,12 @@ class EvalConfig(_Section):
     max_gen_toks: int = Field(48, ge=1, description="Generation budget for the domain and format tasks.")
     batch_size: int = Field(8, ge=1, description="lm-eval batch size, the same for every model.")
     seed: int = Field(1234, description="lm-eval's python, numpy, torch and few-shot seeds, the same for every model.")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads while evaluating on CPU; None: torch's default (one per core). On a machine "
+        "shared with other jobs, 1 avoids OpenMP oversubscription (5-10x slower here, docs/benchmarks.md).",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where results are cached per (model content, task definition, eval data, eval settings), "
