@@ -34,4 +34,4 @@ ui: $(STAMP)
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
 
 clean:
-	rm -rf outputs mlruns/mlflow.db mlruns/artifacts
+	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock

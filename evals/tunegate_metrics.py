@@ -1,5 +1,6 @@
 """Per-sample metrics for the tunegate lm-eval tasks (referenced by `!function` in the YAMLs)."""
 
+import json
 import math
 import re
 import string
@@ -33,3 +34,20 @@ def general_results(doc: dict, results: list[tuple[float, bool]]) -> dict:
     loglikelihood, _ = results[0]
     n_bytes = max(len(doc["reference"].encode("utf-8")), 1)
     return {"bits_per_byte": -loglikelihood / (n_bytes * math.log(2))}
+
+
+def parse_json_container(text: str):
+    """The JSON object or array that text is, as a whole; None when it is anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def format_results(doc: dict, results: list[str]) -> dict:
+    answer = parse_json_container(results[0].strip())
+    return {
+        "valid_json": float(answer is not None),
+        "json_match": float(answer is not None and answer == parse_json_container(doc["reference"])),
+    }

@@ -4,8 +4,9 @@ promote -> export.
     tunegate run configs/demo.yaml                   # or: make demo
     python -m flows.finetune configs/tiny.yaml       # same flow, no CLI summary
 
-The candidate is evaluated next to the current champion (or the base model for the first run),
-registered in MLflow, and promoted only when the gate passes. A blocked gate fails the flow run.
+The eval suite is built (and its data checked) before training. The candidate is evaluated next to
+the current champion (or the base model for the first run) on that suite, with cached results
+reused, registered in MLflow, and promoted only when the gate passes. A blocked gate fails the flow run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.dpo import dpo
-from tasks.evaluate import evaluate, resolve_baseline
+from tasks.evaluate import build_eval_suite, evaluate_suite, resolve_baseline
 from tasks.export import export
 from tasks.gate import gate
 from tasks.ingest import ingest
@@ -44,17 +45,18 @@ def finetune_pipeline(params: PipelineParams) -> dict:
                       data.eval_fraction, data.split_seed, params.trust_remote_code)
     prepared = prepare(report, data.general_files, data.general_holdout_file, params.base_model,
                        str(run_dir / "data"), data.eval_fraction, data.split_seed, params.trust_remote_code)
+    suite = build_eval_suite(prepared, ev, params.gate.rules, params.tracking, str(run_dir / "eval"),
+                             params.trust_remote_code)
     trained = sft(prepared, params.sft, str(run_dir / "sft"), str(Path(params.output_dir).resolve() / "checkpoints"),
                   params.trust_remote_code)
     aligned = dpo(prepared["base_model_path"], trained, report["clean_preferences"], params.dpo,
                   str(run_dir / "dpo"), params.trust_remote_code)
     baseline = resolve_baseline(params.tracking, str(run_dir / "baseline"))
-    baseline_eval = evaluate(baseline["label"], prepared, baseline["adapter"], ev.tasks,
-                             ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)
-    candidate_eval = evaluate("candidate", prepared, aligned["adapter"], ev.tasks,
-                              ev.max_gen_toks, ev.batch_size, str(run_dir / "eval"), params.trust_remote_code)
+    baseline_eval = evaluate_suite(baseline, suite, params.tracking)
+    candidate_eval = evaluate_suite({"label": "candidate", "adapter": aligned["adapter"], "version": None},
+                                    suite, params.tracking)
     registered = register(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
-    decision = gate(params.gate.rules, candidate_eval, baseline_eval, registered, params.tracking)
+    decision = gate(params.gate, candidate_eval, baseline_eval, registered, params.tracking)
     summary = summarize(report, trained, baseline_eval, candidate_eval, decision, registered,
                         params.tracking.tracking_uri, str(run_dir))
     promote(decision, registered, params.tracking)

@@ -1,33 +1,92 @@
-"""Stage 6, evaluate: lm-evaluation-harness on the local tasks in evals/, for one model.
+"""Stage 6, evaluate: lm-evaluation-harness on the eval suite, one cached Prefect task run per (model, task).
 
-    python -m tasks.evaluate MODEL_DIR RUN_DIR [ADAPTER_DIR]   # RUN_DIR holds prepare's files
+    python -m tasks.evaluate MODEL_DIR RUN_DIR [ADAPTER_DIR]   # RUN_DIR holds prepare's files; no cache
 
-The candidate, the champion and the base model are all scored by `evaluate_model` with the
-same task files, seeds and batch size. Adapters load through lm-eval's `peft=` argument,
-unmerged, so the weights on disk are exactly what is evaluated.
+`build_eval_suite` runs right after prepare, before training. It fills the local task templates in
+evals/ with this run's data (domain, general, and format when configured), resolves the lm-eval
+tasks named in the config, loads every task's data (so a task whose data cannot be reached fails
+the run before any training) and hashes each task's definition and data.
+
+`evaluate_suite` scores one model (candidate, champion or base) on that suite. Every model gets the
+same tasks, seeds, batch size and lm-eval version: the suite's `footing`, which the gate checks.
+Adapters load unmerged through lm-eval's `peft=` argument, so the weights on disk are what is scored.
+
+Caching is Prefect's task cache with persisted results. The key of `evaluate_task` is
+(model content hash, task definition hash, eval data hash, doc limit, footing); labels and paths are
+left out, so an unchanged champion is never re-evaluated, whatever it is called or wherever it was
+downloaded to. Results are JSON files under `eval.cache_dir` (default: `eval-cache/` next to the
+sqlite MLflow DB), next to lm-eval's per-sample logs. An evaluation that does run is also an MLflow
+run in the `<experiment>-evals` experiment, with those per-sample logs as artifacts; its run id
+travels with the cached result into the model version's lineage.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import shutil
 import sys
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy
 
-from tunegate.config import TrackingConfig
-from tunegate.registry import CHAMPION, connect, download_version, get_alias
+from tunegate.config import EvalConfig, GateRule, TrackingConfig
+from tunegate.models import cache_dir as tunegate_cache_dir
+from tunegate.registry import CHAMPION, connect, download_version, eval_experiment, get_alias
 
 EVALS_DIR = Path(__file__).resolve().parent.parent / "evals"
-SEED = 1234
+# Files at least this large (base model weights) have their sha256 remembered by (path, size, mtime).
+MEMO_MIN_BYTES = 32 * 2**20
+
+
+class EvalSuiteError(ValueError):
+    """The configured eval suite cannot run here; raised before training starts."""
+
+
+def sha256_parts(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# --- the suite ---------------------------------------------------------------------------------
+
+
+def is_json_container(text: str) -> bool:
+    """True when text, as a whole, is a JSON object or array (as evals/tunegate_metrics.py scores it)."""
+    try:
+        return isinstance(json.loads(text), (dict, list))
+    except ValueError:
+        return False
+
+
+def write_format_eval(domain_eval: Path, out: Path) -> int:
+    """Keep the held-out domain rows whose reference answer is JSON; return how many."""
+    rows = [json.loads(line) for line in domain_eval.read_text().splitlines() if line.strip()]
+    keep = [row for row in rows if is_json_container(row["reference"])]
+    if not keep:
+        raise EvalSuiteError(
+            f"eval.tasks lists 'format', but none of the {len(rows)} held-out domain rows has a JSON object or "
+            "array as its answer. Drop 'format' from eval.tasks, or add data whose answers are JSON."
+        )
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
+    return len(keep)
 
 
 def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], out_dir: Path) -> Path:
     """Copy the task templates with absolute data paths filled in; return the include dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data_files = {"domain": prepared["domain_eval"], "general": prepared["general_eval"]}
+    if "format" in task_names:
+        data_files["format"] = str(out_dir / "format_eval.jsonl")
+        write_format_eval(Path(prepared["domain_eval"]), Path(data_files["format"]))
     for name in task_names:
         template = (EVALS_DIR / f"tunegate_{name}.yaml").read_text()
         filled = (
@@ -40,52 +99,332 @@ def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], 
     return out_dir
 
 
-def evaluate_model(
-    label: str,
-    base_model_path: str,
-    adapter_path: str | None,
-    tasks_dir: Path,
-    task_names: list[str],
-    batch_size: int,
-    out_dir: Path,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Run lm-eval; return aggregate metrics per task plus per-sample values for paired tests."""
-    import torch
-    from lm_eval import simple_evaluate
+@functools.lru_cache(maxsize=4)
+def task_manager(include_paths: tuple[str, ...], include_defaults: bool):
+    """lm-eval's task index; indexing lm-eval's own ~15k tasks takes ~15 s, so it is built once per process."""
     from lm_eval.tasks import TaskManager
 
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=include_defaults)
+
+
+def definition_hash(entry, lm_eval_version: str) -> str:
+    """The task's YAML (includes resolved) and the Python next to it; not its data files or its folder."""
+    if entry.yaml_path is None:  # a task defined in Python: pinned by the lm-eval version
+        return sha256_parts(lm_eval_version, entry.name)
+    cfg = dict(entry.cfg or {})
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    kwargs.pop("data_files", None)  # local data is hashed by content, in data_hash
+    cfg["dataset_kwargs"] = kwargs
+    folder = entry.yaml_path.parent
+    text = json.dumps(cfg, sort_keys=True, default=str).replace(str(folder), ".")
+    code = [p.read_text() for p in sorted(folder.glob("*.py"))]
+    return sha256_parts(lm_eval_version, text, *code)
+
+
+def resolve_task(name: str, include_paths: list[str], limit: int | None) -> dict:
+    """Find an lm-eval task by name, load its docs, hash them; fail with the task's name when that cannot be done."""
+    from lm_eval.tasks import get_task_dict
+    from lm_eval.tasks._index import Kind
+
+    include_defaults = False
+    manager = task_manager(tuple(include_paths), False)
+    if name not in manager.task_index:  # not one of ours: look among lm-eval's own tasks
+        include_defaults = True
+        manager = task_manager(tuple(include_paths), True)
+    entry = manager.task_index.get(name)
+    if entry is None:
+        raise EvalSuiteError(f"eval: lm-eval has no task named '{name}' (see `lm-eval ls tasks`).")
+    if entry.kind not in (Kind.TASK, Kind.PY_TASK):
+        raise EvalSuiteError(
+            f"eval: '{name}' is an lm-eval {entry.kind.name.lower()} of several tasks; the gate compares per-sample "
+            "scores of single tasks, so list the tasks you want by name in eval.lm_eval_tasks."
+        )
+    try:
+        task_obj = get_task_dict([name], manager)[name]
+        docs = list(task_obj.eval_docs)
+    except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
+        raise EvalSuiteError(
+            f"eval: the data of lm-eval task '{name}' cannot be loaded here ({type(err).__name__}: {err}). "
+            "Nothing is downloaded (HF_DATASETS_OFFLINE=1): put the dataset in the Hugging Face datasets cache "
+            f"first, or drop '{name}' from eval.lm_eval_tasks."
+        ) from err
+    docs = docs[:limit] if limit else docs
+    data = hashlib.sha256()
+    for doc in docs:
+        data.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    return {
+        "name": name,
+        "include_paths": include_paths,
+        "include_defaults": include_defaults,
+        "definition_hash": definition_hash(entry, package_version("lm_eval")),
+        "data_hash": data.hexdigest(),
+        "limit": limit,
+        "n_docs": len(docs),
+        "higher_is_better": dict(task_obj.higher_is_better()),
+    }
+
+
+def eval_footing(cfg: EvalConfig) -> dict:
+    """What must be equal for two models' scores to be comparable, besides the task and its data."""
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = {"pretrained": base_model_path, "device": device, "dtype": "float32" if device == "cpu" else "auto"}
-    if adapter_path:
-        model_args["peft"] = adapter_path
+    return {
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "device": device,
+        "dtype": "float32" if device == "cpu" else "auto",
+        "cpu_threads": cfg.cpu_threads if device == "cpu" else None,  # thread count can change float sums
+        **{pkg: package_version(pkg) for pkg in ("lm_eval", "transformers", "peft", "torch")},
+    }
+
+
+def eval_cache_dir(cfg: EvalConfig, tracking: TrackingConfig) -> Path:
+    """eval.cache_dir, else eval-cache/ next to the sqlite MLflow DB, else ~/.cache/tunegate/eval-cache."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).resolve()
+    if tracking.tracking_uri.startswith("sqlite:///"):
+        return Path(tracking.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "eval-cache"
+    return tunegate_cache_dir() / "eval-cache"
+
+
+def eval_suite(
+    prepared: dict, cfg: EvalConfig, rules: list[GateRule], cache_dir: Path, out_dir: Path,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Every task to score, with its definition and data hashes, and the settings shared by every model."""
+    tasks_dir = materialize_tasks(prepared, cfg.max_gen_toks, cfg.tasks, out_dir / "lm_eval_tasks")
+    names = [f"tunegate_{t}" for t in cfg.tasks] + cfg.lm_eval_tasks
+    unknown_limits = sorted(set(cfg.limits) - set(names))
+    if unknown_limits:
+        raise EvalSuiteError(f"eval.limits names tasks the suite does not run: {unknown_limits}; it runs {names}")
+    include_paths = [str(tasks_dir)] + [str(Path(p).resolve()) for p in cfg.include_paths]
+    specs = [resolve_task(name, include_paths, cfg.limits.get(name)) for name in names]
+    for rule in rules:
+        metrics = next(s["higher_is_better"] for s in specs if s["name"] == rule.task)
+        if rule.metric not in metrics:
+            raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has {sorted(metrics)}")
+    return {
+        "tasks": specs,
+        "footing": eval_footing(cfg),
+        "base_model_path": prepared["base_model_path"],
+        "trust_remote_code": trust_remote_code,
+        "log_samples": cfg.log_samples,
+        "cache_dir": str(cache_dir),
+    }
+
+
+@task
+def build_eval_suite(
+    prepared: dict, cfg: EvalConfig, rules: list[GateRule], tracking: TrackingConfig, out_dir: str,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Fill the local tasks, resolve lm-eval tasks by name and hash them all; fail here, before training."""
+    return eval_suite(prepared, cfg, rules, eval_cache_dir(cfg, tracking), Path(out_dir), trust_remote_code)
+
+
+# --- one model on one task -----------------------------------------------------------------------
+
+
+def file_sha256(path: Path, memo: dict) -> str:
+    stat = path.stat()
+    seen = memo.get(str(path))
+    if seen and seen["size"] == stat.st_size and seen["mtime_ns"] == stat.st_mtime_ns:
+        return seen["sha256"]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    if stat.st_size >= MEMO_MIN_BYTES:
+        memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def model_content_hash(base_model_path: str, adapter: str | None, memo_file: Path) -> str:
+    """sha256 over the base model's files and the adapter's config and weights: what lm-eval loads."""
+    memo = json.loads(memo_file.read_text()) if memo_file.exists() else {}
+    before = dict(memo)
+    base = Path(base_model_path)
+    parts = [] if base.is_dir() else [f"hub:{base_model_path}"]  # a hub id: whatever the local HF cache holds
+    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")) if base.is_dir() else []
+    files += sorted(Path(adapter).glob("adapter_*")) if adapter else []
+    for path in files:
+        parts += [path.name, file_sha256(path, memo)]
+    if memo != before:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1))
+        tmp.replace(memo_file)
+    return sha256_parts(*parts)
+
+
+def eval_cache_key(model: dict, spec: dict, footing: dict) -> str:
+    """(model content, task definition, eval data, doc limit, footing): never a label or a path."""
+    digest = sha256_parts(model["content_hash"], spec["name"], spec["definition_hash"], spec["data_hash"],
+                          str(spec["limit"]), json.dumps(footing, sort_keys=True))
+    return f"eval-{spec['name']}-{digest[:40]}"
+
+
+def _prefect_cache_key(context, parameters: dict) -> str:
+    return eval_cache_key(parameters["model"], parameters["spec"], parameters["footing"])
+
+
+def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: dict, out_dir: Path,
+                trust_remote_code: bool = False) -> dict:
+    """Score one model on one task with lm-eval; lm-eval writes its results and per-sample log to out_dir."""
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+
+    model_args = {"pretrained": base_model_path, "device": footing["device"], "dtype": footing["dtype"]}
+    if adapter:
+        model_args["peft"] = adapter
     if trust_remote_code:
         model_args["trust_remote_code"] = True
-    lm_tasks = [f"tunegate_{t}" for t in task_names]
+    name, seed = spec["name"], footing["seed"]
+    tracker = EvaluationTracker(output_path=str(out_dir / "results.json"))
+    threads = torch.get_num_threads()
+    if footing["cpu_threads"]:
+        torch.set_num_threads(footing["cpu_threads"])
     start = time.perf_counter()
-    results = simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=lm_tasks,
-        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-        batch_size=batch_size,
-        log_samples=True,
-        random_seed=SEED,
-        numpy_random_seed=SEED,
-        torch_random_seed=SEED,
-        fewshot_random_seed=SEED,
-    )
+    try:
+        results = simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=[name],
+            task_manager=task_manager(tuple(spec["include_paths"]), spec["include_defaults"]),
+            batch_size=footing["batch_size"],
+            limit=spec["limit"],
+            log_samples=True,
+            evaluation_tracker=tracker,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
-    summary = {"label": label, "adapter": adapter_path, "seconds": round(seconds, 1), "tasks": {}}
-    for name in lm_tasks:
-        agg = results["results"][name]
-        metrics = {k.split(",")[0]: float(v) for k, v in agg.items() if "," in k and "_stderr" not in k}
-        per_sample = {m: [float(s[m]) for s in results["samples"][name]] for m in metrics}
-        summary["tasks"][name] = {"metrics": metrics, "samples": per_sample, "n": len(results["samples"][name])}
-    summary["lm_eval_version"] = results.get("versions", {})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"eval_{label.replace(' ', '-')}.json").write_text(json.dumps(summary, indent=2))
+    samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+    metrics = {
+        key.split(",")[0]: float(value)
+        for key, value in results["results"][name].items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float))
+    }
+    # Paired tests need one number per doc; corpus-level metrics (e.g. perplexity) have none.
+    per_sample = {
+        m: [float(s[m]) for s in samples] for m in metrics if all(isinstance(s.get(m), (int, float)) for s in samples)
+    }
+    summary = {
+        "task": name,
+        "metrics": metrics,
+        "higher_is_better": dict(results["higher_is_better"][name]),
+        "samples": per_sample,
+        "doc_ids": [s["doc_id"] for s in samples],
+        "n": len(samples),
+        "seconds": round(seconds, 2),
+    }
+    # lm-eval's own files: results_<time>.json and samples_<task>_<time>.jsonl (it rewrites the dicts it saves).
+    tracker.save_results_aggregated(results=results, samples=results["samples"])
+    tracker.save_results_samples(task_name=name, samples=results["samples"][name])
     return summary
+
+
+def log_eval_run(tracking: TrackingConfig, model: dict, spec: dict, footing: dict, result: dict,
+                 files_dir: Path | None, cache_key: str) -> str:
+    """One MLflow run per evaluation actually computed, in the <experiment>-evals experiment."""
+    from mlflow.entities import Metric, Param
+
+    client, experiment_id = eval_experiment(tracking)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{spec['name']} {model['label']}",
+        tags={
+            "tunegate.kind": "eval",
+            "eval.task": spec["name"],
+            "eval.model_label": model["label"],
+            "eval.model_hash": model["content_hash"],
+            "eval.adapter": str(model["adapter"]),
+            "eval.definition_hash": spec["definition_hash"],
+            "eval.data_hash": spec["data_hash"],
+            "eval.cache_key": cache_key,
+        },
+    )
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(m, v, now, 0) for m, v in result["metrics"].items()],
+        params=[Param(k, str(v)) for k, v in {**footing, "limit": spec["limit"], "n": result["n"]}.items()],
+    )
+    if files_dir is not None:
+        client.log_artifacts(run.info.run_id, str(files_dir), "lm_eval")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def with_content_hash(model: dict, suite: dict) -> dict:
+    """The model reference ({label, adapter, version}) plus the hash of what lm-eval will load."""
+    memo = Path(suite["cache_dir"]) / "file-hashes.json"
+    return {**model, "content_hash": model_content_hash(suite["base_model_path"], model["adapter"], memo)}
+
+
+def score_task(model: dict, spec: dict, footing: dict, settings: dict) -> dict:
+    """One model on one task: lm-eval's scores, per-sample values, and what makes them comparable."""
+    key = eval_cache_key(model, spec, footing)
+    files_dir = Path(settings["cache_dir"]) / "lm_eval" / key
+    shutil.rmtree(files_dir, ignore_errors=True)  # left by an attempt that did not finish
+    summary = run_lm_eval(settings["base_model_path"], model["adapter"], spec, footing, files_dir,
+                          settings["trust_remote_code"])
+    return {
+        **summary,
+        "model_hash": model["content_hash"],
+        "definition_hash": spec["definition_hash"],
+        "data_hash": spec["data_hash"],
+        "limit": spec["limit"],
+        "footing": footing,
+        "cache_key": key,
+        "lm_eval_files": str(files_dir),
+    }
+
+
+@task(persist_result=True, result_serializer="json", cache_expiration=None,
+      task_run_name="evaluate[{model[label]} {spec[name]}]")
+def evaluate_task(model: dict, spec: dict, footing: dict, settings: dict, tracking: TrackingConfig) -> dict:
+    """Score one model on one task and log it as an MLflow run; cached by content (see evaluate_suite)."""
+    result = score_task(model, spec, footing, settings)
+    files = Path(result["lm_eval_files"]) if settings["log_samples"] else None
+    return {**result, "eval_run_id": log_eval_run(tracking, model, spec, footing, result, files, result["cache_key"])}
+
+
+def suite_settings(suite: dict) -> dict:
+    return {k: suite[k] for k in ("base_model_path", "trust_remote_code", "log_samples", "cache_dir")}
+
+
+def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
+    """Score a model ({label, adapter, version}) on every task of the suite; reuse cached results.
+
+    Prefect's cache fits: a custom key over content hashes (paths and labels left out), results
+    persisted as JSON in the cache folder, never expiring. A hit costs one task-run round trip.
+    """
+    model = with_content_hash(model, suite)
+    cached_evaluate = evaluate_task.with_options(
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=_prefect_cache_key), result_storage=Path(suite["cache_dir"])
+    )
+    tasks, cache_hits = {}, []
+    for spec in suite["tasks"]:
+        state = cached_evaluate(model, spec, suite["footing"], suite_settings(suite), tracking, return_state=True)
+        tasks[spec["name"]] = state.result()
+        if state.name == "Cached":
+            cache_hits.append(spec["name"])
+    return {
+        "label": model["label"],
+        "version": model["version"],
+        "adapter": model["adapter"],
+        "model_hash": model["content_hash"],
+        "tasks": tasks,
+        "cache_hits": cache_hits,
+        "eval_run_ids": {name: result["eval_run_id"] for name, result in tasks.items()},
+    }
 
 
 @task(retries=2, retry_delay_seconds=[2, 5])
@@ -99,25 +438,6 @@ def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> dict:
     return {"label": f"champion v{version.version}", "adapter": adapter, "version": str(version.version)}
 
 
-@task
-def evaluate(
-    label: str,
-    prepared: dict,
-    adapter_path: str | None,
-    task_names: list[str],
-    max_gen_toks: int,
-    batch_size: int,
-    out_dir: str,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Score one model (base, champion or candidate) on the eval tasks."""
-    tasks_dir = materialize_tasks(prepared, max_gen_toks, task_names, Path(out_dir) / "lm_eval_tasks")
-    return evaluate_model(
-        label, prepared["base_model_path"], adapter_path, tasks_dir, task_names, batch_size, Path(out_dir),
-        trust_remote_code,
-    )
-
-
 if __name__ == "__main__":
     run_dir = Path(sys.argv[2])
     prepared = {
@@ -126,7 +446,8 @@ if __name__ == "__main__":
         "stop": "<|im_end|>",
         "base_model_path": sys.argv[1],
     }
-    tasks_dir = materialize_tasks(prepared, 48, ["domain", "general"], run_dir / "lm_eval_tasks")
-    out = evaluate_model("cli", sys.argv[1], sys.argv[3] if len(sys.argv) > 3 else None, tasks_dir,
-                         ["domain", "general"], 8, run_dir)
-    print(json.dumps({t: v["metrics"] for t, v in out["tasks"].items()}, indent=2), f"{out['seconds']} s")
+    suite = eval_suite(prepared, EvalConfig(), [], run_dir / "eval-cache", run_dir)
+    for spec in suite["tasks"]:
+        out = run_lm_eval(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 else None, spec, suite["footing"],
+                          run_dir / "lm_eval" / spec["name"])
+        print(spec["name"], json.dumps(out["metrics"]), f"{out['seconds']} s")

@@ -1,30 +1,119 @@
-"""Stage 9, promote: move the `champion` alias to a candidate that passed the gate.
+"""Stage 9, promote: move the `champion` alias to a candidate that passed the gate; also override and rollback.
 
-On pass, the old champion becomes `previous` and `champion` moves to the new version. On a
-block, nothing moves and the stage raises GateBlocked, so the flow run ends Failed with the
-regressed tasks in its message.
+    tunegate promote 7 --override --reason "eval set is stale; verified by hand"   # see tunegate/cli.py
+    tunegate rollback --reason "bad answers in production"
+
+On pass, the old champion becomes `previous` and `champion` moves to the new version, both under
+one lock (tunegate.registry.alias_lock), so concurrent promotions leave one champion and a
+`previous` that really was the champion it replaced. On a block, nothing moves and the stage
+raises GateBlocked, so the flow run ends Failed with the regressed tasks in its message.
+
+Rollback points `champion` back at `previous` and removes `previous`: a second rollback then
+refuses instead of flipping back to the version just rolled back. Who did what, when and why is
+kept in tags on the versions (promotion.*, override.*, rollback.*), visible in the registry.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
+import logging
+from datetime import datetime, timezone
+
 from prefect import task
 
 from tunegate.config import TrackingConfig
-from tunegate.registry import CHAMPION, PREVIOUS, connect, get_alias
+from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
+
+log = logging.getLogger(__name__)
 
 
 class GateBlocked(RuntimeError):
     """The candidate regressed; the champion stays."""
 
 
+class PromotionRefused(RuntimeError):
+    """A promotion or rollback that the registry's state does not allow."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
 def move_champion(client, model_name: str, version: str) -> str | None:
-    """Point `champion` at version and `previous` at the old champion; return the old one."""
+    """Point `champion` at version and `previous` at the old champion; return the old one.
+
+    The caller holds alias_lock. `previous` moves first: a crash between the two calls then leaves
+    the champion as it was.
+    """
     old = get_alias(client, model_name, CHAMPION)
     old_version = str(old.version) if old is not None else None
     if old_version is not None and old_version != str(version):
         client.set_registered_model_alias(model_name, PREVIOUS, old_version)
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
     return old_version
+
+
+def record(client, model_name: str, version: str, event: str, tags: dict[str, str]) -> None:
+    """Tags on the version, the same record as a JSON file in the version's MLflow run, and a log line."""
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    client.log_dict(client.get_model_version(model_name, version).run_id, tags, f"registry/{event}-{stamp}.json")
+    level = logging.WARNING if event == "override" else logging.INFO
+    log.log(level, "%s version %s, %s: %s", model_name, version, event, json.dumps(tags))
+
+
+def promote_version(tracking: TrackingConfig, version: str, override: bool = False, reason: str | None = None,
+                    user: str | None = None) -> dict:
+    """Make version the champion: allowed when its gate passed, or with override and a reason."""
+    client, _ = connect(tracking)
+    name, version = tracking.registered_model, str(version)
+    gate_state = client.get_model_version(name, version).tags.get("gate", "pending")
+    if override and not (reason and reason.strip()):
+        raise PromotionRefused("--override needs --reason: it is recorded on the version")
+    if gate_state != "passed" and not override:
+        raise PromotionRefused(
+            f"{name} version {version} has gate={gate_state}; promote it with --override --reason '...' "
+            "if you are sure"
+        )
+    with alias_lock(tracking):
+        previous = move_champion(client, name, version)
+    tags = {"promotion": "override" if override else "manual", "promotion.time": utc_now(),
+            "promotion.user": user or current_user(), "promotion.replaced": str(previous)}
+    if override:
+        tags |= {"override.reason": reason.strip(), "override.user": tags["promotion.user"],
+                 "override.time": tags["promotion.time"], "override.gate": gate_state}
+    record(client, name, version, tags["promotion"], tags)
+    return {"promoted": True, "version": version, "previous": previous, "override": override}
+
+
+def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | None = None) -> dict:
+    """Point `champion` back at `previous`; `previous` is removed, so rollbacks never ping-pong."""
+    client, _ = connect(tracking)
+    name = tracking.registered_model
+    with alias_lock(tracking):
+        champion, previous = get_alias(client, name, CHAMPION), get_alias(client, name, PREVIOUS)
+        if champion is None or previous is None:
+            raise PromotionRefused(
+                f"{name} has no {'champion' if champion is None else 'previous'} version to roll back "
+                "(a rollback removes `previous`; use `tunegate promote VERSION` to pick a version)"
+            )
+        client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+        client.delete_registered_model_alias(name, PREVIOUS)
+    when, who = utc_now(), user or current_user()
+    record(client, name, str(champion.version), "rolled-back", {"rollback.time": when, "rollback.user": who,
+                                                 "rollback.reason": reason or "", "rollback.to": str(previous.version)})
+    record(client, name, str(previous.version), "rollback", {"promotion": "rollback", "promotion.time": when,
+                                                 "promotion.user": who, "promotion.replaced": str(champion.version)})
+    return {"champion": str(previous.version), "rolled_back": str(champion.version)}
 
 
 @task
@@ -37,5 +126,8 @@ def promote(decision: dict, registered: dict, tracking: TrackingConfig) -> dict:
             f"Gate blocked {name} version {version}: regressed on {', '.join(decision['regressed'])}. "
             f"The champion alias did not move.\n{decision['markdown']}"
         )
-    previous = move_champion(client, name, version)
+    with alias_lock(tracking):
+        previous = move_champion(client, name, version)
+    record(client, name, version, "gate", {"promotion": "gate", "promotion.time": utc_now(),
+                                           "promotion.replaced": str(previous)})
     return {"promoted": True, "version": version, "previous": previous}

@@ -2,11 +2,18 @@
 
 Metric names are the same in every run (`eval/<task>/<metric>` for the candidate,
 `baseline/<task>/<metric>` for what it was compared with), so MLflow's compare view lines them up.
-Only counts and file:line references of the data reach MLflow, never row content.
+Only counts and file:line references of the data reach this run, never row content (the eval
+runs in `<experiment>-evals` hold lm-eval's per-sample logs of the validated eval rows).
+
+Lineage, as tags on the run (`lineage.*`) and on the model version: data hash, validation outcome
+and quarantine counts (the full report is the run's data/validation_report.json), the full config,
+code version, base model, the candidate's content hash and the MLflow run ids of every evaluation
+the gate used (cached ones point at the run that computed them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -77,13 +84,20 @@ def register_run(
     import mlflow
 
     client, experiment_id = connect(params.tracking)
+    config = json.dumps(params.model_dump(), sort_keys=True)
     lineage = {
         "data_hash": prepared["data_hash"],
         "base_model": params.base_model,
         "code_version": code_version(),
         "rows_kept": str(report["rows_kept"]),
         "rows_quarantined": str(report["rows_quarantined"]),
+        "quarantine_counts": json.dumps(report["rule_counts"], sort_keys=True),
+        "validation": "passed" if report["success"] else "failed",
+        "config_hash": hashlib.sha256(config.encode()).hexdigest(),
+        "model_hash": candidate_eval["model_hash"],
         "baseline": baseline_eval["label"],
+        "eval_run_ids": json.dumps({"candidate": candidate_eval["eval_run_ids"],
+                                    "baseline": baseline_eval["eval_run_ids"]}),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({"tunegate.stage": "registered", **{f"lineage.{k}": v for k, v in lineage.items()}})
@@ -117,7 +131,8 @@ def register_run(
         model_name,
         source=f"{artifact_uri}/{'adapter' if aligned['adapter'] else 'model'}",
         run_id=run.info.run_id,
-        tags={**lineage, "gate": "pending"},
+        tags={**lineage, "gate": "pending", "config": config,
+              "validation_report": f"runs:/{run.info.run_id}/data/validation_report.json"},
         description=f"{run_name}: LoRA adapter on {params.base_model}",
     )
     return {"run_id": run.info.run_id, "model_name": model_name, "version": str(version.version)}
@@ -148,6 +163,7 @@ def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval
         "train_loss": trained["train_loss"],
         "train_steps": trained["steps"],
         "baseline": baseline_eval["label"],
+        "eval_cache_hits": {"baseline": baseline_eval["cache_hits"], "candidate": candidate_eval["cache_hits"]},
         "eval": {
             t: {"baseline": baseline_eval["tasks"][t]["metrics"], "candidate": candidate_eval["tasks"][t]["metrics"]}
             for t in candidate_eval["tasks"]

@@ -311,8 +311,12 @@ def run_spec(spec: dict) -> dict:
 
 @task
 def check_setup(cfg: SFTConfig) -> None:
-    """Fail in seconds, before data work, when this machine cannot run the training config."""
+    """Fail in seconds, before data work, when this machine or the pipeline cannot run the training config."""
     check_training_setup(cfg)
+    if cfg.method == "full":
+        # Stage-level full fine-tuning works (train_sft, export); evaluation and the registry load adapters.
+        raise ValueError("sft.method=full is not wired through the gated pipeline yet: evaluate, register and "
+                         "the champion baseline handle adapters only. Use lora or dora, or call tasks.sft directly.")
 
 
 def _sft_cache_key(context, parameters) -> str:

@@ -19,11 +19,13 @@ def test_validate_command_exit_codes_follow_the_thresholds(tmp_path, capsys):
 
 def test_summary_names_the_gate_outcome_and_the_ui_command():
     summary = {"rows_kept": 9, "rows_quarantined": 1, "quarantine_file": "q.jsonl", "train_steps": 2, "train_loss": 1.25,
-               "baseline": "base", "gate": "blocked", "regressed": ["tunegate_general"], "model_version": "3",
+               "baseline": "champion v1", "eval_cache_hits": {"baseline": ["tunegate_general"], "candidate": []},
+               "gate": "blocked", "regressed": ["tunegate_general"], "model_version": "3",
                "mlflow_run_id": "abc", "mlflow_ui": "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db",
                "eval": {"tunegate_general": {"baseline": {"bits_per_byte": 1.0}, "candidate": {"bits_per_byte": 1.5}}}}
     text = format_summary(summary, 90, [("sft", 60.0)])
     assert "BLOCKED on tunegate_general" in text and "1.0000 -> 1.5000" in text
+    assert "candidate vs champion v1 (from cache: tunegate_general)" in text
     assert "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in text and "sft 60s" in text
 
 

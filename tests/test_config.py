@@ -33,3 +33,12 @@ def test_gate_rule_on_a_task_that_is_not_run_is_refused():
 def test_schema_is_a_json_schema_for_the_prefect_form():
     schema = PipelineParams.model_json_schema()
     assert schema["$defs"]["SFTConfig"]["properties"]["learning_rate"]["description"].startswith("Peak")
+
+
+def test_gate_rules_may_name_lm_eval_tasks_the_suite_runs():
+    params = load_config("configs/tiny.yaml", ["eval.lm_eval_tasks=[arc_easy]", "eval.limits={arc_easy: 50}",
+                                               "gate.rules=[{task: arc_easy, metric: acc, max_drop: 0.02}]"])
+    assert params.gate.rules[0].higher_is_better is None  # taken from the lm-eval task at gate time
+    assert params.eval.limits == {"arc_easy": 50}
+    with pytest.raises(ValueError, match="cpu_threads"):
+        load_config("configs/tiny.yaml", ["eval.cpu_threads=0"])

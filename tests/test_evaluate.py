@@ -1,12 +1,21 @@
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tasks.evaluate import evaluate_model, materialize_tasks
+from tasks.evaluate import EvalSuiteError, eval_suite, evaluate_suite, run_lm_eval
+from tunegate.config import EvalConfig, GateRule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "evals"))
 import tunegate_metrics  # noqa: E402
+
+JSON_ROWS = [  # answers a service would json.loads
+    ('Return {"name": "Ann", "age": 31} as JSON.', '{"name": "Ann", "age": 31}'),
+    ("List the first three primes as a JSON array.", "[2, 3, 5]"),
+    ('Give the city of Paris as JSON with key "city".', '{"city": "Paris"}'),
+]
 
 
 def test_token_f1_and_containment_by_hand():
@@ -25,15 +34,161 @@ def test_bits_per_byte_from_loglikelihood():
     assert out["bits_per_byte"] == pytest.approx(1.0)
 
 
-def test_lm_eval_scores_the_tiny_model_per_task_and_per_sample(prepared, tmp_path):
-    tasks_dir = materialize_tasks(prepared, 8, ["domain", "general"], tmp_path / "tasks")
-    assert str(Path(prepared["domain_eval"]).resolve()) in (tasks_dir / "tunegate_domain.yaml").read_text()
-    result = evaluate_model("base", prepared["base_model_path"], None, tasks_dir, ["domain", "general"], 16, tmp_path)
-    domain, general = result["tasks"]["tunegate_domain"], result["tasks"]["tunegate_general"]
-    assert domain["n"] == prepared["counts"]["domain_eval"] and general["n"] == 60
-    assert 0.0 <= domain["metrics"]["token_f1"] <= 1.0
+def test_format_metric_wants_the_whole_answer_to_be_json():
+    doc = {"reference": '{"a": 1, "b": [1, 2]}'}
+    assert tunegate_metrics.format_results(doc, [' {"b": [1, 2], "a": 1}\n']) == {"valid_json": 1.0, "json_match": 1.0}
+    assert tunegate_metrics.format_results(doc, ['{"a": 2}']) == {"valid_json": 1.0, "json_match": 0.0}
+    assert tunegate_metrics.format_results(doc, ['Sure! {"a": 1, "b": [1, 2]}'])["valid_json"] == 0.0
+    assert tunegate_metrics.format_results(doc, ['"a string is JSON, but not an object"'])["valid_json"] == 0.0
+
+
+def test_suite_scores_the_tiny_model_per_task_and_per_sample(prepared, tmp_path):
+    suite = eval_suite(prepared, EvalConfig(max_gen_toks=8, batch_size=16), [], tmp_path / "cache", tmp_path / "a")
+    domain_spec, general_spec = suite["tasks"]
+    assert (domain_spec["name"], general_spec["name"]) == ("tunegate_domain", "tunegate_general")
+    assert domain_spec["n_docs"] == prepared["counts"]["domain_eval"] and general_spec["n_docs"] == 60
+    assert general_spec["higher_is_better"] == {"bits_per_byte": False}
+    # The same task and data materialized for another run hash the same: this is what lets the cache hit.
+    again = eval_suite(prepared, EvalConfig(max_gen_toks=8, batch_size=16), [], tmp_path / "cache", tmp_path / "b")
+    assert [(s["definition_hash"], s["data_hash"]) for s in again["tasks"]] == [
+        (s["definition_hash"], s["data_hash"]) for s in suite["tasks"]]
+    longer = eval_suite(prepared, EvalConfig(max_gen_toks=9, batch_size=16), [], tmp_path / "cache", tmp_path / "c")
+    assert longer["tasks"][0]["definition_hash"] != domain_spec["definition_hash"]
+
+    out = run_lm_eval(prepared["base_model_path"], None, general_spec, suite["footing"], tmp_path / "lm_eval")
+    assert out["n"] == 60 and out["doc_ids"] == list(range(60))
     # A barely trained 1k-vocab model: far worse than SmolLM2's ~0.7, far better than uniform (~10 bits).
-    assert 1.0 < general["metrics"]["bits_per_byte"] < 9.0
-    assert general["metrics"]["bits_per_byte"] == pytest.approx(
-        sum(general["samples"]["bits_per_byte"]) / 60, rel=1e-6)
-    assert (tmp_path / "eval_base.json").exists()
+    assert 1.0 < out["metrics"]["bits_per_byte"] < 9.0
+    assert out["metrics"]["bits_per_byte"] == pytest.approx(sum(out["samples"]["bits_per_byte"]) / 60, rel=1e-6)
+    logged = list((tmp_path / "lm_eval").glob("samples_tunegate_general_*.jsonl"))
+    assert len(logged) == 1 and len(logged[0].read_text().splitlines()) == 60  # lm-eval's per-sample log
+
+
+def json_prepared(prepared, tmp_path) -> dict:
+    """The prepared demo data with three held-out rows whose answers are JSON."""
+    domain = tmp_path / "domain_eval.jsonl"
+    rows = [json.loads(line) for line in Path(prepared["domain_eval"]).read_text().splitlines()]
+    rows += [{"prompt": f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n", "reference": a}
+             for q, a in JSON_ROWS]
+    domain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {**prepared, "domain_eval": str(domain)}
+
+
+def test_format_task_runs_on_the_rows_whose_answer_is_json(prepared, tmp_path):
+    cfg = EvalConfig(tasks=["domain", "format"], max_gen_toks=8, batch_size=16)
+    rule = GateRule(task="tunegate_format", metric="valid_json", min_score=0.9)
+    suite = eval_suite(json_prepared(prepared, tmp_path), cfg, [rule], tmp_path / "cache", tmp_path / "run")
+    domain_spec, format_spec = suite["tasks"]
+    assert format_spec["n_docs"] == len(JSON_ROWS) and domain_spec["n_docs"] == prepared["counts"]["domain_eval"] + 3
+    out = run_lm_eval(prepared["base_model_path"], None, format_spec, suite["footing"], tmp_path / "lm_eval")
+    assert out["n"] == 3 and set(out["samples"]) == {"valid_json", "json_match"}
+    assert set(out["samples"]["valid_json"]) <= {0.0, 1.0}
+
+    with pytest.raises(EvalSuiteError, match=r"lists 'format', but none of the \d+ held-out domain rows"):
+        eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "no-json")
+    with pytest.raises(EvalSuiteError, match="no metric 'accuracy'"):
+        eval_suite(json_prepared(prepared, tmp_path), cfg, [GateRule(task="tunegate_format", metric="accuracy")],
+                   tmp_path / "cache", tmp_path / "bad-rule")
+
+
+def test_an_lm_eval_task_of_your_own_is_found_by_name(prepared, tmp_path):
+    tasks_dir = tmp_path / "my_tasks"
+    tasks_dir.mkdir()
+    data = tmp_path / "capitals.jsonl"
+    rows = [("France", "Paris", "Rome"), ("Italy", "Rome", "Paris"), ("Japan", "Tokyo", "Lima"), ("Peru", "Lima", "Oslo")]
+    data.write_text("".join(json.dumps({"q": f"The capital of {c} is", "choices": [a, b], "label": 0}) + "\n"
+                            for c, a, b in rows))
+    (tasks_dir / "capitals.yaml").write_text(
+        f"task: my_capitals\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+    cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["my_capitals"], include_paths=[str(tasks_dir)],
+                     limits={"tunegate_general": 10})
+    suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run")
+    general_spec, mine = suite["tasks"]
+    assert general_spec["n_docs"] == 10 and mine["n_docs"] == 4 and mine["include_defaults"] is False
+    out = run_lm_eval(prepared["base_model_path"], None, mine, suite["footing"], tmp_path / "lm_eval")
+    assert out["n"] == 4 and set(out["samples"]["acc"]) <= {0.0, 1.0}
+    assert out["metrics"]["acc"] == pytest.approx(sum(out["samples"]["acc"]) / 4)
+
+    data.write_text(data.read_text().replace("Tokyo", "Kyoto"))
+    changed = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run2")["tasks"][1]
+    assert changed["data_hash"] != mine["data_hash"] and changed["definition_hash"] == mine["definition_hash"]
+
+
+def test_a_named_task_whose_data_is_missing_fails_naming_it(prepared, tmp_path):
+    tasks_dir = tmp_path / "my_tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "gone.yaml").write_text(
+        f"task: my_gone\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'nope.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "metric_list:\n  - metric: acc\n")
+    cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["my_gone"], include_paths=[str(tasks_dir)])
+    with pytest.raises(EvalSuiteError, match=r"data of lm-eval task 'my_gone' cannot be loaded here"):
+        eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run")
+    with pytest.raises(EvalSuiteError, match=r"eval.limits names tasks the suite does not run: \['tunegate_domain'\]"):
+        eval_suite(prepared, EvalConfig(tasks=["general"], limits={"tunegate_domain": 3}), [], tmp_path / "cache",
+                   tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_standard_task_without_reachable_data_fails_naming_it(prepared, tmp_path):
+    """Nothing is downloaded here: arc_easy's data is not in the local cache. (Indexes lm-eval's tasks: ~15 s.)"""
+    cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["arc_easy"])
+    with pytest.raises(EvalSuiteError, match=r"data of lm-eval task 'arc_easy' cannot be loaded here"):
+        eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run")
+    with pytest.raises(EvalSuiteError, match="no task named 'arc_eazy'"):
+        eval_suite(prepared, cfg.model_copy(update={"lm_eval_tasks": ["arc_eazy"]}), [], tmp_path / "cache",
+                   tmp_path / "run")
+    with pytest.raises(EvalSuiteError, match="'mmlu' is an lm-eval group"):
+        eval_suite(prepared, cfg.model_copy(update={"lm_eval_tasks": ["mmlu"]}), [], tmp_path / "cache",
+                   tmp_path / "run")
+
+
+def lora_adapter(base_model_path: str, out: Path, seed: int) -> str:
+    """A LoRA adapter with random (non-zero) weights, as peft saves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_results_are_cached_by_content_so_an_unchanged_model_is_never_re_evaluated(prepared, tmp_path, tracking):
+    from mlflow import MlflowClient
+
+    cfg = EvalConfig(max_gen_toks=8, batch_size=16, limits={"tunegate_domain": 4, "tunegate_general": 20})
+    suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run1")
+    adapter = lora_adapter(prepared["base_model_path"], tmp_path / "adapter", seed=0)
+
+    first = evaluate_suite({"label": "candidate", "adapter": adapter, "version": None}, suite, tracking)
+    assert first["cache_hits"] == []
+    # The same adapter downloaded elsewhere, called champion, in the next run's suite: all cached.
+    champion = shutil.copytree(adapter, tmp_path / "champion-v1")
+    next_suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run2")
+    again = evaluate_suite({"label": "champion v1", "adapter": str(champion), "version": "1"}, next_suite, tracking)
+    assert again["cache_hits"] == ["tunegate_domain", "tunegate_general"]
+    assert again["label"] == "champion v1" and again["version"] == "1"
+    assert again["tasks"] == first["tasks"] and again["eval_run_ids"] == first["eval_run_ids"]
+
+    # Different weights, or different eval data: computed again, only where something changed.
+    other = evaluate_suite({"label": "other", "adapter": lora_adapter(prepared["base_model_path"], tmp_path / "b", 1),
+                            "version": None}, suite, tracking)
+    assert other["cache_hits"] == [] and other["model_hash"] != first["model_hash"]
+    fewer = eval_suite(prepared, cfg.model_copy(update={"limits": {"tunegate_domain": 4, "tunegate_general": 10}}), [],
+                       tmp_path / "cache", tmp_path / "run3")
+    assert evaluate_suite({"label": "c", "adapter": adapter, "version": None}, fewer, tracking)["cache_hits"] == [
+        "tunegate_domain"]
+
+    # Each computed evaluation is an MLflow run with lm-eval's per-sample log attached.
+    client = MlflowClient(tracking.tracking_uri)
+    run = client.get_run(first["eval_run_ids"]["tunegate_general"])
+    assert run.data.tags["eval.model_hash"] == first["model_hash"]
+    assert run.data.metrics["bits_per_byte"] == first["tasks"]["tunegate_general"]["metrics"]["bits_per_byte"]
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "lm_eval")]
+    assert any(p.startswith("lm_eval/samples_tunegate_general_") for p in logged)

@@ -1,12 +1,15 @@
-"""The whole flow on the tiny model: a good candidate is promoted, a corrupted one is blocked."""
+"""The whole flow on the tiny model: the first candidate is promoted, a corrupted one is blocked."""
 
 import json
+from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from flows.finetune import finetune_pipeline
-from tasks.promote import GateBlocked
+from tasks.evaluate import EvalSuiteError
+from tunegate.cli import main
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, get_alias
 
@@ -23,7 +26,7 @@ def corrupted_copy(src, dst):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, tracking, tiny_model):
+def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, tracking, tiny_model, capsys):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "output_dir": str(tmp_path)})
     client = MlflowClient(tracking.tracking_uri)
 
@@ -35,22 +38,50 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     margins = client.get_metric_history(good["mlflow_run_id"], "dpo/reward_margin_step")
     assert [m.step for m in margins] == [1, 2]  # DPO ran on the preference file, after SFT
     assert (tmp_path / "good" / "export" / "merged" / "model.safetensors").exists()  # promoted -> exported
+    v1 = client.get_model_version("test-model", "1")
+    assert v1.tags["gate"] == "passed" and v1.tags["gate.baseline"] == "base" and v1.tags["promotion"] == "gate"
+    eval_runs = json.loads(v1.tags["eval_run_ids"])
+    assert set(eval_runs["candidate"]) == {"tunegate_domain", "tunegate_general"}
+    assert client.get_run(eval_runs["candidate"]["tunegate_general"]).data.tags["tunegate.kind"] == "eval"
 
-    data = params.data.model_copy(update={
-        "domain_files": [corrupted_copy(DEMO / "identity.json", tmp_path / "identity_bad.json")],
-        "general_files": [corrupted_copy(DEMO / "alpaca_general.json", tmp_path / "general_bad.json")],
-    })
-    with pytest.raises(GateBlocked, match="tunegate_general") as blocked:
-        finetune_pipeline(params.model_copy(update={"run_name": "corrupted", "data": data}))
-    assert "champion alias did not move" in str(blocked.value)
+    # The corrupted run, through the CLI: it must exit 1 and name the regressed task.
+    bad_domain = corrupted_copy(DEMO / "identity.json", tmp_path / "identity_bad.json")
+    bad_general = corrupted_copy(DEMO / "alpaca_general.json", tmp_path / "general_bad.json")
+    sets = {"run_name": "corrupted", "output_dir": str(tmp_path), "data.domain_files": f"[{bad_domain}]",
+            "data.general_files": f"[{bad_general}]", **{f"tracking.{k}": v for k, v in tracking.model_dump().items()}}
+    assert main(["run", "configs/tiny.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 1
+    out = capsys.readouterr()
+    assert "Gate blocked test-model version 2: regressed on tunegate_general" in out.err
+    assert "champion alias did not move" in out.err and "BLOCKED on tunegate_general" in out.out
 
     assert str(get_alias(client, "test-model", CHAMPION).version) == "1"
     v2 = client.get_model_version("test-model", "2")
     assert v2.tags["gate"] == "blocked" and v2.tags["baseline"] == "champion v1"
-    assert v2.tags["gate.tunegate_general"].startswith("regressed")
+    assert v2.tags["gate.tunegate_general.bits_per_byte"].startswith("regressed")
+    assert v2.tags["gate.regressed"] == "tunegate_general"
     bad = json.loads((tmp_path / "corrupted" / "summary.json").read_text())
     general = bad["eval"]["tunegate_general"]
     assert general["candidate"]["bits_per_byte"] > general["baseline"]["bits_per_byte"] + 0.1
+    # The champion's general eval (same adapter, same held-out data) came from the cache; its domain
+    # eval did not, because the corrupted run's held-out domain rows differ.
+    assert bad["eval_cache_hits"]["baseline"] == ["tunegate_general"]
+    assert json.loads(v2.tags["eval_run_ids"])["baseline"]["tunegate_general"] == eval_runs["candidate"][
+        "tunegate_general"]
     run = client.get_run(bad["mlflow_run_id"])
     assert run.data.tags["gate"] == "blocked"
-    assert "gate/decision.md" in {a.path for a in client.list_artifacts(run.info.run_id, "gate")}
+    assert {"gate/decision.md", "gate/decision_table.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "gate")}
+    decision = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="gate/decision.json", dst_path=str(tmp_path))).read_text())
+    row = next(r for r in decision["rows"] if r["task"] == "tunegate_general")
+    assert row["verdict"] == "regressed" and row["p_value"] < 0.05 and row["ci_low"] > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_task_whose_data_cannot_be_reached_fails_the_run_before_training(tmp_path, tracking, tiny_model):
+    params = load_config("configs/tiny.yaml", ["eval.lm_eval_tasks=[arc_easy]"]).model_copy(
+        update={"tracking": tracking, "output_dir": str(tmp_path), "run_name": "offline"})
+    with pytest.raises(EvalSuiteError, match="arc_easy"):
+        finetune_pipeline(params)
+    assert (tmp_path / "offline" / "data" / "train.jsonl").exists() and not (tmp_path / "offline" / "sft").exists()

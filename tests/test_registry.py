@@ -1,18 +1,22 @@
-"""register and promote against a real sqlite MLflow store."""
+"""register, promote, override and rollback against a real sqlite MLflow store."""
 
 import json
+import threading
 
 import pytest
 from mlflow import MlflowClient
 
-from tasks.promote import GateBlocked, move_champion, promote
+from tasks.promote import GateBlocked, PromotionRefused, move_champion, promote, promote_version, rollback
 from tasks.register import register_run
+from tunegate.cli import main
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, PREVIOUS, get_alias
 
 
-def fake_eval(label, f1):
-    return {"label": label, "tasks": {"tunegate_domain": {"metrics": {"token_f1": f1}, "samples": {"token_f1": [f1]}}}}
+def fake_eval(label, f1, version=None):
+    return {"label": label, "version": version, "model_hash": f"hash-{label}", "cache_hits": [],
+            "eval_run_ids": {"tunegate_domain": f"run-{label}"},
+            "tasks": {"tunegate_domain": {"metrics": {"token_f1": f1}, "samples": {"token_f1": [f1]}}}}
 
 
 @pytest.fixture()
@@ -27,7 +31,7 @@ def adapter(tmp_path):
 def register_once(tracking, adapter, f1):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "rule_counts": {"pii_email": 1},
-              "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": []}
+              "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": [], "success": True}
     plot = adapter.parent / "loss_curve.png"
     plot.write_bytes(b"png")
     trained = {"adapter": str(adapter), "model": None, "train_loss": 1.5, "seconds": 3.0, "loss_plot": str(plot),
@@ -36,7 +40,13 @@ def register_once(tracking, adapter, f1):
                         fake_eval("base", 0.1), {**trained, "skipped": True})
 
 
-def test_register_logs_params_metrics_artifacts_and_a_version(tracking, adapter):
+def cli_args(tracking):
+    return ["--config", "configs/tiny.yaml", "--set", f"tracking.tracking_uri={tracking.tracking_uri}",
+            "--set", f"tracking.artifact_root={tracking.artifact_root}", "--set", f"tracking.experiment={tracking.experiment}",
+            "--set", f"tracking.registered_model={tracking.registered_model}"]
+
+
+def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(tracking, adapter):
     registered = register_once(tracking, adapter, 0.5)
     client = MlflowClient(tracking.tracking_uri)
     run = client.get_run(registered["run_id"])
@@ -49,9 +59,16 @@ def test_register_logs_params_metrics_artifacts_and_a_version(tracking, adapter)
     assert "train/loss_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "config.json", "data", "eval", "train"} <= artifacts
-    version = client.get_model_version("test-model", registered["version"])
-    assert version.tags["data_hash"] == "abc" and version.tags["base_model"] == "tiny"
-    assert version.tags["gate"] == "pending" and version.source.endswith("/adapter")
+    tags = client.get_model_version("test-model", registered["version"]).tags
+    assert tags["data_hash"] == "abc" and tags["base_model"] == "tiny" and tags["model_hash"] == "hash-candidate"
+    assert tags["gate"] == "pending" and client.get_model_version("test-model", "1").source.endswith("/adapter")
+    assert json.loads(tags["config"]) == load_config("configs/tiny.yaml").model_copy(
+        update={"tracking": tracking}).model_dump()
+    assert tags["validation"] == "passed" and json.loads(tags["quarantine_counts"]) == {"pii_email": 1}
+    assert tags["validation_report"] == f"runs:/{run.info.run_id}/data/validation_report.json"
+    assert json.loads(tags["eval_run_ids"]) == {"candidate": {"tunegate_domain": "run-candidate"},
+                                                "baseline": {"tunegate_domain": "run-base"}}
+    assert len(tags["code_version"].removesuffix("+dirty")) == 40
     assert "/x/quarantine.jsonl" not in json.dumps(client.get_run(run.info.run_id).data.params)
 
 
@@ -63,6 +80,7 @@ def test_promote_moves_champion_and_keeps_previous(tracking, adapter):
     assert promote.fn({"passed": True}, v2, tracking)["previous"] == v1["version"]
     assert str(get_alias(client, "test-model", CHAMPION).version) == v2["version"]
     assert str(get_alias(client, "test-model", PREVIOUS).version) == v1["version"]
+    assert client.get_model_version("test-model", v2["version"]).tags["promotion"] == "gate"
     assert move_champion(client, "test-model", v2["version"]) == v2["version"]  # idempotent
 
 
@@ -73,3 +91,78 @@ def test_blocked_gate_leaves_the_champion_and_names_the_tasks(tracking, adapter)
     with pytest.raises(GateBlocked, match="regressed on tunegate_domain"):
         promote.fn({"passed": False, "regressed": ["tunegate_domain"], "markdown": "table"}, v2, tracking)
     assert str(get_alias(MlflowClient(tracking.tracking_uri), "test-model", CHAMPION).version) == v1["version"]
+
+
+def test_concurrent_promotions_leave_one_champion_and_a_consistent_previous(tracking, adapter):
+    """Six promotions at once: they must line up one after the other, each replacing the one before."""
+    versions = [register_once(tracking, adapter, 0.5)["version"] for _ in range(7)]
+    promote_version(tracking, versions[0], override=True, reason="seed the chain")
+    client = MlflowClient(tracking.tracking_uri)
+    for v in versions[1:]:
+        client.set_model_version_tag("test-model", v, "gate", "passed")
+    start, replaced = threading.Barrier(6), {}
+
+    def promote_one(version):
+        start.wait()
+        replaced[version] = promote_version(tracking, version)["previous"]
+
+    threads = [threading.Thread(target=promote_one, args=(v,)) for v in versions[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Serialized, the promotions form one chain v0 -> a -> b -> ...: no version is replaced twice.
+    assert len(set(replaced.values())) == 6, replaced
+    order, current = [], versions[0]
+    inverse = {old: new for new, old in replaced.items()}
+    while current in inverse:
+        current = inverse[current]
+        order.append(current)
+    assert len(order) == 6, replaced
+    champion, previous = get_alias(client, "test-model", CHAMPION), get_alias(client, "test-model", PREVIOUS)
+    assert str(champion.version) == order[-1] and str(previous.version) == order[-2]
+    holders = [v for v in versions if CHAMPION in client.get_model_version("test-model", v).aliases]
+    assert holders == [order[-1]]
+
+
+def test_override_is_recorded_with_reason_user_and_time(tracking, adapter, capsys):
+    v1 = register_once(tracking, adapter, 0.5)["version"]
+    v2 = register_once(tracking, adapter, 0.1)["version"]
+    client = MlflowClient(tracking.tracking_uri)
+    client.set_model_version_tag("test-model", v2, "gate", "blocked")
+    promote_version(tracking, v1, override=True, reason="first deployment")
+
+    assert main(["promote", v2, *cli_args(tracking)]) == 1  # blocked: needs --override
+    assert "gate=blocked" in capsys.readouterr().err
+    assert main(["promote", v2, "--override", *cli_args(tracking)]) == 1  # --override needs --reason
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v1
+
+    assert main(["promote", v2, "--override", "--reason", "eval set is stale; checked by hand", *cli_args(tracking)]) == 0
+    assert f"champion -> version {v2} (override" in capsys.readouterr().out
+    version = client.get_model_version("test-model", v2)
+    assert version.tags["override.reason"] == "eval set is stale; checked by hand"
+    assert version.tags["override.user"] and version.tags["override.time"].startswith("20")
+    assert version.tags["override.gate"] == "blocked" and version.tags["promotion"] == "override"
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v2
+    assert str(get_alias(client, "test-model", PREVIOUS).version) == v1
+    logged = [a.path for a in client.list_artifacts(version.run_id, "registry")]
+    assert any(p.startswith("registry/override-") for p in logged)
+
+
+def test_rollback_moves_champion_back_and_then_refuses_a_second_one(tracking, adapter, capsys):
+    v1 = register_once(tracking, adapter, 0.5)["version"]
+    v2 = register_once(tracking, adapter, 0.6)["version"]
+    client = MlflowClient(tracking.tracking_uri)
+    with pytest.raises(PromotionRefused, match="no champion"):
+        rollback(tracking)
+    promote_version(tracking, v1, override=True, reason="first")
+    promote_version(tracking, v2, override=True, reason="second")
+
+    assert main(["rollback", "--reason", "answers went bad", *cli_args(tracking)]) == 0
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v1
+    assert get_alias(client, "test-model", PREVIOUS) is None
+    demoted = client.get_model_version("test-model", v2).tags
+    assert demoted["rollback.reason"] == "answers went bad" and demoted["rollback.to"] == v1
+    assert client.get_model_version("test-model", v1).tags["promotion"] == "rollback"
+    assert main(["rollback", *cli_args(tracking)]) == 1
+    assert "no previous" in capsys.readouterr().err

@@ -2,8 +2,12 @@
 
     tunegate run configs/demo.yaml [--set sft.max_steps=3 ...]   # run the gated pipeline
     tunegate validate FILE [FILE ...] [--preferences FILE ...]   # data checks only (suites: tasks/validate.py)
+    tunegate promote VERSION [--override --reason "..."]          # make a version the champion
+    tunegate rollback [--reason "..."]                            # champion <- previous
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
+`promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
+its --set overrides; they exit 1 when the registry's state refuses the move.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
         f"tunegate run finished in {seconds / 60:.1f} min",
         f"  data:   {s['rows_kept']} rows kept, {s['rows_quarantined']} quarantined ({s['quarantine_file']})",
         f"  train:  {s['train_steps']} steps, mean train loss {s['train_loss']:.4f}",
-        f"  eval:   candidate vs {s['baseline']}",
+        f"  eval:   candidate vs {s['baseline']}"
+        + (f" (from cache: {', '.join(s['eval_cache_hits']['baseline'])})" if s["eval_cache_hits"]["baseline"] else ""),
     ]
     for task, scores in s["eval"].items():
         for metric, cand in scores["candidate"].items():
@@ -99,6 +104,37 @@ def cmd_validate(args) -> int:
     return 0 if report["success"] else 1
 
 
+def cmd_promote(args) -> int:
+    from tasks.promote import PromotionRefused, promote_version
+    from tunegate.config import load_config
+
+    tracking = load_config(args.config, args.set).tracking
+    try:
+        out = promote_version(tracking, args.version, args.override, args.reason)
+    except PromotionRefused as err:
+        print(f"tunegate: promote refused: {err}", file=sys.stderr)
+        return 1
+    how = f"override: {args.reason!r}" if args.override else "gate passed"
+    print(f"{tracking.registered_model}: champion -> version {out['version']} ({how}); "
+          f"previous -> {out['previous'] or 'none'}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks.promote import PromotionRefused, rollback
+    from tunegate.config import load_config
+
+    tracking = load_config(args.config, args.set).tracking
+    try:
+        out = rollback(tracking, args.reason)
+    except PromotionRefused as err:
+        print(f"tunegate: rollback refused: {err}", file=sys.stderr)
+        return 1
+    print(f"{tracking.registered_model}: champion -> version {out['champion']} "
+          f"(rolled back from {out['rolled_back']}; no previous until the next promotion)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunegate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--max-rejected-fraction", type=float, default=0.2)
     val.add_argument("--pii-policy", choices=["reject", "redact"], default="reject")
     val.set_defaults(func=cmd_validate)
+    for name, func, text in (("promote", cmd_promote, "make a model version the champion"),
+                             ("rollback", cmd_rollback, "point champion back at previous")):
+        cmd = sub.add_parser(name, help=text)
+        if name == "promote":
+            cmd.add_argument("version", help="registered model version, e.g. 7")
+            cmd.add_argument("--override", action="store_true",
+                             help="promote although the gate did not pass (needs --reason)")
+        cmd.add_argument("--reason", help="why; recorded on the version with your user name and the time")
+        cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+        cmd.set_defaults(func=func)
     args = parser.parse_args(argv)
     return args.func(args)
 

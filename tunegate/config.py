@@ -185,24 +185,65 @@ class DPOConfig(_Section):
 
 
 class EvalConfig(_Section):
-    tasks: list[str] = Field(
+    tasks: list[Literal["domain", "general", "format"]] = Field(
         default_factory=lambda: ["domain", "general"],
-        description="Local lm-eval task templates from evals/ (domain, general).",
+        description="Local lm-eval tasks from evals/: domain (answers on the held-out split, token F1), "
+        "general (bits per byte on the general holdout), format (held-out rows whose answer is a JSON object or "
+        "array: is the model's answer valid JSON, and the same JSON).",
     )
-    max_gen_toks: int = Field(48, ge=1, description="Generation budget for the domain task.")
-    general_limit: int | None = Field(None, description="Evaluate only the first N general rows (None: all).")
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="More lm-eval tasks by name, e.g. arc_easy, or your own from include_paths. Their data must "
+        "be loadable offline (HF datasets cache); the run fails before training when it is not.",
+    )
+    include_paths: list[str] = Field(
+        default_factory=list, description="Folders of your own lm-eval task YAMLs that lm_eval_tasks may name."
+    )
+    limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Score only the first N docs of a task, by lm-eval task name, e.g. {arc_easy: 500}. "
+        "Every model gets the same N; N is part of the cache key.",
+    )
+    max_gen_toks: int = Field(48, ge=1, description="Generation budget for the domain and format tasks.")
     batch_size: int = Field(8, ge=1, description="lm-eval batch size, the same for every model.")
+    seed: int = Field(1234, description="lm-eval's python, numpy, torch and few-shot seeds, the same for every model.")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads while evaluating on CPU; None: torch's default (one per core). On a machine "
+        "shared with other jobs, 1 avoids OpenMP oversubscription (5-10x slower here, docs/benchmarks.md).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where results are cached per (model content, task definition, eval data, eval settings), "
+        "as Prefect persisted task results. Default: eval-cache/ next to the sqlite MLflow DB.",
+    )
+    log_samples: bool = Field(
+        True,
+        description="Log lm-eval's per-sample results (validated eval rows, model outputs, per-sample scores) "
+        "to MLflow with each eval run.",
+    )
 
 
 class GateRule(_Section):
     task: str = Field(description="lm-eval task name, e.g. tunegate_domain.")
     metric: str = Field(description="Metric of that task, e.g. token_f1.")
-    higher_is_better: bool = Field(True, description="Direction of the metric.")
+    higher_is_better: bool | None = Field(
+        None, description="Direction of the metric; None takes what the lm-eval task declares."
+    )
     max_drop: float = Field(
-        0.0, ge=0, description="Largest allowed move in the bad direction against the champion (metric units)."
+        0.0,
+        ge=0,
+        description="Largest allowed move in the bad direction against the champion (metric units). A larger move "
+        "blocks only when the paired test says it is not noise; an improvement is claimed on the same terms.",
     )
     min_score: float | None = Field(None, description="Absolute floor (higher-is-better metrics).")
     max_score: float | None = Field(None, description="Absolute ceiling (lower-is-better metrics).")
+    test: Literal["auto", "mcnemar", "bootstrap"] = Field(
+        "auto",
+        description="Paired test on per-sample scores. auto: McNemar (exact) when every score is 0 or 1, "
+        "paired bootstrap otherwise.",
+    )
 
 
 class GateConfig(_Section):
@@ -213,6 +254,11 @@ class GateConfig(_Section):
         ],
         description="Per-task promotion rules. A candidate passes only when every rule passes.",
     )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level: a change is noise unless its two-sided p-value is below."
+    )
+    n_bootstrap: int = Field(5000, ge=100, description="Paired-bootstrap resamples per rule.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling, so a decision can be reproduced.")
 
 
 class TrackingConfig(_Section):
@@ -242,7 +288,7 @@ class PipelineParams(_Section):
 
     @model_validator(mode="after")
     def _gate_rules_name_eval_tasks(self) -> PipelineParams:
-        known = {f"tunegate_{t}" for t in self.eval.tasks}
+        known = {f"tunegate_{t}" for t in self.eval.tasks} | set(self.eval.lm_eval_tasks)
         unknown = [r.task for r in self.gate.rules if r.task not in known]
         if unknown:
             raise ValueError(f"gate.rules name tasks that eval.tasks does not run: {unknown}; known: {sorted(known)}")

@@ -1,4 +1,4 @@
-"""MLflow store and registry access: experiment setup, the champion alias, version tags.
+"""MLflow store and registry access: experiments, the champion alias and its lock, version tags.
 
 The store is sqlite under mlruns/ (MLflow 3.13+ rejects the plain file store). Aliases
 (`champion`, `previous`) mark what is deployed; stages are deprecated and unused.
@@ -6,31 +6,67 @@ The store is sqlite under mlruns/ (MLflow 3.13+ rejects the plain file store). A
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunegate.config import TrackingConfig
 
 CHAMPION, PREVIOUS = "champion", "previous"
+EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
 
 
-def connect(tracking: TrackingConfig):
+def connect(tracking: TrackingConfig, experiment: str | None = None):
     """Point MLflow at the store, create the experiment if needed; return (client, experiment_id)."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = tracking.tracking_uri
+    name = experiment or tracking.experiment
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(tracking.experiment)
-    if exp is None:
-        artifacts = Path(tracking.artifact_root).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
-        exp_id = client.create_experiment(tracking.experiment, artifact_location=artifacts.as_uri())
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return client, exp.experiment_id
+    artifacts = Path(tracking.artifact_root).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        return client, client.create_experiment(name, artifact_location=artifacts.as_uri())
+    except MlflowException:  # created concurrently by another process
+        return client, client.get_experiment_by_name(name).experiment_id
+
+
+def eval_experiment(tracking: TrackingConfig):
+    """(client, experiment_id) of the experiment that holds one run per computed evaluation."""
+    return connect(tracking, tracking.experiment + EVALS_SUFFIX)
+
+
+@contextmanager
+def alias_lock(tracking: TrackingConfig, timeout_s: float = 120):
+    """Hold the lock that makes "read champion, set previous, set champion" one step.
+
+    MLflow sets one alias per call and has no compare-and-set, so two promotions at once can both
+    read the same old champion: one of them then points `previous` at a version that was never
+    the champion it replaced. A file lock next to the sqlite DB serializes every process that
+    uses that store (a sqlite store is local to one machine anyway). For other URIs the lock file
+    lives under ~/.cache/tunegate/locks and only serializes this machine: with a shared tracking
+    server, run promotions from one place (e.g. one Prefect deployment with a concurrency limit).
+    """
+    from filelock import FileLock
+
+    from tunegate.models import cache_dir
+
+    uri = tracking.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".aliases.lock")
     else:
-        exp_id = exp.experiment_id
-    return client, exp_id
+        path = cache_dir() / "locks" / (hashlib.sha256(uri.encode()).hexdigest()[:16] + ".aliases.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=timeout_s):
+        yield
 
 
 def get_alias(client, model_name: str, alias: str):
