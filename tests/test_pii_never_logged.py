@@ -41,7 +41,7 @@ def test_planted_pii_reaches_neither_mlflow_nor_prefect(tmp_path, tracking, tiny
         rows[10 + i]["output"] += f" Contact: {value}"
     domain = tmp_path / "identity_pii.json"
     domain.write_text(json.dumps(rows, indent=2))
-    params = load_config("configs/tiny.yaml", ["sft.max_steps=2", "eval.general_limit=4", "eval.max_gen_toks=4"])
+    params = load_config("configs/tiny.yaml", ["sft.max_steps=2", "eval.limits={tunegate_general: 4}", "eval.max_gen_toks=4"])
     data = params.data.model_copy(update={"domain_files": [str(domain)], "checks": ChecksConfig(
         pii_policies={"EMAIL": "redact", "IBAN": "redact", "PHONE": "redact"})})
     params = params.model_copy(update={"tracking": tracking, "output_dir": str(tmp_path / "out"), "run_name": "pii",
