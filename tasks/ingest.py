@@ -48,6 +48,8 @@ from typing import Iterator
 
 from prefect import task
 
+from tunegate.caching import STAGE_CACHE
+
 MAX_ROW_BYTES = 16 * 2**20
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -472,7 +474,7 @@ def ingest_files(
             "rejected": str(paths["ingest_rejected"]), "counts": counts}
 
 
-@task(retries=2, retry_delay_seconds=[2, 5])
+@task(retries=2, retry_delay_seconds=[2, 5], cache_policy=STAGE_CACHE, persist_result=True)
 def ingest(
     files: list[str],
     out_dir: str,

@@ -17,6 +17,7 @@ from prefect import task
 
 from data_checks.duplicates import conversation_key
 from tasks.ingest import read_rows, to_messages
+from tunegate.caching import STAGE_CACHE
 from tunegate.models import CHATML_TEMPLATE, resolve_base_model
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def prepare_data(
     }
 
 
-@task
+@task(cache_policy=STAGE_CACHE, persist_result=True)
 def prepare(
     report: dict,
     general_files: list[str],

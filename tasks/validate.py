@@ -37,6 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 from data_checks import duplicates, format as format_check, leakage, length, pii, preference
 from data_checks.gx_suite import GxRun
 from data_checks.text import TextView
+from tunegate.caching import STAGE_CACHE
 from tunegate.config import ChecksConfig
 
 
@@ -345,7 +346,7 @@ def report_markdown(report: dict) -> str:
     )
 
 
-@task
+@task(cache_policy=STAGE_CACHE, persist_result=True)
 def validate(
     ingested: dict,
     out_dir: str,

@@ -76,6 +76,11 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     row = next(r for r in decision["rows"] if r["task"] == "tunegate_general")
     assert row["verdict"] == "regressed" and row["p_value"] < 0.05 and row["ci_low"] > 0.1
 
+    # The good job again, in a new run folder: data stages, SFT and DPO are Prefect cache hits.
+    again = finetune_pipeline(params.model_copy(update={"run_name": "good-again"}))
+    assert not (tmp_path / "good-again" / "data").exists() and not (tmp_path / "good-again" / "sft").exists()
+    assert again["gate"] == "passed" and again["rows_kept"] == good["rows_kept"]
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")

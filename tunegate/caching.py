@@ -25,3 +25,41 @@ def content_key(output_root: Path, *parts: str | bytes) -> str:
         digest.update(part if isinstance(part, bytes) else part.encode())
         digest.update(b"\x1f")
     return digest.hexdigest()
+
+
+def _canonical(value):
+    """Parameters as JSON-able values, with every existing file replaced by the hash of its content."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, str) and 0 < len(value) < 4096 and Path(value).is_file():
+        digest = hashlib.sha256()
+        with open(value, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"file_sha256": digest.hexdigest()}
+    return value
+
+
+def stage_cache_key(context, parameters) -> str:
+    """Prefect cache key for a data stage writing to <output_dir>/<run>/<stage>: its inputs' content, not
+    their paths, so a re-run (another run folder) reuses the finished stage."""
+    import json
+
+    out_dir = Path(parameters["out_dir"])
+    inputs = {k: _canonical(v) for k, v in parameters.items() if k != "out_dir"}
+    return content_key(out_dir.parent.parent, json.dumps(inputs, sort_keys=True, default=str))
+
+
+def _stage_cache():
+    from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+
+    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=stage_cache_key)
+
+
+STAGE_CACHE = _stage_cache()
