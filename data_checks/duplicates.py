@@ -58,12 +58,12 @@ def lsh_bands(threshold: float, num_perm: int, fn_weight: float = 0.95) -> tuple
     return best
 
 
-def minhash_signatures(view: TextView, num_perm: int = 64, shingle_words: int = 3) -> np.ndarray:
+def minhash_signatures(view: TextView, num_perm: int = 32, shingle_words: int = 3) -> np.ndarray:
     """(rows, num_perm) uint32 one-permutation MinHash signatures; rows without words are all 0xFFFFFFFF."""
     return signatures_and_keys(view, num_perm, shingle_words)[0]
 
 
-def signatures_and_keys(view: TextView, num_perm: int = 64, shingle_words: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def signatures_and_keys(view: TextView, num_perm: int = 32, shingle_words: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures and exact-duplicate keys of every row, computed chunk by chunk."""
     if num_perm & (num_perm - 1) or not 8 <= num_perm <= 1024:
         raise ValueError(f"num_perm must be a power of two in [8, 1024], got {num_perm}")
@@ -187,7 +187,7 @@ def near_duplicate_groups(
     estimate = (sig[a] == sig[b]).mean(axis=1)
     similar = estimate >= threshold
     if view is not None:
-        # The estimate's spread (about 0.04 at 64 values) would drop true pairs just above the threshold:
+        # The estimate's spread (about 0.06 at 32 values) would drop true pairs just above the threshold:
         # pairs it puts within `margin` of it get their exact shingle Jaccard instead. Identical signatures stay.
         unsure = np.flatnonzero((estimate >= threshold - margin) & (estimate < 1.0))
         if len(unsure):
@@ -204,7 +204,7 @@ def detect(
     records: list[dict],
     view: TextView | None = None,
     near_threshold: float = 0.85,
-    num_perm: int = 64,
+    num_perm: int = 32,
     shingle_words: int = 3,
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The first occurrence is kept; later copies are flagged with the file and line they repeat."""

@@ -46,7 +46,7 @@ class ChecksConfig(_Section):
     near_duplicate_threshold: float = Field(
         0.85, gt=0, le=1, description="MinHash Jaccard similarity at which two rows count as near-duplicates."
     )
-    minhash_num_perm: int = Field(64, ge=8, le=1024, description="MinHash signature size (a power of two).")
+    minhash_num_perm: int = Field(32, ge=8, le=1024, description="MinHash signature size (a power of two).")
     shingle_words: int = Field(3, ge=1, description="Words per MinHash shingle.")
     leakage_ngram: int = Field(13, ge=3, description="Words per n-gram in the train/eval overlap check.")
     max_row_mb: float = Field(16.0, gt=0, description="Rows larger than this are rejected at ingest without parsing.")
