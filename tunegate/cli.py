@@ -134,9 +134,9 @@ def start_uis(host: str, prefect_port: int, mlflow_port: int, tracking_uri: str,
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     prefect = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port",
-                                str(prefect_port)], env=env)
+                                str(prefect_port)], env=env, start_new_session=True)
     mlflow = subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri, "--host", host,
-                               "--port", str(mlflow_port)], env=env)
+                               "--port", str(mlflow_port)], env=env, start_new_session=True)
     procs = [prefect, mlflow]
     try:
         wait_http(f"http://{host}:{prefect_port}/api/health", prefect, timeout)
@@ -148,18 +148,22 @@ def start_uis(host: str, prefect_port: int, mlflow_port: int, tracking_uri: str,
 
 
 def stop_uis(procs: list) -> None:
+    """Stop each server with its own process group (mlflow ui runs uvicorn workers under it)."""
+    import signal
     import subprocess
 
     for proc in procs:
-        proc.terminate()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def cmd_ui(args) -> int:
+    import signal
     import time
 
     from tunegate.config import load_config
@@ -168,6 +172,7 @@ def cmd_ui(args) -> int:
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     procs = start_uis(args.host, args.prefect_port, args.mlflow_port, tracking_uri)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both servers too, like Ctrl-C
     api = f"http://{args.host}:{args.prefect_port}/api"
     print(f"\nPrefect UI: http://{args.host}:{args.prefect_port}\nMLflow UI:  http://{args.host}:{args.mlflow_port}"
           f"  ({tracking_uri})\nStart the deployments in another shell:\n"
