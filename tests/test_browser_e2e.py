@@ -174,8 +174,12 @@ def test_start_runs_from_the_prefect_form_and_review_them_in_mlflow(stack):
             page.wait_for_timeout(1500)
             page.screenshot(path=str(SHOTS / "mlflow-gate-table.png"))
 
-            ids = json.dumps([a.info.run_id, b.info.run_id])
-            page.goto(f"{mlflow}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}")
+            page.goto(f"{mlflow}/#/experiments/{exp.experiment_id}/runs")
+            unchecked = page.get_by_label("Press Space to toggle row selection (unchecked)")
+            for _ in range(2):  # select both runs in the list, then Compare
+                unchecked.first.click()
+            page.get_by_role("button", name="Compare").first.click()
+            page.wait_for_url(re.compile(r".*compare-runs.*"))
             page.get_by_text("eval/tunegate_domain/token_f1").first.wait_for(timeout=60_000)
             page.get_by_text(names[1]).first.wait_for()
             page.wait_for_timeout(1500)
