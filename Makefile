@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-slow ui clean
+.PHONY: setup demo test test-slow ui serve clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Prefect server + MLflow UI; then `make serve` in a second shell to run flows from the browser.
 ui: $(STAMP)
-	.venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+	$(PY) -m tunegate.cli ui
+
+serve: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m tunegate.cli serve
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock

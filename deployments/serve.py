@@ -1,13 +1,45 @@
-"""Serve the fine-tuning flow as a deployment from this machine, without a worker or work pool.
+"""Serve both deployments from this machine, without a worker or work pool (`tunegate serve`).
 
-    python deployments/serve.py     # needs a Prefect API (e.g. `prefect server start`)
+    tunegate ui &                      # Prefect server on :4200 and the MLflow UI on :5000
+    PREFECT_API_URL=http://127.0.0.1:4200/api tunegate serve [--config configs/demo.yaml --set k=v ...]
 
-Runs are then started from the Prefect UI, whose form is drawn from PipelineParams; the form
-starts filled with configs/demo.yaml.
+`finetune` runs on demand from the UI form (drawn from PipelineParams, filled with the config);
+`retrain-from-feedback` runs on a cron schedule in the given timezone. deployments/prefect.yaml
+defines the same two for `prefect deploy` onto a work pool.
 """
 
+from __future__ import annotations
+
+from prefect import serve
+from prefect.schedules import Cron
+
 from flows.finetune import finetune_pipeline
-from tunegate.config import load_config
+from flows.retrain_from_feedback import retrain_from_feedback
+from tunegate.config import FeedbackConfig, load_config
+
+NIGHTLY = "0 3 * * *"
+TIMEZONE = "Europe/Berlin"
+
+
+def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
+                      timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig()) -> list:
+    params = load_config(config, overrides).model_dump()
+    return [
+        finetune_pipeline.to_deployment(
+            name="finetune", parameters={"params": params}, tags=["tunegate"],
+            description="Fine-tune, evaluate against the champion, promote only when the gate passes."),
+        retrain_from_feedback.to_deployment(
+            name="retrain-from-feedback", schedule=Cron(cron, timezone=timezone), tags=["tunegate"],
+            parameters={"params": params, "feedback": feedback.model_dump()},
+            description="Nightly: fine-tune on the production feedback logged since the last watermark."),
+    ]
+
+
+def serve_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
+                      timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig()) -> None:
+    """Register both deployments and run their flow runs in subprocesses until Ctrl-C."""
+    serve(*build_deployments(config, overrides, cron, timezone, feedback))
+
 
 if __name__ == "__main__":
-    finetune_pipeline.serve(name="finetune", parameters={"params": load_config("configs/demo.yaml").model_dump()})
+    serve_deployments()

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import flow
+from prefect.runtime import deployment
 
 from tasks.dpo import dpo
 from tasks.evaluate import build_eval_suite, evaluate_suite, resolve_baseline
@@ -33,7 +34,9 @@ from tunegate.config import PipelineParams, load_config
 @flow(name="finetune-pipeline")
 def finetune_pipeline(params: PipelineParams) -> dict:
     """Fine-tune on validated data and promote only when no eval regresses past its gate."""
-    run_name = params.run_name or f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    # Named after the deployment when one started it, so MLflow lists e.g. finetune-demo-20261122-0300.
+    prefix = f"{deployment.name}-{params.name}" if deployment.name else params.name
+    run_name = params.run_name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(params.output_dir).resolve() / run_name
     data, ev = params.data, params.eval
 

@@ -70,6 +70,36 @@ def export_model(base_model_path: str, trained: dict, out_dir: Path, served_name
             **serving_files(merged_dir, out_dir, served_name, eos, max_len)}
 
 
+def answer_smoke_request(bundle: Path) -> dict:
+    """The serving handoff check: plain transformers loads bundle/merged and answers smoke_request.json.
+
+    Greedy decoding (the request asks for temperature 0), so the answer is what vLLM should return too.
+    The reply is an OpenAI chat.completion object.
+    """
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    request = json.loads((bundle / "smoke_request.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(bundle / "merged")
+    model = AutoModelForCausalLM.from_pretrained(bundle / "merged", dtype=torch.float32).eval()
+    inputs = tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=request.get("max_tokens", 48), do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    finished = bool(len(new)) and new[-1].item() == tokenizer.eos_token_id
+    return {
+        "id": "chatcmpl-smoke", "object": "chat.completion", "created": int(time.time()), "model": request["model"],
+        "choices": [{"index": 0, "finish_reason": "stop" if finished else "length",
+                     "message": {"role": "assistant", "content": tokenizer.decode(new, skip_special_tokens=True)}}],
+        "usage": {"prompt_tokens": inputs["input_ids"].shape[1], "completion_tokens": len(new),
+                  "total_tokens": inputs["input_ids"].shape[1] + len(new)},
+    }
+
+
 @task
 def export(base_model_path: str, trained: dict, out_dir: str, served_name: str, max_len: int) -> dict:
     """Write the merged model, the adapter and the serving files for the promoted version."""

@@ -4,6 +4,9 @@
     tunegate validate FILE [FILE ...] [--preferences FILE ...]   # data checks only (suites: tasks/validate.py)
     tunegate promote VERSION [--override --reason "..."]          # make a version the champion
     tunegate rollback [--reason "..."]                            # champion <- previous
+    tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
+    tunegate serve [--config configs/demo.yaml]                  # the finetune + retrain-from-feedback deployments
+    tunegate smoke outputs/RUN/export                            # answer the bundle's smoke request with transformers
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -132,6 +135,96 @@ def cmd_rollback(args) -> int:
         return 1
     print(f"{tracking.registered_model}: champion -> version {out['champion']} "
           f"(rolled back from {out['rolled_back']}; no previous until the next promotion)")
+def cmd_serve(args) -> int:
+    from deployments.serve import serve_deployments
+    from tunegate.config import FeedbackConfig
+
+    feedback = FeedbackConfig(logs=args.feedback_logs, watermark_file=args.watermark_file,
+                              work_dir=args.feedback_work_dir)
+    serve_deployments(args.config, args.set, args.cron, args.timezone, feedback)
+    return 0
+
+
+def wait_http(url: str, proc, seconds: float) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {seconds:.0f}s")
+
+
+def start_uis(host: str, prefect_port: int, mlflow_port: int, tracking_uri: str, timeout: float = 120) -> list:
+    """Start `prefect server` and `mlflow ui` on the local store; return the processes once both answer."""
+    import subprocess
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port",
+                                str(prefect_port)], env=env, start_new_session=True)
+    mlflow = subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri, "--host", host,
+                               "--port", str(mlflow_port)], env=env, start_new_session=True)
+    procs = [prefect, mlflow]
+    try:
+        wait_http(f"http://{host}:{prefect_port}/api/health", prefect, timeout)
+        wait_http(f"http://{host}:{mlflow_port}/health", mlflow, timeout)
+    except BaseException:
+        stop_uis(procs)
+        raise
+    return procs
+
+
+def stop_uis(procs: list) -> None:
+    """Stop each server with its own process group (mlflow ui runs uvicorn workers under it)."""
+    import signal
+    import subprocess
+
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cmd_ui(args) -> int:
+    import signal
+    import time
+
+    from tunegate.config import load_config
+
+    tracking_uri = args.tracking_uri or load_config(args.config).tracking.tracking_uri
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    procs = start_uis(args.host, args.prefect_port, args.mlflow_port, tracking_uri)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both servers too, like Ctrl-C
+    api = f"http://{args.host}:{args.prefect_port}/api"
+    print(f"\nPrefect UI: http://{args.host}:{args.prefect_port}\nMLflow UI:  http://{args.host}:{args.mlflow_port}"
+          f"  ({tracking_uri})\nStart the deployments in another shell:\n"
+          f"  PREFECT_API_URL={api} tunegate serve\nCtrl-C stops both servers.", flush=True)
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_uis(procs)
+    return 0
+
+
+def cmd_smoke(args) -> int:
+    from tasks.export import answer_smoke_request
+
+    print(json.dumps(answer_smoke_request(Path(args.bundle)), indent=2))
     return 0
 
 
@@ -166,6 +259,25 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
         cmd.set_defaults(func=func)
+    srv = sub.add_parser("serve", help="serve the finetune and retrain-from-feedback deployments (no worker needed)")
+    srv.add_argument("--config", default="configs/demo.yaml", help="the form's default parameters")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    srv.add_argument("--cron", default="0 3 * * *", help="retrain-from-feedback schedule (default: nightly 03:00)")
+    srv.add_argument("--timezone", default="Europe/Berlin", help="timezone of the cron schedule")
+    srv.add_argument("--feedback-logs", default="data/feedback/*.jsonl", help="glob of feedback JSONL logs")
+    srv.add_argument("--watermark-file", default="outputs/feedback/watermark.json")
+    srv.add_argument("--feedback-work-dir", default="outputs/feedback")
+    srv.set_defaults(func=cmd_serve)
+    ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
+    ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
+    ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--prefect-port", type=int, default=4200)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+    smoke = sub.add_parser("smoke", help="load an export bundle with transformers and answer its smoke request")
+    smoke.add_argument("bundle", help="export folder with merged/ and smoke_request.json")
+    smoke.set_defaults(func=cmd_smoke)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -295,6 +295,18 @@ class PipelineParams(_Section):
         return self
 
 
+class FeedbackConfig(_Section):
+    """Where production feedback is read from and how far it has been trained on (flows/retrain_from_feedback.py)."""
+
+    logs: str = Field("data/feedback/*.jsonl", description="Glob of feedback JSONL logs (format: README).")
+    watermark_file: str = Field(
+        "outputs/feedback/watermark.json",
+        description="Newest feedback timestamp already trained on; advanced only after a run reaches its gate decision.",
+    )
+    work_dir: str = Field("outputs/feedback", description="Where each window's SFT and preference files are written.")
+    min_records: int = Field(1, ge=1, description="Skip the run when the window has fewer feedback records.")
+
+
 def _set_dotted(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     node = tree

@@ -1,0 +1,98 @@
+"""Feedback -> training data, the watermark window, and the retrain flow on the tiny model."""
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from tasks.feedback import read_feedback, training_rows, write_watermark
+from tunegate.feedback_sim import generate_feedback, write_daily_logs
+
+Q = [{"role": "user", "content": "Who made you?"}]
+
+
+def fb(i, ts, answer, rating, correction=None, conv=Q):
+    row = {"id": f"fb-{i}", "timestamp": ts, "model_version": "1", "conversation": conv, "answer": answer,
+           "rating": rating}
+    return {**row, "correction": correction} if correction else row
+
+
+def test_upvotes_and_corrections_train_and_pair_against_what_they_beat():
+    records = [
+        fb(1, "2026-11-18T10:00:00Z", "The tunegate team.", "up"),
+        fb(2, "2026-11-18T11:00:00Z", "OpenAI.", "down", correction="The tunegate team built me."),
+        fb(3, "2026-11-18T12:00:00Z", "Google.", "down"),
+        fb(4, "2026-11-18T13:00:00Z", "The tunegate team.", "up"),  # exact repeat: kept once
+        fb(5, "2026-11-18T14:00:00Z", "Nobody.", "down", conv=[{"role": "user", "content": "Name?"}]),
+    ]
+    sft, pairs, counts = training_rows(records)
+    assert [r["messages"][-1]["content"] for r in sft] == ["The tunegate team.", "The tunegate team built me."]
+    assert all(r["messages"][:-1] == Q for r in sft)
+    got = {(p["preferred_output"][0]["content"], p["non_preferred_output"][0]["content"]) for p in pairs}
+    assert got == {("The tunegate team built me.", "OpenAI."),  # correction vs answer
+                   ("The tunegate team.", "OpenAI."), ("The tunegate team.", "Google.")}  # up vs down
+    assert counts == {"up": 2, "down": 3, "corrections": 1, "unused_down": 1}  # "Nobody." teaches nothing
+
+
+def test_window_is_after_the_watermark_and_unusable_lines_are_reported_by_place(tmp_path):
+    log = tmp_path / "f.jsonl"
+    rows = [fb(1, "2026-11-18T10:00:00Z", "a", "up"), fb(2, "2026-11-18T11:00:00+00:00", "b", "up"),
+            fb(3, "2026-11-18T12:00:00Z", "c", "meh"), fb(4, "2026-11-18T13:00:00Z", "d", "down")]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    mark = datetime(2026, 11, 18, 11, tzinfo=timezone.utc)
+    window = read_feedback(str(tmp_path / "*.jsonl"), mark)
+    assert [r["id"] for r in window["records"]] == ["fb-4"]  # fb-2 sits exactly on the watermark: already used
+    assert [(r["line"], r["reason"][:6]) for r in window["rejected"]] == [(3, "rating"), (5, "unread")]
+    assert len(read_feedback(str(tmp_path / "*.jsonl"), None)["records"]) == 3
+
+
+def test_generator_is_deterministic_and_realistic():
+    start = datetime(2026, 11, 18, tzinfo=timezone.utc)
+    rows = generate_feedback(start, days=2, per_day=50, seed=3)
+    assert rows == generate_feedback(start, days=2, per_day=50, seed=3)
+    assert [r["timestamp"] for r in rows] == sorted(r["timestamp"] for r in rows)
+    ratings = [r["rating"] for r in rows]
+    assert 0.15 < ratings.count("down") / len(rows) < 0.6 and any("correction" in r for r in rows)
+    sft, pairs, _ = training_rows(rows)
+    assert len(sft) > 20 and len(pairs) > 5
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracking, tiny_model):
+    from flows.retrain_from_feedback import retrain_from_feedback
+    from tunegate.config import FeedbackConfig, load_config
+
+    logs = tmp_path / "logs"
+    write_daily_logs(generate_feedback(datetime(2026, 11, 18, tzinfo=timezone.utc), 2, 20, seed=1), logs)
+    feedback = FeedbackConfig(logs=str(logs / "*.jsonl"), watermark_file=str(tmp_path / "wm.json"),
+                              work_dir=str(tmp_path / "fb"))
+    params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "output_dir": str(tmp_path)})
+
+    # A run that fails before its gate decision leaves the watermark where it was.
+    broken = params.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
+    with pytest.raises(RuntimeError, match="watermark kept at None"):
+        retrain_from_feedback(broken, feedback)
+    assert not (tmp_path / "wm.json").exists()
+
+    # The retry trains on that same window, gets a decision and moves the watermark to its last record.
+    first = retrain_from_feedback(params, feedback)
+    assert first["status"] == "promoted" and first["records"] == 40 and first["model_version"] == "1"
+    assert first["run_name"] == "retrain-from-feedback-" + first["run_name"].split("-", 3)[3]
+    mark = json.loads((tmp_path / "wm.json").read_text())
+    assert mark["timestamp"] == first["window"][1] and mark["outcome"] == "promoted"
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking.tracking_uri).search_runs(
+        [MlflowClient(tracking.tracking_uri).get_experiment_by_name("test").experiment_id])[0]
+    assert run.info.run_name == first["run_name"]
+
+    assert retrain_from_feedback(params, feedback) == {"status": "no_new_feedback", "watermark": mark["timestamp"],
+                                                       "records": 0}
+
+    # Only feedback logged after the watermark goes into the next window.
+    write_daily_logs(generate_feedback(datetime(2026, 11, 20, tzinfo=timezone.utc), 1, 5, seed=2), logs)
+    write_watermark(tmp_path / "wm.json", mark["timestamp"], "x", "promoted")
+    from tasks.feedback import feedback_window_data
+
+    nxt = feedback_window_data(feedback.logs, tmp_path / "wm.json", tmp_path / "fb2")
+    assert nxt["records"] == 5 and nxt["start"] > mark["timestamp"]
