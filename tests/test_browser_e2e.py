@@ -180,9 +180,14 @@ def test_start_runs_from_the_prefect_form_and_review_them_in_mlflow(stack):
                 unchecked.first.click()
             page.get_by_role("button", name="Compare").first.click()
             page.wait_for_url(re.compile(r".*compare-runs.*"))
-            page.get_by_text("eval/tunegate_domain/token_f1").first.wait_for(timeout=60_000)
-            page.get_by_text(names[1]).first.wait_for()
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(SHOTS / "mlflow-compare.png"), full_page=True)
+            page.get_by_text(names[1]).first.wait_for()  # both runs side by side
+            page.get_by_text(names[0]).first.wait_for()
+            page.get_by_role("button", name="Close").first.click()  # the assistant side panel
+            row = page.get_by_text("baseline/tunegate_domain/token_f1").first  # same metric names line up
+            row.wait_for(state="attached")
+            row.scroll_into_view_if_needed()
+            page.mouse.wheel(0, 300)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(SHOTS / "mlflow-compare.png"))
         finally:
             browser.close()

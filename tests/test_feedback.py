@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.feedback import read_feedback, training_rows, write_watermark
+from tasks.feedback import read_feedback, training_rows
 from tunegate.feedback_sim import generate_feedback, write_daily_logs
 
 Q = [{"role": "user", "content": "Who made you?"}]
@@ -89,10 +89,15 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     assert retrain_from_feedback(params, feedback) == {"status": "no_new_feedback", "watermark": mark["timestamp"],
                                                        "records": 0}
 
-    # Only feedback logged after the watermark goes into the next window.
-    write_daily_logs(generate_feedback(datetime(2026, 11, 20, tzinfo=timezone.utc), 1, 5, seed=2), logs)
-    write_watermark(tmp_path / "wm.json", mark["timestamp"], "x", "promoted")
-    from tasks.feedback import feedback_window_data
+    # Only feedback logged after the watermark forms the next window; a gate block also uses it up.
+    write_daily_logs(generate_feedback(datetime(2026, 11, 20, tzinfo=timezone.utc), 1, 6, seed=2), logs)
+    from tunegate.config import GateRule
 
-    nxt = feedback_window_data(feedback.logs, tmp_path / "wm.json", tmp_path / "fb2")
-    assert nxt["records"] == 5 and nxt["start"] > mark["timestamp"]
+    strict = params.gate.model_copy(update={"rules": params.gate.rules + [
+        GateRule(task="tunegate_domain", metric="token_f1", min_score=0.99)]})  # unreachable for the tiny model
+    second = retrain_from_feedback(params.model_copy(update={"gate": strict}), feedback)
+    assert second["status"] == "blocked" and second["records"] == 6
+    assert second["window"][0] > first["window"][1]
+    mark = json.loads((tmp_path / "wm.json").read_text())
+    assert mark["outcome"] == "blocked" and mark["timestamp"] == second["window"][1]
+    assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
