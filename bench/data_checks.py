@@ -234,7 +234,7 @@ def main() -> None:
         f"{args.baseline_rows:,} rows, where the vectorised suite took {fast_subset:.1f} s "
         f"(fixed costs such as GE's context dominate at that size). Extrapolated linearly to "
         f"{largest['rows']:,} rows: {base_extrapolated:.0f} s, {base_extrapolated / largest['seconds']:.1f}x the "
-        f"vectorised suite's {largest['seconds']:.1f} s.",
+        f"vectorised suite's {largest['seconds']:.1f} s (linear flatters the baseline: its LSH index grows as it goes).",
         "",
         f"Stage seconds at {largest['rows']:,} rows: "
         + ", ".join(f"{k} {v}" for k, v in largest["stages"].items()),
