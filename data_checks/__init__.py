@@ -1,8 +1,11 @@
 """Data checks: one concern per module, each a detector plus a Great Expectations suite.
 
+    format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py   (text.py: shared text view)
+
 A detector computes boolean result columns over all records at once (no raw text in them), and
 the suite asserts those columns with GE expectations. GE never sees the text, so its reports
-cannot copy PII. `run_suite` in `data_checks.gx_suite` runs one suite over a frame.
+cannot copy PII. `GxRun` in `data_checks.gx_suite` runs the suites of one validation in one GE
+context and renders their Data Docs; tasks/validate.py wires them together.
 """
 
 

@@ -137,7 +137,7 @@ def check_rows(
         return out
 
     if wanted("format"):  # unreadable rows count here, so it always runs when rows failed at ingest
-        fmt, fmt_details = timed("format", format_check.detect, records, view)
+        _, fmt_details = timed("format", format_check.detect, records, view)
     else:
         fmt_details = [{} for _ in range(n)]
     bad_details = details[n:]
@@ -159,9 +159,10 @@ def check_rows(
     redacted_rows = pii_frame[[f"pii_{t.lower()}" for t in redact_types]].any(axis=1).to_numpy() if redact_types \
         else np.zeros(n, dtype=bool)
     for t in redact_types:  # redacted values are kept, so they are not failures; they are counted instead
-        pii_frame[f"pii_{t.lower()}"] = False
-        for d in pii_details:
-            d.pop(f"pii_{t.lower()}", None)
+        column = f"pii_{t.lower()}"
+        for i in np.flatnonzero(pii_frame[column].to_numpy()):
+            pii_details[i].pop(column, None)
+        pii_frame[column] = False
     if wanted("pii"):
         run("pii", pii.RULES, (pii_frame, pii_details))
     if eval_prompts is not None and wanted("leakage"):

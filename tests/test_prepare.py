@@ -25,3 +25,19 @@ def test_prepare_writes_prompt_completion_rows_and_templated_eval_prompts(prepar
     assert all(r["id"].startswith("identity-") for r in read(prepared["eval"]))
     assert all(e["prompt"].endswith("<|im_start|>assistant\n") for e in evals)
     assert len(prepared["data_hash"]) == 64
+
+
+def test_kto_rows_labelled_false_never_train(tmp_path, tiny_model):
+    from conftest import DEMO
+    from tasks.prepare import prepare_data
+
+    def row(i, label):
+        return {"id": f"k{i}", "messages": [{"role": "user", "content": f"question number {i}"},
+                                            {"role": "assistant", "content": f"answer {i}"}],
+                "label": label, "source": {"file": "kto.jsonl", "line": i}}
+
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(row(i, i % 3 != 0)) + "\n" for i in range(60)))
+    out = prepare_data(clean, [], str(DEMO / "general_holdout.json"), tiny_model, tmp_path, 0.2, 0)
+    ids = {r["id"] for r in read(out["train"]) + read(out["eval"])}
+    assert ids == {f"k{i}" for i in range(60) if i % 3 != 0}  # the 20 undesirable rows are gone, the 40 others kept
