@@ -135,6 +135,9 @@ def cmd_rollback(args) -> int:
         return 1
     print(f"{tracking.registered_model}: champion -> version {out['champion']} "
           f"(rolled back from {out['rolled_back']}; no previous until the next promotion)")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from deployments.serve import serve_deployments
     from tunegate.config import FeedbackConfig
