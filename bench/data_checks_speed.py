@@ -1,7 +1,7 @@
 """Benchmark: the whole data-check suite on 1,000,000 chat rows, against 100,000 and a per-row baseline.
 
-    python bench/data_checks.py                         # 100k and 1M, baseline on 20k; writes docs/benchmarks.md
-    python bench/data_checks.py --sizes 20000 --baseline-rows 5000 --no-write   # a quick look
+    python bench/data_checks_speed.py                         # 100k and 1M, baseline on 20k; writes docs/benchmarks.md
+    python bench/data_checks_speed.py --sizes 20000 --baseline-rows 5000 --no-write   # a quick look
 
 Rows are ~300 characters (a user question and an answer, some with a system prompt), with
 planted exact duplicates (2%, case and spacing changed), near-duplicates (2%, one word changed),
@@ -193,7 +193,7 @@ def main() -> None:
     lines = [
         "## Data checks",
         "",
-        f"Command: `python bench/data_checks.py{'' if args.sizes == [100_000, 1_000_000] else ' --sizes ' + ' '.join(map(str, args.sizes))}`"
+        f"Command: `python bench/data_checks_speed.py{'' if args.sizes == [100_000, 1_000_000] else ' --sizes ' + ' '.join(map(str, args.sizes))}`"
         f" (baseline on {args.baseline_rows:,} rows). Machine: {os.cpu_count()} cores; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared).",
         "",
