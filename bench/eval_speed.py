@@ -59,8 +59,8 @@ def main(work: Path, threads: int) -> list[tuple[str, float, float, list[str]]]:
     cfg = params.eval.model_copy(update={"cpu_threads": threads})
     suite = eval_suite(prepared, cfg, params.gate.rules, work / "eval-cache", work / "suite")
     adapter = random_lora(prepared["base_model_path"], work / "lora", params.sft.lora_r)
-    models = [{"label": "base", "adapter": None, "version": None},
-              {"label": "lora r16", "adapter": adapter, "version": None}]
+    models = [{"label": "base", "adapter": None, "model": None, "version": None},
+              {"label": "lora r16", "adapter": adapter, "model": None, "version": None}]
     timings = []
 
     @flow(name="eval-speed")

@@ -30,6 +30,7 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             description="Fine-tune, evaluate against the champion, promote only when the gate passes."),
         retrain_from_feedback.to_deployment(
             name="retrain-from-feedback", schedule=Cron(cron, timezone=timezone), tags=["tunegate"],
+            concurrency_limit=1,  # a second run waits (Prefect's ENQUEUE): two runs over one window train on it twice
             parameters={"params": params, "feedback": feedback.model_dump()},
             description="Nightly: fine-tune on the production feedback logged since the last watermark."),
     ]

@@ -56,8 +56,8 @@ def finetune_pipeline(params: PipelineParams) -> dict:
                   str(run_dir / "dpo"), params.trust_remote_code)
     baseline = resolve_baseline(params.tracking, str(run_dir / "baseline"))
     baseline_eval = evaluate_suite(baseline, suite, params.tracking)
-    candidate_eval = evaluate_suite({"label": "candidate", "adapter": aligned["adapter"], "version": None},
-                                    suite, params.tracking)
+    candidate = {"label": "candidate", "adapter": aligned["adapter"], "model": aligned["model"], "version": None}
+    candidate_eval = evaluate_suite(candidate, suite, params.tracking)
     registered = register(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
     decision = gate(params.gate, candidate_eval, baseline_eval, registered, params.tracking)
     summary = summarize(report, trained, baseline_eval, candidate_eval, decision, registered,

@@ -48,8 +48,8 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
     if outcome is None:
         raise RuntimeError(f"{run_name} failed before its gate decision; watermark kept at "
                            f"{window['watermark']}, the next run retries this window. {state.message}")
-    mark = advance_watermark(feedback.watermark_file, window["end"], run_name, outcome)
-    log.info("Feedback up to %s used by %s (%s); watermark advanced.", window["end"], run_name, outcome)
+    mark = advance_watermark(feedback.watermark_file, window["new_watermark"], window["lines_read"], run_name, outcome)
+    log.info("Feedback up to %s used by %s (%s); watermark advanced.", mark["timestamp"], run_name, outcome)
     summary = state.result() if outcome == "promoted" else None
     return {"status": outcome, "run_name": run_name, "window": [window["start"], window["end"]],
             "records": window["records"], "sft_rows": window["sft_rows"], "pairs": window["pairs"],

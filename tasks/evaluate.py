@@ -9,7 +9,9 @@ the run before any training) and hashes each task's definition and data.
 
 `evaluate_suite` scores one model (candidate, champion or base) on that suite. Every model gets the
 same tasks, seeds, batch size and lm-eval version: the suite's `footing`, which the gate checks.
-Adapters load unmerged through lm-eval's `peft=` argument, so the weights on disk are what is scored.
+A model reference is `{label, adapter, model, version}`: the base model (both None), an adapter on
+the base (LoRA/DoRA/QLoRA), or a whole model (`sft.method: full`). Adapters load unmerged through
+lm-eval's `peft=` argument, so the weights on disk are what is scored.
 
 Caching is Prefect's task cache with persisted results. The key of `evaluate_task` is
 (model content hash, task definition hash, eval data hash, doc limit, footing); labels and paths are
@@ -241,7 +243,10 @@ def file_sha256(path: Path, memo: dict) -> str:
 
 
 def model_content_hash(base_model_path: str, adapter: str | None, memo_file: Path) -> str:
-    """sha256 over the base model's files and the adapter's config and weights: what lm-eval loads."""
+    """sha256 over the model's files and the adapter's config and weights: what lm-eval loads.
+
+    base_model_path is the base model, or a whole fine-tuned model (then adapter is None).
+    """
     memo = json.loads(memo_file.read_text()) if memo_file.exists() else {}
     before = dict(memo)
     base = Path(base_model_path)
@@ -344,6 +349,7 @@ def log_eval_run(tracking: TrackingConfig, model: dict, spec: dict, footing: dic
             "eval.task": spec["name"],
             "eval.model_label": model["label"],
             "eval.model_hash": model["content_hash"],
+            "eval.weights": "adapter" if model["adapter"] else "model" if model["model"] else "base",
             "eval.adapter": str(model["adapter"]),
             "eval.definition_hash": spec["definition_hash"],
             "eval.data_hash": spec["data_hash"],
@@ -362,10 +368,18 @@ def log_eval_run(tracking: TrackingConfig, model: dict, spec: dict, footing: dic
     return run.info.run_id
 
 
+def pretrained_path(model: dict, base_model_path: str) -> str:
+    """What lm-eval loads as `pretrained`: a whole fine-tuned model, else the base (with any adapter on top)."""
+    if model["model"] and model["adapter"]:
+        raise ValueError(f"model reference {model['label']!r} names both a whole model and an adapter")
+    return model["model"] or base_model_path
+
+
 def with_content_hash(model: dict, suite: dict) -> dict:
-    """The model reference ({label, adapter, version}) plus the hash of what lm-eval will load."""
+    """The model reference ({label, adapter, model, version}) plus the hash of what lm-eval will load."""
     memo = Path(suite["cache_dir"]) / "file-hashes.json"
-    return {**model, "content_hash": model_content_hash(suite["base_model_path"], model["adapter"], memo)}
+    pretrained = pretrained_path(model, suite["base_model_path"])
+    return {**model, "content_hash": model_content_hash(pretrained, model["adapter"], memo)}
 
 
 def score_task(model: dict, spec: dict, footing: dict, settings: dict) -> dict:
@@ -373,8 +387,8 @@ def score_task(model: dict, spec: dict, footing: dict, settings: dict) -> dict:
     key = eval_cache_key(model, spec, footing)
     files_dir = Path(settings["cache_dir"]) / "lm_eval" / key
     shutil.rmtree(files_dir, ignore_errors=True)  # left by an attempt that did not finish
-    summary = run_lm_eval(settings["base_model_path"], model["adapter"], spec, footing, files_dir,
-                          settings["trust_remote_code"])
+    summary = run_lm_eval(pretrained_path(model, settings["base_model_path"]), model["adapter"], spec, footing,
+                          files_dir, settings["trust_remote_code"])
     return {
         **summary,
         "model_hash": model["content_hash"],
@@ -401,7 +415,7 @@ def suite_settings(suite: dict) -> dict:
 
 
 def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
-    """Score a model ({label, adapter, version}) on every task of the suite; reuse cached results.
+    """Score a model ({label, adapter, model, version}) on every task of the suite; reuse cached results.
 
     Prefect's cache fits: a custom key over content hashes (paths and labels left out), results
     persisted as JSON in the cache folder, never expiring. A hit costs one task-run round trip.
@@ -420,6 +434,7 @@ def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
         "label": model["label"],
         "version": model["version"],
         "adapter": model["adapter"],
+        "model": model["model"],
         "model_hash": model["content_hash"],
         "tasks": tasks,
         "cache_hits": cache_hits,
@@ -429,13 +444,16 @@ def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
 
 @task(retries=2, retry_delay_seconds=[2, 5])
 def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> dict:
-    """What the candidate is compared with: the champion's adapter, or the base model when none exists."""
+    """What the candidate is compared with: the champion (adapter or whole model), or the base model when none exists."""
     client, _ = connect(tracking)
     version = get_alias(client, tracking.registered_model, CHAMPION)
     if version is None:
-        return {"label": "base", "adapter": None, "version": None}
-    adapter = download_version(client, version, Path(out_dir) / f"champion-v{version.version}")
-    return {"label": f"champion v{version.version}", "adapter": adapter, "version": str(version.version)}
+        return {"label": "base", "adapter": None, "model": None, "version": None}
+    weights = download_version(client, version, Path(out_dir) / f"champion-v{version.version}")
+    # peft's own marker tells an adapter from a whole model (sft.method: full).
+    is_adapter = (Path(weights) / "adapter_config.json").exists()
+    return {"label": f"champion v{version.version}", "adapter": weights if is_adapter else None,
+            "model": None if is_adapter else weights, "version": str(version.version)}
 
 
 if __name__ == "__main__":

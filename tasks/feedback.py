@@ -13,13 +13,18 @@ Upvoted answers and corrections become SFT rows (OpenAI `messages` JSONL). A cor
 answer it corrects, and an upvoted answer beats a downvoted one to the same conversation: both
 become preference pairs (OpenAI DPO JSONL). Both files go through the normal ingest and data checks.
 
-The watermark is the newest timestamp already trained on. It is written only by `advance_watermark`,
-which the retrain flow calls after the pipeline run finished with a gate decision.
+The watermark holds the newest timestamp already trained on and, per log file, how many lines were
+read. It is written only by `advance_watermark`, which the retrain flow calls after the pipeline run
+finished with a gate decision. A record is new when it lies past the lines already read, whatever
+its timestamp, so feedback that reaches a log late (a retried upload, a slow collector) still trains,
+once. Logs are append-only; a file is known by its first line, so rotating it under another name is
+fine. A line still being written (no newline yet) is left for the next run.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import sys
 from datetime import datetime, timezone
@@ -37,8 +42,18 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def read_watermark(path: Path) -> datetime | None:
-    return parse_time(json.loads(path.read_text())["timestamp"]) if path.exists() else None
+def read_watermark(path: Path) -> tuple[datetime | None, dict | None]:
+    """(newest timestamp trained on, lines read per log file); (None, None) before the first run."""
+    if not path.exists():
+        return None, None
+    mark = json.loads(path.read_text())
+    # Watermarks written before lines were tracked have a timestamp only: the window is then by time.
+    return parse_time(mark["timestamp"]), mark.get("files")
+
+
+def log_key(complete_text: str) -> str:
+    """A log file's identity: the hash of its first line, which appending and renaming keep."""
+    return hashlib.sha256(complete_text.split("\n", 1)[0].encode()).hexdigest()[:16]
 
 
 def check_record(row: dict) -> str | None:
@@ -57,12 +72,24 @@ def check_record(row: dict) -> str | None:
     return None
 
 
-def read_feedback(pattern: str, watermark: datetime | None, until: datetime | None = None) -> dict:
-    """Records with watermark < timestamp <= until (until: newest seen), sorted by time, plus rejects."""
-    records, rejected = [], []
+def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | None = None) -> dict:
+    """Records not trained on yet, sorted by time, plus rejects and the lines read per file.
+
+    With lines_done (from the watermark) a record is new when it lies past its file's lines read
+    before; without (first run, or an older watermark), when it is newer than the watermark.
+    """
+    records, rejected, lines_read, late = [], [], {}, 0
     for file in sorted(glob.glob(pattern)):
-        for line_no, line in enumerate(Path(file).read_text().splitlines(), 1):
-            if not line.strip():
+        text = Path(file).read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line still being appended is read next time
+        if not complete:
+            continue
+        lines = complete.split("\n")[:-1]
+        key = log_key(complete)
+        lines_read[key] = {"file": file, "lines": len(lines)}
+        skip = lines_done.get(key, {"lines": 0})["lines"] if lines_done is not None else 0
+        for line_no, line in enumerate(lines, 1):
+            if line_no <= skip or not line.strip():
                 continue
             try:
                 row = json.loads(line)
@@ -72,11 +99,12 @@ def read_feedback(pattern: str, watermark: datetime | None, until: datetime | No
                 row, reason, moment = {}, f"unreadable: {type(err).__name__}", None
             if reason:  # only where it is: rows may hold PII, so never the content
                 rejected.append({"file": file, "line": line_no, "reason": reason})
-            elif (watermark is None or moment > watermark) and (until is None or moment <= until):
+            elif lines_done is not None or watermark is None or moment > watermark:
+                late += watermark is not None and moment <= watermark
                 records.append({**row, "_time": moment, "_source": f"{file}:{line_no}"})
     records.sort(key=lambda r: r["_time"])
-    return {"records": records, "rejected": rejected, "start": records[0]["_time"] if records else None,
-            "end": records[-1]["_time"] if records else None}
+    return {"records": records, "rejected": rejected, "late": late, "lines_read": lines_read,
+            "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
 
 
 def training_rows(records: list[dict]) -> tuple[list[dict], list[dict], dict]:
@@ -134,15 +162,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path) -> dict:
     """Read the window after the watermark and write its SFT and preference files."""
-    watermark = read_watermark(watermark_path)
-    window = read_feedback(pattern, watermark)
+    watermark, lines_done = read_watermark(watermark_path)
+    window = read_feedback(pattern, watermark, lines_done)
     result = {"watermark": watermark.isoformat() if watermark else None, "records": len(window["records"]),
               "rejected": window["rejected"], "start": None, "end": None}
     if not window["records"]:
         return result
     sft, pairs, counts = training_rows(window["records"])
     label = window_label(window["start"], window["end"])
+    # Late records are older than the watermark, which never moves back.
+    end = max(window["end"], watermark) if watermark else window["end"]
     return {**result, **counts, "start": window["start"].isoformat(), "end": window["end"].isoformat(),
+            "new_watermark": end.isoformat(), "late": window["late"], "lines_read": window["lines_read"],
             "label": label, "sft_rows": len(sft), "pairs": len(pairs),
             "sft_file": write_jsonl(out_dir / label / "feedback_sft.jsonl", sft) if sft else None,
             "preference_file": write_jsonl(out_dir / label / "feedback_preferences.jsonl", pairs) if pairs else None}
@@ -159,12 +190,15 @@ def collect_feedback(pattern: str, watermark_path: str, out_dir: str) -> dict:
         log.info("feedback %s .. %s: %d records (%d up, %d down, %d corrections) -> %d SFT rows, %d pairs",
                  window["start"], window["end"], window["records"], window["up"], window["down"],
                  window["corrections"], window["sft_rows"], window["pairs"])
+        if window["late"]:
+            log.warning("%d of them reached the logs after the watermark passed their timestamp; trained on now",
+                        window["late"])
     return window
 
 
-def write_watermark(path: Path, end: str, run_name: str, outcome: str) -> dict:
+def write_watermark(path: Path, end: str, lines_read: dict, run_name: str, outcome: str) -> dict:
     mark = {"timestamp": end, "run": run_name, "outcome": outcome,
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": lines_read}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(mark, indent=2))
@@ -173,9 +207,9 @@ def write_watermark(path: Path, end: str, run_name: str, outcome: str) -> dict:
 
 
 @task
-def advance_watermark(watermark_path: str, end: str, run_name: str, outcome: str) -> dict:
-    """Mark feedback up to `end` as trained on; called only after the pipeline run finished."""
-    return write_watermark(Path(watermark_path), end, run_name, outcome)
+def advance_watermark(watermark_path: str, end: str, lines_read: dict, run_name: str, outcome: str) -> dict:
+    """Mark the window's lines (and feedback up to `end`) as trained on; called only after the run finished."""
+    return write_watermark(Path(watermark_path), end, lines_read, run_name, outcome)
 
 
 if __name__ == "__main__":

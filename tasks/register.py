@@ -1,4 +1,7 @@
-"""Stage 7, register: one MLflow run with params, metrics and artifacts; the adapter as a model version.
+"""Stage 7, register: one MLflow run with params, metrics and artifacts; the weights as a model version.
+
+The weights are the adapter (LoRA, DoRA, QLoRA), or the whole model for `sft.method: full`; the
+version's `weights` tag says which, and so does peft's adapter_config.json in the files.
 
 Metric names are the same in every run (`eval/<task>/<metric>` for the candidate,
 `baseline/<task>/<metric>` for what it was compared with), so MLflow's compare view lines them up.
@@ -80,7 +83,7 @@ def register_run(
     baseline_eval: dict,
     aligned: dict,
 ) -> dict:
-    """Log the whole run to MLflow and register the adapter; return run id and version."""
+    """Log the whole run to MLflow and register the trained weights; return run id and version."""
     import mlflow
 
     client, experiment_id = connect(params.tracking)
@@ -122,18 +125,20 @@ def register_run(
         mlflow.log_dict(candidate_eval, "eval/candidate.json")
         mlflow.log_dict(baseline_eval, "eval/baseline.json")
         weights = aligned["adapter"] or aligned["model"]  # DPO passes the SFT weights through when skipped
-        mlflow.log_artifacts(weights, artifact_path="adapter" if aligned["adapter"] else "model")
+        kind = "adapter" if aligned["adapter"] else "model"
+        mlflow.log_artifacts(weights, artifact_path=kind)
         artifact_uri = run.info.artifact_uri
 
     model_name = params.tracking.registered_model
     ensure_registered_model(client, model_name)
     version = client.create_model_version(
         model_name,
-        source=f"{artifact_uri}/{'adapter' if aligned['adapter'] else 'model'}",
+        source=f"{artifact_uri}/{kind}",
         run_id=run.info.run_id,
-        tags={**lineage, "gate": "pending", "config": config,
+        tags={**lineage, "gate": "pending", "config": config, "weights": kind, "method": params.sft.method,
               "validation_report": f"runs:/{run.info.run_id}/data/validation_report.json"},
-        description=f"{run_name}: LoRA adapter on {params.base_model}",
+        description=f"{run_name}: {params.sft.method} {'adapter on' if kind == 'adapter' else 'fine-tune of'} "
+                    f"{params.base_model}",
     )
     return {"run_id": run.info.run_id, "model_name": model_name, "version": str(version.version)}
 

@@ -20,6 +20,7 @@ def test_prefect_yaml_defines_both_deployments_with_the_demo_config_as_defaults(
     assert "schedules" not in deps["finetune"]
     (nightly,) = deps["retrain-from-feedback"]["schedules"]
     assert nightly["cron"] == "0 3 * * *" and nightly["timezone"] == "Europe/Berlin"
+    assert deps["retrain-from-feedback"]["concurrency_limit"] == 1
 
 
 def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
@@ -31,6 +32,7 @@ def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     assert not finetune.schedules
     (schedule,) = retrain.schedules
     assert schedule.schedule.cron == "30 1 * * *" and schedule.schedule.timezone == "UTC"
+    assert retrain.concurrency_limit == 1 and not finetune.concurrency_limit
     from prefect.utilities.callables import parameter_schema
 
     from flows.finetune import finetune_pipeline

@@ -166,24 +166,24 @@ def test_results_are_cached_by_content_so_an_unchanged_model_is_never_re_evaluat
     suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run1")
     adapter = lora_adapter(prepared["base_model_path"], tmp_path / "adapter", seed=0)
 
-    first = evaluate_suite({"label": "candidate", "adapter": adapter, "version": None}, suite, tracking)
+    first = evaluate_suite({"label": "candidate", "adapter": adapter, "model": None, "version": None}, suite, tracking)
     assert first["cache_hits"] == []
     # The same adapter downloaded elsewhere, called champion, in the next run's suite: all cached.
     champion = shutil.copytree(adapter, tmp_path / "champion-v1")
     next_suite = eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "run2")
-    again = evaluate_suite({"label": "champion v1", "adapter": str(champion), "version": "1"}, next_suite, tracking)
+    again = evaluate_suite({"label": "champion v1", "adapter": str(champion), "model": None, "version": "1"}, next_suite, tracking)
     assert again["cache_hits"] == ["tunegate_domain", "tunegate_general"]
     assert again["label"] == "champion v1" and again["version"] == "1"
     assert again["tasks"] == first["tasks"] and again["eval_run_ids"] == first["eval_run_ids"]
 
     # Different weights, or different eval data: computed again, only where something changed.
     other = evaluate_suite({"label": "other", "adapter": lora_adapter(prepared["base_model_path"], tmp_path / "b", 1),
-                            "version": None}, suite, tracking)
+                            "model": None, "version": None}, suite, tracking)
     assert other["cache_hits"] == [] and other["model_hash"] != first["model_hash"]
     fewer = eval_suite(prepared, cfg.model_copy(update={"limits": {"tunegate_domain": 4, "tunegate_general": 10}}), [],
                        tmp_path / "cache", tmp_path / "run3")
-    assert evaluate_suite({"label": "c", "adapter": adapter, "version": None}, fewer, tracking)["cache_hits"] == [
-        "tunegate_domain"]
+    fewer_eval = evaluate_suite({"label": "c", "adapter": adapter, "model": None, "version": None}, fewer, tracking)
+    assert fewer_eval["cache_hits"] == ["tunegate_domain"]
 
     # Each computed evaluation is an MLflow run with lm-eval's per-sample log attached.
     client = MlflowClient(tracking.tracking_uri)

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.feedback import read_feedback, training_rows
+from tasks.feedback import feedback_window_data, read_feedback, training_rows, write_watermark
 from tunegate.feedback_sim import generate_feedback, write_daily_logs
 
 Q = [{"role": "user", "content": "Who made you?"}]
@@ -44,6 +44,47 @@ def test_window_is_after_the_watermark_and_unusable_lines_are_reported_by_place(
     assert [r["id"] for r in window["records"]] == ["fb-4"]  # fb-2 sits exactly on the watermark: already used
     assert [(r["line"], r["reason"][:6]) for r in window["rejected"]] == [(3, "rating"), (5, "unread")]
     assert len(read_feedback(str(tmp_path / "*.jsonl"), None)["records"]) == 3
+
+
+def test_late_feedback_trains_once_and_a_half_written_line_waits(tmp_path):
+    log, mark = tmp_path / "logs" / "f.jsonl", tmp_path / "wm.json"
+    log.parent.mkdir()
+    pattern = str(tmp_path / "logs" / "*.jsonl")
+
+    def append(*rows, partial=""):
+        with log.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows) + partial)
+
+    def run_window():
+        window = feedback_window_data(pattern, mark, tmp_path / "out")
+        if window["records"]:  # what the flow does once the run reached its gate decision
+            write_watermark(mark, window["new_watermark"], window["lines_read"], "run", "promoted")
+        return window
+
+    append(fb(1, "2026-11-18T10:00:00Z", "a", "up"), fb(2, "2026-11-18T12:00:00Z", "b", "up"),
+           partial='{"id": "fb-3", "timestamp": "2026-11-18T13:0')  # the writer is mid-line
+    first = run_window()
+    assert first["records"] == 2 and first["rejected"] == [] and first["late"] == 0
+    assert json.loads(mark.read_text())["timestamp"] == "2026-11-18T12:00:00+00:00"
+
+    # The half line is finished, and a record stamped 11:00 (before the watermark) arrives late.
+    with log.open("a") as f:
+        f.write('0:00Z", "model_version": "1", "conversation": [{"role": "user", "content": "Hi"}], '
+                '"answer": "c", "rating": "up"}\n')
+    append(fb(4, "2026-11-18T11:00:00Z", "d", "up"))
+    second = run_window()
+    assert second["records"] == 2 and second["late"] == 1 and second["rejected"] == []
+    assert (second["start"], second["end"]) == ("2026-11-18T11:00:00+00:00", "2026-11-18T13:00:00+00:00")
+    assert json.loads(mark.read_text())["timestamp"] == "2026-11-18T13:00:00+00:00"
+
+    # Rotated under a new name, nothing is read twice; a new file is read whole.
+    log.rename(log.with_name("f.jsonl.1.jsonl"))
+    assert run_window()["records"] == 0
+    (tmp_path / "logs" / "g.jsonl").write_text(json.dumps(fb(5, "2026-11-18T09:00:00Z", "e", "up")) + "\n")
+    third = run_window()
+    assert third["records"] == 1 and third["late"] == 1
+    assert json.loads(mark.read_text())["timestamp"] == "2026-11-18T13:00:00+00:00"  # never moves back
+    assert run_window()["records"] == 0
 
 
 def test_generator_is_deterministic_and_realistic():

@@ -90,3 +90,37 @@ def test_a_task_whose_data_cannot_be_reached_fails_the_run_before_training(tmp_p
     with pytest.raises(EvalSuiteError, match="arc_easy"):
         finetune_pipeline(params)
     assert (tmp_path / "offline" / "data" / "train.jsonl").exists() and not (tmp_path / "offline" / "sft").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_baseline(tmp_path, tracking,
+                                                                                          tiny_model):
+    params = load_config("configs/tiny.yaml", ["sft.method=full", "sft.learning_rate=1e-4", "sft.max_steps=6"])
+    params = params.model_copy(update={"tracking": tracking, "output_dir": str(tmp_path), "run_name": "full"})
+    client = MlflowClient(tracking.tracking_uri)
+
+    full = finetune_pipeline(params)
+    assert full["gate"] == "passed" and full["baseline"] == "base"
+    v1 = client.get_model_version("test-model", "1")
+    assert v1.tags["weights"] == "model" and v1.tags["method"] == "full" and v1.source.endswith("/model")
+    files = {a.path for a in client.list_artifacts(full["mlflow_run_id"], "model")}
+    assert "model/model.safetensors" in files and "model/adapter_config.json" not in files
+    candidate, base = (json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=full["mlflow_run_id"], artifact_path=f"eval/{name}.json", dst_path=str(tmp_path))).read_text())
+        for name in ("candidate", "baseline"))
+    assert candidate["adapter"] is None and candidate["model"] == str(tmp_path / "full" / "dpo" / "model")
+    # Scored as the whole fine-tuned model, not as the base model it started from.
+    assert candidate["model_hash"] == v1.tags["model_hash"] != base["model_hash"]
+    general = full["eval"]["tunegate_general"]
+    assert general["candidate"]["bits_per_byte"] != general["baseline"]["bits_per_byte"]
+    assert (tmp_path / "full" / "export" / "merged" / "model.safetensors").exists()
+
+    # A LoRA run next: the full champion is downloaded as a whole model and is the baseline. Its files are
+    # byte-identical to the candidate scored above, so both its evaluations come from the cache.
+    lora = finetune_pipeline(params.model_copy(update={"run_name": "lora", "sft": load_config(
+        "configs/tiny.yaml").sft}))
+    assert lora["baseline"] == "champion v1"
+    assert sorted(lora["eval_cache_hits"]["baseline"]) == ["tunegate_domain", "tunegate_general"]
+    champion_dir = tmp_path / "lora" / "baseline" / "champion-v1"
+    assert (next(champion_dir.rglob("model.safetensors"))).exists() and not list(champion_dir.rglob("adapter_*"))
+    assert client.get_model_version("test-model", "2").tags["weights"] == "adapter"

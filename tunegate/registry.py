@@ -87,14 +87,15 @@ def ensure_registered_model(client, model_name: str) -> None:
     except MlflowException:
         try:
             client.create_registered_model(
-                model_name, description="LoRA adapters fine-tuned by tunegate; `champion` is what serves."
+                model_name, description="Models fine-tuned by tunegate (adapters, or whole models for "
+                "sft.method full); `champion` is what serves."
             )
         except MlflowException:  # created concurrently by another run
             client.get_registered_model(model_name)
 
 
 def download_version(client, version, dst: Path) -> str:
-    """Download a version's adapter files; return the local folder."""
+    """Download a version's weights (an adapter, or a whole model); return the local folder."""
     import mlflow
 
     dst.mkdir(parents=True, exist_ok=True)

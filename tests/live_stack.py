@@ -1,0 +1,86 @@
+"""`tunegate ui` + `tunegate serve` as real processes, for the slow end-to-end tests.
+
+Free loopback ports, their own PREFECT_HOME and MLflow store; stopped (and checked stopped) on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(base: str, path: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def wait_for(check, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(2)
+    raise TimeoutError(f"gave up waiting for {what} after {seconds:.0f}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def running_stack(tmp_path: Path, serve_args: list[str]):
+    """Start `tunegate ui`, then `tunegate serve --config configs/tiny.yaml SERVE_ARGS`; yield URLs and deployments."""
+    pport, mport = free_port(), free_port()
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{pport}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "tunegate.cli"]
+    ui = subprocess.Popen(cli + ["ui", "--tracking-uri", db, "--prefect-port", str(pport), "--mlflow-port", str(mport)],
+                          cwd=ROOT, env=env, stdout=open(tmp_path / "ui.log", "w"), stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    procs = [ui]
+    try:
+        wait_for(lambda: "Ctrl-C stops both" in (tmp_path / "ui.log").read_text(), 180, "tunegate ui")
+        printed = (tmp_path / "ui.log").read_text()
+        assert f"Prefect UI: http://127.0.0.1:{pport}" in printed and f"MLflow UI:  http://127.0.0.1:{mport}" in printed
+        serve = subprocess.Popen(
+            cli + ["serve", "--config", "configs/tiny.yaml", "--set", f"tracking.tracking_uri={db}",
+                   "--set", f"tracking.artifact_root={tmp_path}/artifacts", "--set", f"output_dir={tmp_path}/out",
+                   *serve_args],
+            cwd=ROOT, env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        procs.append(serve)
+        prefect = f"http://127.0.0.1:{pport}"
+        deps = wait_for(lambda: {d["name"]: d for d in api(prefect, "/api/deployments/filter", {})} or None
+                        if len(api(prefect, "/api/deployments/filter", {})) == 2 else None, 120, "both deployments")
+        yield {"prefect": prefect, "mlflow": f"http://127.0.0.1:{mport}", "deployments": deps, "tmp": tmp_path,
+               "tracking_uri": db}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    with socket.socket() as s:  # tunegate ui stopped both servers when it was stopped
+        assert s.connect_ex(("127.0.0.1", pport)) != 0
