@@ -5,7 +5,9 @@
 All three train the same LoRA (r=16, all linear layers) on the same pre-tokenized batches of
 exactly --seq tokens. Tokens/s is measured over steps after the first (warm-up) step.
 - raw: a hand loop of forward + backward + AdamW step in fp32: the ceiling to compare against.
-- tunegate: TRL SFTTrainer with what tasks/sft.py picks on this hardware (fp32 on CPU, no checkpointing).
+- tunegate: the trainer and settings tasks/sft.py picks on this hardware (on CPU: fp32, no checkpointing,
+  and the model's own loss over the full logits instead of TRL's chunked LM head).
+- chunked head: the same, with TRL's SFTTrainer as it is (its chunked LM head recomputes the head in backward).
 - trl-default: SFTConfig defaults (bf16 + gradient checkpointing); on CPU it needs use_cpu=True to start.
 Prints a markdown table for docs/benchmarks.md.
 """
@@ -23,9 +25,11 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
+from trl import SFTConfig  # noqa: E402
 
 from tasks.prepare import load_chat_tokenizer  # noqa: E402
+from tasks.sft import choose_lm_head, sft_trainer_class  # noqa: E402
+from tunegate.config import SFTConfig as TunegateSFTConfig  # noqa: E402
 from tunegate.models import resolve_base_model  # noqa: E402
 
 
@@ -63,13 +67,13 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def trainer_loop(path: str, data: list[torch.Tensor], config: SFTConfig) -> list[float]:
+def trainer_loop(path: str, data: list[torch.Tensor], config: SFTConfig, lm_head: str = "chunked") -> list[float]:
     tokenizer = load_chat_tokenizer(path)
     rows = [{"input_ids": row.tolist()} for ids in data for row in ids]
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     timer = StepTimer()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    trainer = sft_trainer_class(lm_head)(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora(), callbacks=[timer])
     trainer.train()
     return timer.times
@@ -92,7 +96,10 @@ def main() -> None:
     results = {}
     results["raw PyTorch (fp32 fwd+bwd+AdamW)"] = raw_loop(path, data)
     ours = SFTConfig(max_steps=args.steps, bf16=False, gradient_checkpointing=False, **common)
-    results["tunegate SFT (fp32, no checkpointing)"] = trainer_loop(path, data, ours)
+    head, why = choose_lm_head(TunegateSFTConfig(batch_size=args.batch, max_length=args.seq), vocab)
+    print(f"tasks/sft.py picks the {head} LM head: {why}")
+    results[f"tunegate SFT (fp32, no checkpointing, {head} LM head)"] = trainer_loop(path, data, ours, head)
+    results["SFTTrainer, same settings, TRL's chunked LM head"] = trainer_loop(path, data, ours, "chunked")
     default = SFTConfig(max_steps=args.default_steps, **common)  # bf16=True, gradient_checkpointing=True
     results[f"TRL default SFTConfig (bf16={default.bf16}, checkpointing={default.gradient_checkpointing})"] = (
         trainer_loop(path, data[: args.default_steps], default))
@@ -100,7 +107,7 @@ def main() -> None:
     tokens = args.batch * args.seq
     rate = {name: tokens * (len(t) - 1) / sum(t[1:]) for name, t in results.items()}
     raw = rate["raw PyTorch (fp32 fwd+bwd+AdamW)"]
-    ours_rate = rate["tunegate SFT (fp32, no checkpointing)"]
+    ours_rate = next(r for name, r in rate.items() if name.startswith("tunegate"))
     print(f"\nmodel {args.model}, LoRA r=16 all-linear, batch {args.batch} x {args.seq} tokens, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("\n| setup | s/step | tokens/s | vs raw | tunegate vs this |\n|---|---|---|---|---|")

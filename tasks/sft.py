@@ -86,6 +86,48 @@ def choose_gradient_checkpointing(cfg: SFTConfig, model, precision: str) -> tupl
     return False, f"estimated {need / 2**30:.1f} GiB fits in {total / 2**30:.1f} GiB"
 
 
+def choose_lm_head(cfg: SFTConfig, vocab_size: int) -> tuple[str, str]:
+    """'chunked' (TRL's fused head: never builds the full logits, recomputes them in backward) or 'plain'."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return "chunked", "GPU: TRL's chunked head saves the memory of the full logits"
+    # fp32 logits, their log-softmax and its gradient, for one micro-batch
+    need = 3 * 4 * cfg.batch_size * cfg.max_length * vocab_size
+    free = psutil.virtual_memory().available
+    if need > 0.25 * free:
+        return "chunked", f"full logits need ~{need / 2**30:.1f} GiB, over 25% of the {free / 2**30:.1f} GiB free"
+    return "plain", (f"CPU: the full logits (~{need / 2**30:.1f} GiB) fit in RAM, and TRL's chunked head would "
+                     "recompute the LM head in backward (~10% of a step, docs/benchmarks.md)")
+
+
+def sft_trainer_class(lm_head: str):
+    """TRL's SFTTrainer, or for lm_head='plain' one whose loss is the model's own over the full logits."""
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if lm_head == "chunked":
+        return SFTTrainer
+
+    class PlainHeadSFTTrainer(SFTTrainer):
+        """Same data, collator, loss and logs as SFTTrainer, minus its entropy/token-accuracy metrics."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            if self.model.training:  # the input-token count TRL's compute_loss logs as num_tokens
+                if "attention_mask" in inputs:
+                    local = inputs["attention_mask"].sum()
+                else:  # padding-free packing
+                    local = torch.tensor(inputs["position_ids"].size(1))
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(local.to(self.args.device)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return PlainHeadSFTTrainer
+
+
 def load_model(base_model_path: str, cfg: SFTConfig, precision: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -185,7 +227,7 @@ def train_sft(
     import torch
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
-    from trl import SFTConfig as TRLSFTConfig, SFTTrainer
+    from trl import SFTConfig as TRLSFTConfig
 
     from tasks.prepare import load_chat_tokenizer
 
@@ -194,8 +236,9 @@ def train_sft(
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
     model = load_model(base_model_path, cfg, precision, trust_remote_code)
     checkpointing, checkpointing_why = choose_gradient_checkpointing(cfg, model, precision)
-    log.info("precision %s (%s); gradient checkpointing %s (%s)", precision, precision_why,
-             "on" if checkpointing else "off", checkpointing_why)
+    lm_head, lm_head_why = choose_lm_head(cfg, model.config.vocab_size)
+    log.info("precision %s (%s); gradient checkpointing %s (%s); LM head %s (%s)", precision, precision_why,
+             "on" if checkpointing else "off", checkpointing_why, lm_head, lm_head_why)
 
     use_eval = bool(eval_path and cfg.eval_steps)
     files = {"train": train_path} | ({"eval": eval_path} if use_eval else {})
@@ -234,7 +277,7 @@ def train_sft(
     callbacks = [marker_callback()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer = sft_trainer_class(lm_head)(
         model=model,
         args=args,
         train_dataset=data["train"],
@@ -280,6 +323,8 @@ def train_sft(
         "precision_reason": precision_why,
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_reason": checkpointing_why,
+        "lm_head": lm_head,
+        "lm_head_reason": lm_head_why,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "input_tokens_per_step": int(next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), 0))
         // max(trainer.state.global_step, 1),

@@ -24,9 +24,13 @@ pytestmark = pytest.mark.slow
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-def run_logs(prefect: str, run_id: str) -> str:
-    logs = api(prefect, "/api/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+def logged(prefect: str, run_id: str, text: str) -> bool:
+    """Whether the run's logs, as the Prefect UI shows them, contain text (they arrive in batches)."""
+    def found():
+        logs = api(prefect, "/api/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        return any(text in entry["message"] for entry in logs)
+
+    return wait_for(found, 60, f"'{text}' in the logs of flow run {run_id}")
 
 
 def test_nightly_retrain_fires_on_schedule_trains_on_the_feedback_then_finds_nothing_new(tmp_path, tiny_model):
@@ -37,7 +41,7 @@ def test_nightly_retrain_fires_on_schedule_trains_on_the_feedback_then_finds_not
                   "--watermark-file", str(watermark), "--feedback-work-dir", str(tmp_path / "feedback")]
     with running_stack(tmp_path, serve_args) as stack:
         prefect, dep = stack["prefect"], stack["deployments"]["retrain-from-feedback"]
-        assert dep["concurrency_limit"] == 1
+        assert dep["global_concurrency_limit"]["limit"] == 1
         assert dep["schedules"][0]["schedule"] == {"cron": "* * * * *", "timezone": "UTC", "day_or": True}
 
         def two_finished():
@@ -61,8 +65,8 @@ def test_nightly_retrain_fires_on_schedule_trains_on_the_feedback_then_finds_not
         run = client.get_run(version.run_id)
         assert run.info.run_name == mark["run"] == "retrain-from-feedback-20261118T0128-20261120T2353"
         assert int(run.data.metrics["data/rows_in"]) > 139  # the curated data plus the feedback rows
-        assert "Feedback up to 2026-11-20T23:53:14+00:00 used by" in run_logs(prefect, first["id"])
+        assert logged(prefect, first["id"], "Feedback up to 2026-11-20T23:53:14+00:00 used by")
 
         # The second run: nothing new since the watermark, and it says so.
-        assert "No new feedback since 2026-11-20T23:53:14+00:00" in run_logs(prefect, second["id"])
+        assert logged(prefect, second["id"], "No new feedback since 2026-11-20T23:53:14+00:00")
         assert json.loads(watermark.read_text()) == mark

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.sft import check_training_setup, choose_precision, last_complete_checkpoint, train_sft, COMPLETE_MARKER
+from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_lm_head, choose_precision,
+                       last_complete_checkpoint, train_sft)
 from tunegate.config import SFTConfig, load_config
 
 BASE_KEY = "model.layers.0.self_attn.q_proj.weight"
@@ -23,6 +24,24 @@ def two_steps(prepared, tmp_path, **overrides):
 def test_cpu_gets_fp32_and_no_checkpointing_with_reasons():
     assert choose_precision("auto") == ("fp32", "no CUDA device: fp32 is the fast path on CPU")
     assert choose_precision("bf16") == ("bf16", "set in the config")
+
+
+def test_cpu_uses_the_plain_lm_head_and_trains_exactly_like_trls_chunked_head(prepared, tmp_path, monkeypatch):
+    plain = two_steps(prepared, tmp_path / "plain", method="lora")
+    assert plain["lm_head"] == "plain" and "fit in RAM" in plain["lm_head_reason"]
+    monkeypatch.setattr("tasks.sft.choose_lm_head", lambda cfg, vocab: ("chunked", "forced by the test"))
+    chunked = two_steps(prepared, tmp_path / "chunked", method="lora")
+    assert chunked["lm_head"] == "chunked"
+    # Same loss (both fp32 log-softmax over the same tokens), so the same update and the same second step.
+    assert [s for s, _ in plain["loss_curve"]] == [s for s, _ in chunked["loss_curve"]] == [1, 2]
+    for (_, a), (_, b) in zip(plain["loss_curve"], chunked["loss_curve"]):
+        assert abs(a - b) < 1e-4, (plain["loss_curve"], chunked["loss_curve"])
+    assert plain["input_tokens_per_step"] == chunked["input_tokens_per_step"] > 100  # num_tokens is still logged
+
+
+def test_logits_that_would_not_fit_in_ram_keep_trls_chunked_head():
+    head, why = choose_lm_head(SFTConfig(batch_size=64, max_length=8192), vocab_size=256_000)  # ~1.5 TiB of logits
+    assert head == "chunked" and "over 25% of the" in why
 
 
 def test_qlora_and_8bit_adam_are_refused_up_front_on_cpu():
