@@ -99,7 +99,7 @@ def choose_lm_head(cfg: SFTConfig, vocab_size: int) -> tuple[str, str]:
     if need > 0.25 * free:
         return "chunked", f"full logits need ~{need / 2**30:.1f} GiB, over 25% of the {free / 2**30:.1f} GiB free"
     return "plain", (f"CPU: the full logits (~{need / 2**30:.1f} GiB) fit in RAM, and TRL's chunked head would "
-                     "recompute the LM head in backward (~10% of a step, docs/benchmarks.md)")
+                     "recompute the LM head in backward (~20% of a step here, docs/benchmarks.md)")
 
 
 def sft_trainer_class(lm_head: str):
