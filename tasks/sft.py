@@ -390,3 +390,10 @@ if __name__ == "__main__":
     parser.add_argument("--spec", required=True, help="JSON written by the sft task")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run_spec(json.loads(Path(parser.parse_args().spec).read_text()))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        # Left to interpreter exit, the gloo/DeepSpeed teardown sometimes aborted a rank (SIGABRT,
+        # "terminate called without an active exception") after training had finished.
+        dist.barrier()
+        dist.destroy_process_group()
