@@ -11,7 +11,6 @@ Skipped, with a log line, when there are no pairs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from tunegate.caching import content_key
+from tunegate.caching import content_key, file_sha256
 from tunegate.config import DPOConfig
 
 log = logging.getLogger(__name__)
@@ -123,13 +122,12 @@ def train_dpo(
 
 
 def _dpo_cache_key(context, parameters) -> str:
-    pairs = Path(parameters["pairs_path"]).read_bytes() if parameters["pairs_path"] else b""
+    pairs = file_sha256(parameters["pairs_path"]) if parameters["pairs_path"] else ""
     sft = parameters["sft"]
     weights = Path(sft["adapter"] or sft["model"])
-    weights_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(weights.glob("*.safetensors"))))
+    weights_hashes = [file_sha256(p) for p in sorted(weights.glob("*.safetensors"))]  # streamed: a full model is GBs
     output_root = Path(parameters["out_dir"]).parent.parent  # <output_dir>/<run>/dpo
-    return content_key(output_root, hashlib.sha256(pairs).digest(), weights_hash.digest(),
-                       parameters["cfg"].model_dump_json(), sft["precision"])
+    return content_key(output_root, pairs, *weights_hashes, parameters["cfg"].model_dump_json(), sft["precision"])
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_dpo_cache_key), persist_result=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 
+from tunegate.caching import file_sha256
 from tunegate.config import EvalConfig, GateRule, TrackingConfig
 from tunegate.models import cache_dir as tunegate_cache_dir
 from tunegate.registry import CHAMPION, connect, download_version, eval_experiment, get_alias
@@ -228,18 +229,16 @@ def build_eval_suite(
 # --- one model on one task -----------------------------------------------------------------------
 
 
-def file_sha256(path: Path, memo: dict) -> str:
+def remembered_sha256(path: Path, memo: dict) -> str:
+    """file_sha256, remembered in memo by (path, size, mtime) for large files such as base model weights."""
     stat = path.stat()
     seen = memo.get(str(path))
     if seen and seen["size"] == stat.st_size and seen["mtime_ns"] == stat.st_mtime_ns:
         return seen["sha256"]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
+    sha256 = file_sha256(path)
     if stat.st_size >= MEMO_MIN_BYTES:
-        memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
-    return digest.hexdigest()
+        memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    return sha256
 
 
 def model_content_hash(base_model_path: str, adapter: str | None, memo_file: Path) -> str:
@@ -254,7 +253,7 @@ def model_content_hash(base_model_path: str, adapter: str | None, memo_file: Pat
     files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")) if base.is_dir() else []
     files += sorted(Path(adapter).glob("adapter_*")) if adapter else []
     for path in files:
-        parts += [path.name, file_sha256(path, memo)]
+        parts += [path.name, remembered_sha256(path, memo)]
     if memo != before:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")

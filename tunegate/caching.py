@@ -27,6 +27,15 @@ def content_key(output_root: Path, *parts: str | bytes) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks: weights files can be larger than memory allows twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _canonical(value):
     """Parameters as JSON-able values, with every existing file replaced by the hash of its content."""
     from pydantic import BaseModel
@@ -38,11 +47,7 @@ def _canonical(value):
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, str) and 0 < len(value) < 4096 and Path(value).is_file():
-        digest = hashlib.sha256()
-        with open(value, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return {"file_sha256": digest.hexdigest()}
+        return {"file_sha256": file_sha256(value)}
     return value
 
 
