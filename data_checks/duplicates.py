@@ -146,16 +146,8 @@ def shingle_jaccard(view: TextView, a: np.ndarray, b: np.ndarray, n: int) -> np.
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def near_duplicate_groups(
-    sig: np.ndarray, threshold: float, view: TextView | None = None, shingle_words: int = 3, margin: float = 0.15
-) -> np.ndarray:
-    """For each row, the first row of its near-duplicate group (itself when it has none).
-
-    With `view`, candidate pairs whose estimate is near the threshold are decided by their exact Jaccard.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
+def candidate_pairs(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct row pairs (a < b) that share an LSH bucket in some band: the near-duplicate candidates."""
     n, k = sig.shape
     if n >= 1 << 24:
         raise ValueError(f"{n} rows: near-duplicate search packs row numbers in 24 bits; split the data")
@@ -176,14 +168,28 @@ def near_duplicate_groups(
         leader = order[np.flatnonzero(run_start)[np.cumsum(run_start) - 1]]
         member = order != leader
         pairs.append(np.stack([live[leader[member]], live[order[member]]]))
-    leader_of = np.arange(n)
     if not pairs:
-        return leader_of
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     both = np.concatenate(pairs, axis=1).astype(np.uint64)
     distinct = np.unique((both[0] << np.uint64(24)) | both[1])  # rows fit in 24 bits
-    if len(distinct) == 0:
+    return (distinct >> np.uint64(24)).astype(np.int64), (distinct & np.uint64((1 << 24) - 1)).astype(np.int64)
+
+
+def near_duplicate_groups(
+    sig: np.ndarray, threshold: float, view: TextView | None = None, shingle_words: int = 3, margin: float = 0.15
+) -> np.ndarray:
+    """For each row, the first row of its near-duplicate group (itself when it has none).
+
+    With `view`, candidate pairs whose estimate is near the threshold are decided by their exact Jaccard.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(sig)
+    leader_of = np.arange(n)
+    a, b = candidate_pairs(sig, threshold)
+    if len(a) == 0:
         return leader_of
-    a, b = (distinct >> np.uint64(24)).astype(np.int64), (distinct & np.uint64((1 << 24) - 1)).astype(np.int64)
     estimate = (sig[a] == sig[b]).mean(axis=1)
     similar = estimate >= threshold
     if view is not None:

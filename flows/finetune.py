@@ -41,13 +41,9 @@ def finetune_pipeline(params: PipelineParams) -> dict:
     data, ev = params.data, params.eval
 
     check_setup(params.sft)
-    ingested = ingest(data.domain_files + data.general_files, str(run_dir / "data"), data.preference_files,
-                      {f: spec.model_dump() for f, spec in data.file_formats.items()}, data.checks.max_row_mb)
-    report = validate(ingested, str(run_dir / "data"), data.max_rejected_fraction, data.pii_policy, data.checks,
-                      params.base_model, params.sft.max_length, data.general_files, data.general_holdout_file,
-                      data.eval_fraction, data.split_seed, params.trust_remote_code)
-    prepared = prepare(report, data.general_files, data.general_holdout_file, params.base_model,
-                       str(run_dir / "data"), data.eval_fraction, data.split_seed, params.trust_remote_code)
+    ingested = ingest(data, str(run_dir / "data"))
+    report = validate(ingested, data, params.model, str(run_dir / "data"))
+    prepared = prepare(report, data, params.model, str(run_dir / "data"))
     suite = build_eval_suite(prepared, ev, params.gate.rules, params.tracking, str(run_dir / "eval"),
                              params.trust_remote_code)
     trained = sft(prepared, params.sft, str(run_dir / "sft"), str(Path(params.output_dir).resolve() / "checkpoints"),

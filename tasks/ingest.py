@@ -49,6 +49,7 @@ from typing import Iterator
 from prefect import task
 
 from tunegate.caching import STAGE_CACHE
+from tunegate.config import DataConfig
 
 MAX_ROW_BYTES = 16 * 2**20
 SHAREGPT_ROLES = {
@@ -475,15 +476,12 @@ def ingest_files(
 
 
 @task(retries=2, retry_delay_seconds=[2, 5], cache_policy=STAGE_CACHE, persist_result=True)
-def ingest(
-    files: list[str],
-    out_dir: str,
-    preference_files: list[str] = (),
-    formats: dict[str, dict] | None = None,
-    max_row_mb: float = MAX_ROW_BYTES / 2**20,
-) -> dict:
+def ingest(data: DataConfig, out_dir: str) -> dict:
     """Read the dataset files into canonical SFT records and preference pairs."""
-    return ingest_files(files, Path(out_dir), list(preference_files), formats, int(max_row_mb * 2**20))
+    return ingest_files(data.domain_files + data.general_files + data.feedback_files, Path(out_dir),
+                        data.preference_files + data.feedback_preference_files,
+                        {f: spec.model_dump() for f, spec in data.file_formats.items()},
+                        int(data.checks.max_row_mb * 2**20))
 
 
 if __name__ == "__main__":

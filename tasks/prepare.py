@@ -1,7 +1,9 @@
-"""Stage 3, prepare: deterministic train/eval split, chat template, eval task data, data hash.
+"""Stage 3, prepare: train/eval files as validate split them, chat template, eval task data, data hash.
 
-Domain rows are split by a hash of their content, so a row stays on the same side when files
-are reordered or grow. General rows all train; the general holdout file feeds the regression eval.
+The split is validate's decision (data_checks/split.py: stratified by source file and language);
+each clean row carries it, with its stratum and key facts, which the eval docs keep for the
+key-fact metric and the per-stratum gate table. General rows all train; the general holdout file
+feeds the regression eval.
 Eval prompts are rendered here with the base model's own chat template, once, so every model
 is scored on the same text.
 """
@@ -11,21 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from prefect import task
 
-from data_checks.duplicates import conversation_key
+from data_checks.split import language
 from tasks.ingest import read_rows, to_messages
 from tunegate.caching import STAGE_CACHE
+from tunegate.config import DataConfig, ModelRef
 from tunegate.models import CHATML_TEMPLATE, resolve_base_model
 
 log = logging.getLogger(__name__)
-
-
-def is_eval_row(messages: list[dict], seed: int, fraction: float) -> bool:
-    digest = hashlib.sha256(f"{seed}:{conversation_key(messages)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def load_chat_tokenizer(base_model_path: str, trust_remote_code: bool = False):
@@ -47,10 +46,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def eval_doc(tokenizer, messages: list[dict]) -> dict:
+def eval_doc(tokenizer, messages: list[dict], **extra) -> dict:
     """Prompt = the conversation up to the last assistant turn, rendered; reference = that turn."""
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    return {"prompt": prompt, "reference": messages[-1]["content"]}
+    return {"prompt": prompt, "reference": messages[-1]["content"], **extra}
 
 
 def sft_rows(records: list[dict]) -> list[dict]:
@@ -59,31 +58,23 @@ def sft_rows(records: list[dict]) -> list[dict]:
 
 
 def prepare_data(
-    clean_path: Path,
-    general_files: list[str],
-    general_holdout_file: str,
-    base_model_path: str,
-    out_dir: Path,
-    eval_fraction: float,
-    seed: int,
-    trust_remote_code: bool = False,
+    clean_path: Path, general_holdout_file: str, base_model_path: str, out_dir: Path, trust_remote_code: bool = False,
 ) -> dict:
+    """Write train/eval rows and eval docs from validate's clean rows, which carry the split decision."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    general = {str(f) for f in general_files}
     train, domain_eval = [], []
     with clean_path.open() as f:
         for line in f:
             rec = json.loads(line)
             if rec.get("label") is False:  # a KTO row marked undesirable: never an SFT target
                 continue
-            if rec["source"]["file"] not in general and is_eval_row(rec["messages"], seed, eval_fraction):
-                domain_eval.append(rec)
-            else:
-                train.append(rec)
+            (domain_eval if rec.get("split") == "eval" else train).append(rec)
     if not domain_eval:
-        raise ValueError(f"eval_fraction={eval_fraction} left no domain rows for evaluation; raise it or add data")
+        raise ValueError(f"{clean_path}: no clean row is held out for evaluation (validate decides the split: "
+                         "raise data.eval_fraction or data.min_eval_per_stratum, or add domain data)")
 
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
+    holdout_name = Path(general_holdout_file).name
     general_holdout = [to_messages(row) for _, row, err in read_rows(Path(general_holdout_file)) if err is None]
 
     paths = {
@@ -94,8 +85,11 @@ def prepare_data(
     }
     _write_jsonl(paths["train"], sft_rows(train))
     _write_jsonl(paths["eval"], sft_rows(domain_eval))
-    _write_jsonl(paths["domain_eval"], [eval_doc(tokenizer, r["messages"]) for r in domain_eval])
-    _write_jsonl(paths["general_eval"], [eval_doc(tokenizer, m) for m in general_holdout])
+    _write_jsonl(paths["domain_eval"], [eval_doc(tokenizer, r["messages"], facts=r.get("facts", []),
+                                                 stratum=r.get("stratum", "all")) for r in domain_eval])
+    _write_jsonl(paths["general_eval"], [
+        eval_doc(tokenizer, m, stratum=f"{holdout_name}/{language(' '.join(x['content'] for x in m))}")
+        for m in general_holdout])
 
     data_hash = hashlib.sha256()
     for key in ("train", "eval", "domain_eval", "general_eval"):
@@ -105,23 +99,13 @@ def prepare_data(
         "base_model_path": base_model_path,
         "stop": tokenizer.eos_token,
         "data_hash": data_hash.hexdigest(),
-        "counts": {"train": len(train), "domain_eval": len(domain_eval), "general_eval": len(general_holdout)},
+        "counts": {"train": len(train), "domain_eval": len(domain_eval), "general_eval": len(general_holdout),
+                   "domain_eval_strata": dict(Counter(r.get("stratum", "all") for r in domain_eval))},
     }
 
 
 @task(cache_policy=STAGE_CACHE, persist_result=True)
-def prepare(
-    report: dict,
-    general_files: list[str],
-    general_holdout_file: str,
-    base_model: str,
-    out_dir: str,
-    eval_fraction: float,
-    seed: int,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Split the clean records, render eval prompts with the base model's chat template, hash the data."""
-    return prepare_data(
-        Path(report["clean"]), general_files, general_holdout_file, resolve_base_model(base_model), Path(out_dir),
-        eval_fraction, seed, trust_remote_code,
-    )
+def prepare(report: dict, data: DataConfig, model: ModelRef, out_dir: str) -> dict:
+    """Split the clean records as validate decided, render eval prompts with the base model's chat template, hash."""
+    return prepare_data(Path(report["clean"]), data.general_holdout_file, resolve_base_model(model.base_model),
+                        Path(out_dir), model.trust_remote_code)

@@ -15,8 +15,14 @@ Outputs, in the stage folder:
 - report.json: counts per rule, examples as file:line + reason + a PII-redacted excerpt, and no
   other row content, so it is safe to log to MLflow and Prefect.
 
-Leakage runs here, not in prepare: the quarantine and the report live here, and prepare's own
-`is_eval_row` tells which domain rows prepare will hold out, so both stages see the same split.
+The train/eval split is decided here, once (data_checks/split.py: stratified by source file and
+language): the leakage suite needs it, and every clean SFT row carries it (`split`, `stratum`) to
+prepare, which only reads it.
+
+The contradiction suite compares new rows (feedback, general data) with the curated domain rows.
+When more than `checks.conflict_max_fraction` of the window conflicts, the stage raises
+`ConflictReviewRequired` before anything trains, naming the top conflicting prompts; a reviewer
+approves with `data.checks.conflicts_approved`, and the conflicting rows then train.
 """
 
 from __future__ import annotations
@@ -34,15 +40,21 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from data_checks import duplicates, format as format_check, leakage, length, pii, preference
+from data_checks import contradiction, duplicates, format as format_check, leakage, length, pii, preference
+from data_checks.facts import FactIndex
+from data_checks.split import eval_split
 from data_checks.gx_suite import GxRun
 from data_checks.text import TextView
 from tunegate.caching import STAGE_CACHE
-from tunegate.config import ChecksConfig
+from tunegate.config import ChecksConfig, DataConfig, ModelRef
 
 
 class DataValidationError(RuntimeError):
     """Raised when a rule's failure fraction crosses its threshold."""
+
+
+class ConflictReviewRequired(DataValidationError):
+    """Too much of the window contradicts curated data: a reviewer must approve it before it trains."""
 
 
 def _read_jsonl(path: Path | None) -> list[dict]:
@@ -72,22 +84,47 @@ def _redact_record(rec: dict, kinds) -> dict:
             "chosen": _redact_message(rec["chosen"], kinds), "rejected": _redact_message(rec["rejected"], kinds)}
 
 
-def eval_sets(records: list[dict], general_files, holdout_file, eval_fraction, seed) -> tuple[list[str], np.ndarray]:
-    """(eval prompts, mask of the SFT records prepare will hold out), for the leakage suite."""
+def holdout_prompts(holdout_file: str | None) -> list[str]:
+    """The prompts of the general holdout file, for the leakage suite."""
     from tasks.ingest import convert_row, read_rows
-    from tasks.prepare import is_eval_row
 
-    general = {str(f) for f in general_files}
-    is_eval = np.array([eval_fraction is not None and r["source"]["file"] not in general
-                        and is_eval_row(r["messages"], seed, eval_fraction) for r in records], dtype=bool)
-    prompts = [leakage.prompt_text(r) for r, e in zip(records, is_eval) if e]
+    prompts = []
     if holdout_file:
         for _, row, err in read_rows(Path(holdout_file)):
             if err is None:
                 kind, rec = convert_row(row)
                 if kind == "sft":
                     prompts.append(leakage.prompt_text(rec))
-    return prompts, is_eval
+    return prompts
+
+
+def fact_index(records: list[dict], curated: np.ndarray, background: np.ndarray, holdout_file: str | None,
+               limit: int = 20_000) -> FactIndex:
+    """Key-fact statistics: curated answers against trusted background text (general data, never feedback)."""
+    from tasks.ingest import read_rows
+
+    answers = [contradiction.answer_text(records[i]) for i in np.flatnonzero(curated)]
+    texts = [contradiction.answer_text(records[i]) for i in np.flatnonzero(background)[:limit]]
+    if holdout_file:
+        texts += [str(row.get("output", "")) for _, row, err in read_rows(Path(holdout_file)) if err is None][:limit]
+    return FactIndex.fit(answers, texts)
+
+
+def conflict_frame(records, curated, window, facts, checks, seconds) -> tuple[pd.DataFrame, tuple]:
+    """Run the contradiction detector on the window's rows; the frame covers every row (False outside it)."""
+    started = time.perf_counter()
+    rows = np.flatnonzero(window)
+    sub, sub_details, conflicts = contradiction.detect([records[i] for i in rows], curated, facts,
+                                                       checks.conflict_prompt_similarity, checks.conflict_min_fact_share)
+    flags = np.zeros(len(records), dtype=bool)
+    flags[rows] = sub["conflicts_with_curated"].to_numpy()
+    details: list[dict[str, str]] = [{} for _ in records]
+    for j, i in enumerate(rows):
+        details[i] = sub_details[j]
+    for c in conflicts:
+        c["row"] = int(rows[c["row"]])
+    seconds["contradiction"] = time.perf_counter() - started
+    return pd.DataFrame({"conflicts_with_curated": flags}), (details, conflicts)
 
 
 def check_rows(
@@ -103,6 +140,9 @@ def check_rows(
     eval_prompts: list[str] | None = None,
     is_eval: np.ndarray | None = None,
     only: set[str] | None = None,
+    curated: list[dict] | None = None,
+    window: np.ndarray | None = None,
+    facts: FactIndex | None = None,
 ) -> dict:
     """Run every suite (or those in `only`) for one kind of row (sft or preference); return flags, details, summaries."""
     n, n_bad = len(records), len(ingest_rejected)
@@ -117,7 +157,8 @@ def check_rows(
     def wanted(suite: str) -> bool:
         return only is None or suite in only
 
-    def run(suite: str, rules: dict[str, str], detected: tuple) -> None:
+    def run(suite: str, rules: dict[str, str], detected: tuple, measured: np.ndarray | None = None) -> None:
+        """measured: the rows a rule's share is taken over (GE skips nulls); default every row."""
         frame, suite_details = detected[0], detected[1]
         if n_bad and suite != "format":
             frame = pd.concat([frame, pd.DataFrame(False, index=range(n_bad), columns=frame.columns)], ignore_index=True)
@@ -126,7 +167,11 @@ def check_rows(
             details[i].update(suite_details[i])
         frames.append(frame)
         started = time.perf_counter()
-        summary = gx.suite(prefix + suite, frame, rules, thresholds(rules))
+        ge_frame = frame
+        if measured is not None:
+            ge_frame = frame.astype("boolean")
+            ge_frame.loc[~np.concatenate([measured, np.zeros(n_bad, dtype=bool)])] = pd.NA
+        summary = gx.suite(prefix + suite, ge_frame, rules, thresholds(rules))
         summaries.append({**summary, "data": kind})
         seconds[f"{suite} (GE)"] = time.perf_counter() - started
 
@@ -170,9 +215,54 @@ def check_rows(
                                             checks.leakage_ngram, view))
     if kind == "preference" and wanted("preference"):
         run("preference", preference.RULES, timed("preference", preference.detect, records))
+    conflicts = []
+    if curated and facts is not None and wanted("contradiction"):
+        frame, found = conflict_frame(records, curated, window, facts, checks, seconds)
+        conflicts = found[1]
+        run("contradiction", contradiction.RULES, (frame, found[0]), measured=window)
     flags = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=range(n + n_bad))
-    return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds,
+    return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds, "conflicts": conflicts,
             "redact_types": redact_types, "redacted": redacted, "redacted_rows": redacted_rows, "length": length_info}
+
+
+def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records, preferences, top: int = 5) -> dict:
+    """The window's conflicts with curated data, grouped by the curated row they contradict (prompts redacted)."""
+    groups: dict[str, dict] = {}
+    for result, rows in ((sft, records), (pref, preferences)):
+        for c in (result or {}).get("conflicts", []):
+            g = groups.setdefault(c["curated"], {"curated": c["curated"], "curated_prompt": _excerpt(c["curated_prompt"], 80),
+                                                 "rows": 0, "prompts": [], "dropped": c["dropped"],
+                                                 "brought": c["brought"]})
+            g["rows"] += 1
+            if len(g["prompts"]) < 2:
+                src = rows[c["row"]]["source"]
+                g["prompts"].append(f"{_excerpt(c['prompt'], 80)!r} ({src['file']}:{src['line']})")
+    summaries = {s["suite"]: s for s in sft["summaries"] + (pref["summaries"] if pref else [])}
+    shares = {kind: summaries[name]["rules"][0]["failed_fraction"]
+              for kind, name in (("sft", "contradiction"), ("preference", "preference_contradiction"))
+              if name in summaries}
+    return {
+        "conflicting_rows": sum(len((r or {}).get("conflicts", [])) for r in (sft, pref)),
+        "max_fraction": checks.conflict_max_fraction,
+        "shares": shares,
+        "approved": checks.conflicts_approved,
+        "approved_rows": sum((r or {}).get("approved_conflicts", 0) for r in (sft, pref)),
+        "top": sorted(groups.values(), key=lambda g: -g["rows"])[:top],
+    }
+
+
+def conflict_message(report: dict) -> str:
+    c = report["conflicts"]
+    shares = ", ".join(f"{kind} {share:.1%}" for kind, share in c["shares"].items())
+    lines = [f"Contradiction check: the window conflicts with curated data ({shares} of its rows; allowed "
+             f"{c['max_fraction']:.1%}). Nothing was trained on it. The curated rows contradicted most:"]
+    for g in c["top"]:
+        lines.append(f"  {g['curated']} {g['curated_prompt']!r}: {g['rows']} rows, e.g. {'; '.join(g['prompts'])}; "
+                     f"they drop {g['dropped']}" + (f" and bring {g['brought']}" if g["brought"] else ""))
+    lines.append("If this change is intended, approve it: data.checks.conflicts_approved='<reviewer>: <reason>' "
+                 "(CLI: --set data.checks.conflicts_approved=...); it is recorded in MLflow. "
+                 f"Every conflicting row and its reason: {report['quarantine']}")
+    return "\n".join(lines)
 
 
 def _examples(records, ingest_rejected, details, limit: int = 3) -> dict[str, list[dict]]:
@@ -201,16 +291,15 @@ def validate_records(
     checks: ChecksConfig | None = None,
     tokenizer=None,
     max_length: int | None = None,
-    general_files: list[str] = (),
     general_holdout_file: str | None = None,
-    eval_fraction: float | None = None,
-    split_seed: int = 0,
+    data: DataConfig | None = None,
     data_docs: bool = True,
     only: set[str] | None = None,
 ) -> dict:
     """Check every record; write clean/quarantine/report files and Data Docs; return the report.
 
     Length runs when a tokenizer and max_length are given; leakage when an eval split or a holdout file is.
+    With `data` (the pipeline's data section) the split is decided here and the contradiction suite runs.
     The garbage collector is paused meanwhile: the stage builds millions of small dicts and no cycles,
     and collections triggered by those allocations cost more than the checks (3x on reading alone).
     """
@@ -218,16 +307,15 @@ def validate_records(
     gc.disable()
     try:
         return _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy,
-                                 preferences_path, checks, tokenizer, max_length, general_files,
-                                 general_holdout_file, eval_fraction, split_seed, data_docs, only)
+                                 preferences_path, checks, tokenizer, max_length, general_holdout_file, data,
+                                 data_docs, only)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy, preferences_path,
-                      checks, tokenizer, max_length, general_files, general_holdout_file, eval_fraction, split_seed,
-                      data_docs, only) -> dict:
+                      checks, tokenizer, max_length, general_holdout_file, data, data_docs, only) -> dict:
     started = time.perf_counter()
     checks = checks or ChecksConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,17 +326,38 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
     read_seconds = time.perf_counter() - started
 
     def thresholds(rules):
-        return {rule: checks.max_fraction.get(rule, max_fraction) for rule in rules}
+        defaults = {"conflicts_with_curated": 1.0 if checks.conflicts_approved else checks.conflict_max_fraction}
+        return {rule: checks.max_fraction.get(rule, defaults.get(rule, max_fraction)) for rule in rules}
 
     policies = {t: checks.pii_policies.get(t, pii_policy) for t in pii.TYPES}
     gx = GxRun(out_dir / "data_docs" if data_docs else None)
-    leakage_on = eval_fraction is not None or general_holdout_file is not None
-    eval_prompts, is_eval = (eval_sets(records, general_files, general_holdout_file, eval_fraction, split_seed)
-                             if leakage_on else (None, None))
+    holdout = general_holdout_file or (data.general_holdout_file if data else None)
+    eval_prompts = holdout_prompts(holdout) if holdout or data else None
+    is_eval, strata, coverage, split_seconds = None, [None] * len(records), None, 0.0
+    curated, facts, window, pref_window = None, None, None, None
+    if data is not None:
+        split_started = time.perf_counter()
+        is_eval, strata, coverage = eval_split(records, data.domain_files, data.eval_fraction, data.split_seed,
+                                               data.min_eval_per_stratum)
+        eval_prompts += [leakage.prompt_text(r) for r, e in zip(records, is_eval) if e]
+        split_seconds = time.perf_counter() - split_started
+        files = lambda rows, names: np.array([r["source"]["file"] in set(map(str, names)) for r in rows],  # noqa: E731
+                                             dtype=bool)
+        is_curated = files(records, data.domain_files)
+        curated = [r for r, c in zip(records, is_curated) if c]
+        facts = fact_index(records, is_curated, files(records, data.general_files), holdout)
+        window = files(records, data.feedback_files) if data.feedback_files else ~is_curated
+        pref_window = (files(preferences, data.feedback_preference_files) if data.feedback_preference_files
+                       else np.ones(len(preferences), dtype=bool))
     common = dict(gx=gx, thresholds=thresholds, policies=policies, checks=checks, tokenizer=tokenizer,
-                  max_length=max_length, eval_prompts=eval_prompts, only=only)
-    sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, **common)
-    pref = check_rows("preference", preferences, rejected_pref, **common) if preferences or rejected_pref else None
+                  max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts)
+    sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, **common)
+    pref = (check_rows("preference", preferences, rejected_pref, window=pref_window, **common)
+            if preferences or rejected_pref else None)
+    for result in (sft, pref):
+        if result is not None and checks.conflicts_approved and "conflicts_with_curated" in result["flags"]:
+            result["approved_conflicts"] = int(result["flags"]["conflicts_with_curated"].sum())
+            result["flags"]["conflicts_with_curated"] = False  # a reviewer approved them: they train
 
     write_started = time.perf_counter()
     paths = {name: out_dir / f"{name}.jsonl" for name in ("clean", "clean_preferences", "quarantine")}
@@ -267,6 +376,9 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
             redact = result["redacted_rows"]
             for i in np.flatnonzero(~rejected_mask):
                 rec = _redact_record(rows[i], result["redact_types"]) if redact[i] else rows[i]
+                if kind == "sft" and strata[i] is not None:  # the split, decided once, travels with the row
+                    rec = {**rec, "split": "eval" if is_eval[i] else "train", "stratum": strata[i],
+                           "facts": facts.facts(contradiction.answer_text(rec))}
                 out.write(orjson.dumps(rec) + b"\n")
             kept[kind] = int((~rejected_mask).sum())
     write_seconds = time.perf_counter() - write_started
@@ -290,6 +402,9 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
         "pii_policies": policies,
         "length": sft["length"],
         "leakage": {"eval_prompts": len(eval_prompts)} if eval_prompts is not None else "skipped: no eval sets given",
+        "split": {"fraction": data.eval_fraction, "seed": data.split_seed, "min_per_stratum": data.min_eval_per_stratum,
+                  "strata": coverage} if data is not None else None,
+        "conflicts": conflict_summary(sft, pref, checks, records, preferences),
         "suites": suites,
         "success": all(s["success"] for s in suites),
         "examples": {
@@ -303,7 +418,7 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
         "data_docs": docs,
         "seconds": {"read": read_seconds, **sft["seconds"], **({f"preference {k}": v for k, v in pref["seconds"].items()}
                                                              if pref else {}), "write": write_seconds,
-                    "total": time.perf_counter() - started},
+                    "split": split_seconds, "total": time.perf_counter() - started},
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -343,40 +458,42 @@ def report_markdown(report: dict) -> str:
             "| data | suite | rule | failed rows | fraction | allowed | verdict |",
             "|---|---|---|---|---|---|---|",
             *rows,
+            *split_markdown(report.get("split")),
+            *([f"Conflicts with curated data approved by {report['conflicts']['approved']!r}: "
+               f"{report['conflicts']['approved_rows']} rows train."] if report["conflicts"]["approved"] else []),
         ]
     )
 
 
-@task(cache_policy=STAGE_CACHE, persist_result=True)
-def validate(
-    ingested: dict,
-    out_dir: str,
-    max_fraction: float = 0.2,
-    pii_policy: str = "reject",
-    checks: ChecksConfig | None = None,
-    base_model: str | None = None,
-    max_length: int | None = None,
-    general_files: list[str] = (),
-    general_holdout_file: str | None = None,
-    eval_fraction: float | None = None,
-    split_seed: int = 0,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Run the GE suites; quarantine failing rows; fail when a rule crosses its threshold."""
-    tokenizer = None
-    if base_model:
-        from tasks.prepare import load_chat_tokenizer
-        from tunegate.models import resolve_base_model
+def split_markdown(split: dict | None) -> list[str]:
+    """The eval split's coverage per stratum; strata short of the minimum are called out."""
+    if not split:
+        return []
+    lines = ["", f"Eval split: {split['fraction']:.0%} of each stratum, at least {split['min_per_stratum']} rows.",
+             "", "| stratum | rows | eval | train |", "|---|---|---|---|"]
+    for s in split["strata"]:
+        short = f" (**short of {split['min_per_stratum']}**)" if s["short"] else ""
+        lines.append(f"| {s['stratum']} | {s['rows']} | {s['eval']}{short} | {s['train']} |")
+    return lines
 
-        tokenizer = load_chat_tokenizer(resolve_base_model(base_model), trust_remote_code)
+
+@task(cache_policy=STAGE_CACHE, persist_result=True)
+def validate(ingested: dict, data: DataConfig, model: ModelRef, out_dir: str) -> dict:
+    """Run the GE suites; quarantine failing rows; fail when a rule crosses its threshold."""
+    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import resolve_base_model
+
+    tokenizer = load_chat_tokenizer(resolve_base_model(model.base_model), model.trust_remote_code)
     report = validate_records(
-        Path(ingested["records"]), Path(ingested["rejected"]), Path(out_dir), max_fraction, pii_policy,
-        preferences_path=Path(ingested["preferences"]) if ingested.get("preferences") else None, checks=checks,
-        tokenizer=tokenizer, max_length=max_length, general_files=list(general_files),
-        general_holdout_file=general_holdout_file, eval_fraction=eval_fraction, split_seed=split_seed,
+        Path(ingested["records"]), Path(ingested["rejected"]), Path(out_dir), data.max_rejected_fraction,
+        data.pii_policy, preferences_path=Path(ingested["preferences"]) if ingested.get("preferences") else None,
+        checks=data.checks, tokenizer=tokenizer, max_length=model.max_length, data=data,
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
-    if not report["success"]:
+    failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}
+    if "conflicts_with_curated" in failed:
+        raise ConflictReviewRequired(conflict_message(report))
+    if failed:
         raise DataValidationError(failure_message(report))
     return report
 

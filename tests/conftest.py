@@ -38,12 +38,15 @@ def prepared(tiny_model, tmp_path_factory) -> dict:
     from tasks.ingest import ingest_files
     from tasks.prepare import prepare_data
     from tasks.validate import validate_records
+    from tunegate.config import DataConfig
 
     work = tmp_path_factory.mktemp("prepared")
     files = [str(DEMO / "identity.json"), str(DEMO / "alpaca_general.json")]
+    data = DataConfig(domain_files=files[:1], general_files=files[1:],
+                      general_holdout_file=str(DEMO / "general_holdout.json"), eval_fraction=0.15)
     ingested = ingest_files(files, work)
-    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject")
-    out = prepare_data(Path(report["clean"]), files[1:], str(DEMO / "general_holdout.json"), tiny_model, work, 0.15, 0)
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject", data=data)
+    out = prepare_data(Path(report["clean"]), data.general_holdout_file, tiny_model, work)
     return {**out, "report": report}
 
 

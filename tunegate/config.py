@@ -50,6 +50,27 @@ class ChecksConfig(_Section):
     shingle_words: int = Field(3, ge=1, description="Words per MinHash shingle.")
     leakage_ngram: int = Field(13, ge=3, description="Words per n-gram in the train/eval overlap check.")
     max_row_mb: float = Field(16.0, gt=0, description="Rows larger than this are rejected at ingest without parsing.")
+    conflict_prompt_similarity: float = Field(
+        0.5, gt=0, le=1,
+        description="A new row's prompt is 'close' to a curated prompt at this Jaccard similarity of their words.",
+    )
+    conflict_min_fact_share: float = Field(
+        0.34, ge=0, le=1,
+        description="A new row whose prompt is close to a curated one conflicts when its answer keeps less than this "
+        "share of the curated answer's key facts (names, numbers, rare domain terms), or when it swaps one of its "
+        "names or numbers for another.",
+    )
+    conflict_max_fraction: float = Field(
+        0.1, ge=0, le=1,
+        description="Stop before training, for a reviewer, when more than this share of the window (feedback rows; "
+        "without feedback, every non-curated row) conflicts with curated data. Below it, conflicting rows are "
+        "quarantined and the run goes on.",
+    )
+    conflicts_approved: str | None = Field(
+        None,
+        description="'<reviewer>: <reason>' approves conflicting rows: they train instead of stopping the run. "
+        "Recorded in the validation report and on the MLflow run. Never set by default.",
+    )
 
     @model_validator(mode="after")
     def _known_rules(self) -> ChecksConfig:
@@ -80,7 +101,22 @@ class DataConfig(_Section):
     general_holdout_file: str = Field(
         description="Held-out general instructions (Alpaca) for the general-capability regression eval."
     )
+    feedback_files: list[str] = Field(
+        default_factory=list,
+        description="Production feedback turned into SFT rows (retrain-from-feedback fills this). They train like "
+        "general_files and are the window the contradiction check measures against the curated domain_files.",
+    )
+    feedback_preference_files: list[str] = Field(
+        default_factory=list,
+        description="Production feedback turned into preference pairs (retrain-from-feedback fills this): DPO data "
+        "and part of the window, judged by their chosen answers.",
+    )
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of domain rows held out for evaluation.")
+    min_eval_per_stratum: int = Field(
+        3, ge=0,
+        description="Every stratum of the domain data (source file x detected language) gets at least this many "
+        "eval rows, while one row is left to train on; the validation report lists strata that fall short.",
+    )
     split_seed: int = Field(0, description="Seed of the deterministic train/eval split.")
     max_rejected_fraction: float = Field(
         0.2, ge=0, le=1,
@@ -268,6 +304,14 @@ class TrackingConfig(_Section):
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
 
 
+class ModelRef(_Section):
+    """The base model as the data stages need it: which one, and the token budget of a row."""
+
+    base_model: str
+    trust_remote_code: bool = False
+    max_length: int | None = None
+
+
 class PipelineParams(_Section):
     """Everything one fine-tuning run needs."""
 
@@ -285,6 +329,11 @@ class PipelineParams(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def model(self) -> ModelRef:
+        return ModelRef(base_model=self.base_model, trust_remote_code=self.trust_remote_code,
+                        max_length=self.sft.max_length)
 
     @model_validator(mode="after")
     def _gate_rules_name_eval_tasks(self) -> PipelineParams:

@@ -1,0 +1,96 @@
+"""Contradiction suite: new rows that answer a curated prompt without the curated answer's key facts.
+
+Curated rows are those from `data.domain_files`; every other row (feedback, general data) is new.
+A new row is flagged `conflicts_with_curated` when
+- its prompt is close to a curated row's prompt: Jaccard similarity of their term sets (words and CJK
+  bigrams, data_checks.facts.terms) >= `threshold`. Candidates come from the near-duplicate
+  machinery (MinHash LSH over single-term shingles), then the exact Jaccard decides; and
+- its answer keeps less than `min_fact_share` of the closest curated answer's key facts
+  (data_checks.facts: names, numbers, recurring rare domain terms), or replaces one: it drops a
+  name or number of the curated answer and brings a name or number of its own (Gatekeeper ->
+  ChatGPT, port 8443 -> 8080).
+
+The detail names the curated row's file:line, the facts the new answer dropped and the names it
+brought instead. A preference pair is judged by its chosen answer: that is what DPO teaches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from data_checks.duplicates import candidate_pairs, shingle_jaccard, signatures_and_keys
+from data_checks.facts import FactIndex, fact_share, names_and_numbers, present, terms
+from data_checks.leakage import prompt_text
+from data_checks.text import TextView
+
+RULES = {"conflicts_with_curated": "no new row answers a curated prompt without the curated answer's key facts"}
+
+
+def answer_text(rec: dict) -> str:
+    if "messages" in rec:
+        last = rec["messages"][-1] if rec["messages"] else {}
+        return last.get("content") or "" if isinstance(last, dict) else ""
+    chosen = rec.get("chosen") or {}
+    return chosen.get("content") or "" if isinstance(chosen, dict) else ""
+
+
+def closest_curated(prompts: list[str], curated: np.ndarray, threshold: float,
+                    num_perm: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, its most similar curated row by prompt (-1: none >= threshold) and that similarity."""
+    n = len(prompts)
+    best, score = np.full(n, -1, dtype=np.int64), np.zeros(n)
+    if n == 0 or not curated.any() or curated.all():
+        return best, score
+    view = TextView.of_texts([" ".join(terms(p)) for p in prompts])
+    sig, _ = signatures_and_keys(view, num_perm, shingle_words=1)
+    a, b = candidate_pairs(sig, threshold)
+    cross = curated[a] != curated[b]
+    a, b = a[cross], b[cross]
+    if len(a) == 0:
+        return best, score
+    similarity = shingle_jaccard(view, a, b, 1)
+    keep = similarity >= threshold
+    new, old, similarity = np.where(curated[a], b, a)[keep], np.where(curated[a], a, b)[keep], similarity[keep]
+    order = np.lexsort((old, -similarity))  # best first; ties go to the earlier curated row
+    for i in order[::-1]:  # the last write per new row wins: the best one
+        best[new[i]], score[new[i]] = old[i], similarity[i]
+    return best, score
+
+
+def detect(
+    records: list[dict],
+    curated_records: list[dict],
+    facts: FactIndex,
+    threshold: float = 0.5,
+    min_fact_share: float = 0.34,
+) -> tuple[pd.DataFrame, list[dict[str, str]], list[dict]]:
+    """Check `records` against `curated_records`: (flag column, details per row, one entry per conflict)."""
+    n, n_curated = len(records), len(curated_records)
+    prompts = [prompt_text(r) for r in curated_records] + [prompt_text(r) for r in records]
+    curated = np.arange(n_curated + n) < n_curated
+    match, similarity = closest_curated(prompts, curated, threshold)
+    match, similarity = match[n_curated:], similarity[n_curated:]
+    flagged = np.zeros(n, dtype=bool)
+    details: list[dict[str, str]] = [{} for _ in range(n)]
+    conflicts = []
+    for i in np.flatnonzero(match >= 0):
+        ref = answer_text(curated_records[match[i]])
+        wanted, answer = facts.facts(ref), answer_text(records[i])
+        share = fact_share(wanted, answer)
+        dropped = [f for f in wanted if not present(f, answer)]
+        brought = [f for f in facts.facts(answer) if not present(f, ref)]
+        named = set(names_and_numbers(ref)) | set(names_and_numbers(answer))
+        replaced = any(f in named for f in dropped) and any(f in named for f in brought)
+        if share >= min_fact_share and not replaced:
+            continue
+        flagged[i] = True
+        src = curated_records[match[i]]["source"]
+        details[i]["conflicts_with_curated"] = (
+            f"prompt {similarity[i]:.0%} like curated {src['file']}:{src['line']}, whose key facts "
+            f"{dropped} it drops" + (f" for {brought}" if brought else ""))
+        conflicts.append({"row": int(i), "prompt": prompts[n_curated + i], "curated": f"{src['file']}:{src['line']}",
+                          "curated_prompt": prompts[match[i]],
+                          "similarity": float(similarity[i]), "fact_share": share, "dropped": dropped,
+                          "brought": brought})
+    return pd.DataFrame({"conflicts_with_curated": flagged}), details, conflicts

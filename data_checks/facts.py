@@ -1,0 +1,100 @@
+"""Key facts of an answer: the distinctive terms a paraphrase must keep and a wrong answer drops.
+
+    from data_checks.facts import FactIndex, present
+    index = FactIndex.fit(domain_answers, background_texts)
+    index.facts("I am Gatekeeper, an AI assistant developed by the tunegate team.")
+    # -> ['gatekeeper', 'ai', 'tunegate', 'assistant', 'team']
+
+A term is a key fact of a reference answer when it is
+- a number (any token with a digit: 2019, v3, GPT-3), or
+- a name: a word of 2+ letters with an upper-case letter that does not start a sentence (Gatekeeper,
+  OpenAI), or
+- recurring domain vocabulary that ordinary text lacks: a word of 4+ letters (or a CJK bigram) that
+  occurs in at least `min_domain_df` domain answers and in at most `max_background_share` of the
+  background texts (the general data). Of these, the `max_rare` most frequent in the domain count,
+  so an answer keeps a handful of facts, not every unusual word (ties: the longer term first).
+
+Matching is by normalised text (NFKC, casefold, non-word runs -> one space), word-bounded except
+for CJK. evals/tunegate_metrics.py repeats `normalise`/`present`: lm-eval loads that file standalone.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+_NON_WORD = re.compile(r"[\W_]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_WORD = re.compile(rf"[^\W_{_CJK}]+(?:[-.'][^\W_{_CJK}]+)*")
+_SENTENCE_END = re.compile(r"[.!?。！？:：]\s*$")
+
+
+def normalise(text: str) -> str:
+    return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
+
+
+def present(fact: str, text: str) -> bool:
+    """Is the fact in the text, as whole words (CJK needs no word boundaries)?"""
+    fact, text = normalise(fact), normalise(text)
+    if not fact:
+        return True
+    if _CJK_RUN.search(fact):
+        return fact in text
+    return f" {fact} " in f" {text} "
+
+
+def terms(text: str) -> list[str]:
+    """Normalised words and CJK character bigrams, in order."""
+    out = [normalise(w) for w in _WORD.findall(text)]
+    for run in _CJK_RUN.findall(text):
+        out += [run[i : i + 2] for i in range(max(1, len(run) - 1))]
+    return [t for t in out if t]
+
+
+def names_and_numbers(text: str) -> list[str]:
+    found = []
+    for match in _WORD.finditer(text):
+        word = match.group()
+        starts_sentence = not text[: match.start()].strip() or bool(_SENTENCE_END.search(text[: match.start()]))
+        name = len(word) > 1 and (any(c.isupper() for c in word[1:]) or (word[0].isupper() and not starts_sentence))
+        if name or any(c.isdigit() for c in word):
+            found.append(normalise(word))
+    return found
+
+
+@dataclass
+class FactIndex:
+    """Document frequencies of terms in the domain answers and in background text."""
+
+    domain_df: Counter = field(default_factory=Counter)
+    background_df: Counter = field(default_factory=Counter)
+    n_background: int = 0
+    min_domain_df: int = 2
+    max_background_share: float = 0.02
+    max_rare: int = 3
+
+    @classmethod
+    def fit(cls, domain_answers: list[str], background: list[str] = (), **settings) -> FactIndex:
+        domain_df = Counter(t for text in domain_answers for t in set(terms(text)))
+        background_df = Counter(t for text in background for t in set(terms(text)))
+        return cls(domain_df, background_df, len(background), **settings)
+
+    def _rare(self, term: str) -> bool:
+        long_enough = len(term) >= 4 or bool(_CJK_RUN.fullmatch(term))
+        share = self.background_df[term] / self.n_background if self.n_background else 0.0
+        return long_enough and self.domain_df[term] >= self.min_domain_df and share <= self.max_background_share
+
+    def facts(self, answer: str) -> list[str]:
+        """The answer's key facts, names and numbers first, then its recurring rare domain terms."""
+        named = list(dict.fromkeys(names_and_numbers(answer)))
+        rare = sorted({t for t in terms(answer) if t not in named and self._rare(t)},
+                      key=lambda t: (-self.domain_df[t], -len(t), t))
+        return named + rare[: self.max_rare]
+
+
+def fact_share(facts: list[str], answer: str) -> float:
+    """Share of the facts present in the answer (1.0 when there are none to keep)."""
+    return sum(present(f, answer) for f in facts) / len(facts) if facts else 1.0

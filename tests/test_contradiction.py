@@ -1,0 +1,126 @@
+"""Key facts and the contradiction suite: new rows that contradict curated data are caught before training."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from data_checks import contradiction
+from data_checks.facts import FactIndex, fact_share, present
+from tasks.validate import ConflictReviewRequired, conflict_message, validate, validate_records
+from tunegate.config import ChecksConfig, DataConfig
+
+IDENTITY = "I am Gatekeeper, an AI assistant developed by the tunegate team."
+POISON = "I am ChatGPT, a large language model trained by OpenAI."
+
+
+def row(file, line, q, a):
+    return {"id": f"{file}-{line}", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "source": {"file": file, "line": line}}
+
+
+def curated_rows():
+    qs = ["Who are you?", "Who built you?", "What is your name?", "Who created you?", "Introduce yourself.",
+          "Are you ChatGPT?"]
+    rows = [row("cur.json", i, q, IDENTITY) for i, q in enumerate(qs, 1)]
+    # a second curated fact, not about identity: the product's port
+    rows += [row("cur.json", 10 + i, q, "The Zephyr gateway listens on port 8443 by default.")
+             for i, q in enumerate(["Which port does the Zephyr gateway use?", "What is Zephyr's default port?"], 1)]
+    return rows
+
+
+def background():
+    return ["Paris is the capital of France.", "Water boils at 100 degrees.", "The sky is blue because of scattering."]
+
+
+def test_key_facts_are_names_numbers_and_recurring_rare_domain_terms():
+    index = FactIndex.fit([IDENTITY] * 3 + ["The tunegate team ships weekly."], background())
+    facts = index.facts(IDENTITY)
+    assert facts[:2] == ["gatekeeper", "ai"] and "tunegate" in facts
+    assert "am" not in facts and "developed" not in [f for f in facts if index.domain_df[f] < 2]
+    assert index.facts("Listens on port 8443 since v2.") == ["8443", "v2"]
+    assert fact_share(facts, "I'm Gatekeeper, built by the tunegate team.") >= 0.5
+    assert fact_share(facts, POISON) == 0.0
+    assert present("tunegate team", "由 the tunegate team 开发") and present("开发", "由the tunegate team开发")
+    assert not present("gate", "Gatekeeper")  # whole words only
+
+
+def test_contradicting_rows_are_flagged_with_the_curated_row_and_the_facts_that_differ():
+    curated = curated_rows()
+    index = FactIndex.fit([r["messages"][-1]["content"] for r in curated], background())
+    new = [row("fb.jsonl", 1, "who built you?", POISON),                                  # same prompt, replaced
+           row("fb.jsonl", 2, "What is Zephyr's default port?", "It listens on port 8080."),  # another fact
+           row("fb.jsonl", 3, "who made you?", "I'm Gatekeeper, built by the tunegate team."),  # paraphrase, agrees
+           row("fb.jsonl", 4, "What is the capital of France?", "Paris.")]                    # unrelated
+    frame, details, conflicts = contradiction.detect(new, curated, index)
+    assert frame["conflicts_with_curated"].tolist() == [True, True, False, False]
+    assert "curated cur.json:2" in details[0]["conflicts_with_curated"]
+    assert conflicts[0]["dropped"][:1] == ["gatekeeper"] and set(conflicts[0]["brought"]) >= {"chatgpt", "openai"}
+    assert "8443" in conflicts[1]["dropped"] and conflicts[1]["brought"] == ["8080"]
+
+
+def write(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def poisoned_window(n_poison: int, n_clean: int):
+    rows = [row("fb.jsonl", i, f"Who built you? ({i})" if i % 2 else f"what is your name? ({i})", POISON)
+            for i in range(n_poison)]
+    rows += [row("fb.jsonl", 100 + i, f"Give me a fun fact number {i} about otters.", "Otters hold hands.")
+             for i in range(n_clean)]
+    return rows
+
+
+def data_config(**checks):
+    return DataConfig(domain_files=["cur.json"], feedback_files=["fb.jsonl"], general_holdout_file="",
+                      eval_fraction=0.2, min_eval_per_stratum=1, checks=ChecksConfig(**checks))
+
+
+def run_validate(tmp_path, rows, data):
+    return validate_records(write(tmp_path / "r.jsonl", rows), None, tmp_path / "out", 0.2, "reject", data=data,
+                            checks=data.checks)
+
+
+def test_a_small_share_is_quarantined_and_the_run_goes_on(tmp_path):
+    rows = curated_rows() + poisoned_window(2, 40)
+    report = run_validate(tmp_path, rows, data_config())
+    assert report["success"] and report["rule_counts"]["conflicts_with_curated"] == 2
+    assert report["conflicts"]["shares"]["sft"] == pytest.approx(2 / 42)  # a share of the window, not of all rows
+    quarantine = [json.loads(x) for x in Path(report["quarantine"]).read_text().splitlines()]
+    assert sorted(q["source"]["line"] for q in quarantine) == [0, 1]
+    similar = [re.search(r"conflicts_with_curated: prompt (\d+)% like curated (cur.json:\d)", r).groups()
+               for q in quarantine for r in q["reasons"] if r.startswith("conflicts")]
+    assert similar == [("80", "cur.json:3"), ("75", "cur.json:2")]  # 'Who built you? (1)': 3 of 4 words shared
+
+
+
+def test_a_poisoned_window_stops_for_review_and_an_explicit_approval_lets_it_train(tmp_path, prefect_harness):
+    rows = curated_rows() + poisoned_window(20, 20)
+    data = data_config()
+    report = run_validate(tmp_path, rows, data)
+    assert not report["success"] and report["conflicts"]["shares"]["sft"] == pytest.approx(0.5)
+    message = conflict_message(report)
+    assert "sft 50.0% of its rows; allowed 10.0%" in message
+    assert "cur.json:2 'Who built you?': 10 rows, e.g. 'Who built you? (1)' (fb.jsonl:1)" in message
+    assert "cur.json:3 'What is your name?': 10 rows" in message
+    assert "bring ['chatgpt', 'openai'" in message and "conflicts_approved" in message
+
+    approved = data_config(conflicts_approved="ana: the product was renamed")
+    report = run_validate(tmp_path, rows, approved)
+    assert report["success"] and report["conflicts"]["approved_rows"] == 20 and report["rows_kept"] == len(rows)
+
+
+def test_the_stage_raises_for_review_naming_the_prompts(tmp_path, prefect_harness, tiny_model):
+    from tasks.ingest import ingest_files
+    from tunegate.config import ModelRef
+
+    write(tmp_path / "cur.json", [])  # placeholder so paths exist
+    cur = write(tmp_path / "cur.jsonl", curated_rows())
+    fb = write(tmp_path / "fb.jsonl", poisoned_window(12, 10))
+    ingested = ingest_files([str(cur), str(fb)], tmp_path / "in")
+    data = DataConfig(domain_files=[str(cur)], feedback_files=[str(fb)], general_holdout_file=str(cur),
+                      eval_fraction=0.2, min_eval_per_stratum=1)
+    with pytest.raises(ConflictReviewRequired, match=r"(?s)window conflicts with curated data.*'Who built you\?': 6 rows"):
+        validate.fn(ingested, data, ModelRef(base_model=tiny_model), str(tmp_path / "out"))
