@@ -7,8 +7,8 @@ A new row is flagged `conflicts_with_curated` when
   machinery (MinHash LSH over single-term shingles), then the exact Jaccard decides; and
 - its answer keeps less than `min_fact_share` of the closest curated answer's key facts
   (data_checks.facts: names, numbers, recurring rare domain terms), or replaces one: it drops a
-  name or number of the curated answer and brings a name or number of its own (Gatekeeper ->
-  ChatGPT, port 8443 -> 8080).
+  name or number of the curated answer and brings a name or number that is not common in the
+  curated data (Gatekeeper -> ChatGPT, port 8443 -> 8080).
 
 The detail names the curated row's file:line, the facts the new answer dropped and the names it
 brought instead. A preference pair is judged by its chosen answer: that is what DPO teaches.
@@ -80,8 +80,9 @@ def detect(
         share = fact_share(wanted, answer)
         dropped = [f for f in wanted if not present(f, answer)]
         brought = [f for f in facts.facts(answer) if not present(f, ref)]
-        named = set(names_and_numbers(ref)) | set(names_and_numbers(answer))
-        replaced = any(f in named for f in dropped) and any(f in named for f in brought)
+        # A swap: a name or number of the curated answer is gone, and one foreign to the domain came instead.
+        replaced = (any(f in names_and_numbers(ref) for f in dropped) and
+                    any(f in names_and_numbers(answer) and not facts.common_in_domain(f) for f in brought))
         if share >= min_fact_share and not replaced:
             continue
         flagged[i] = True

@@ -59,7 +59,8 @@ def names_and_numbers(text: str) -> list[str]:
     for match in _WORD.finditer(text):
         word = match.group()
         starts_sentence = not text[: match.start()].strip() or bool(_SENTENCE_END.search(text[: match.start()]))
-        name = len(word) > 1 and (any(c.isupper() for c in word[1:]) or (word[0].isupper() and not starts_sentence))
+        core = word.split("'")[0]  # I'm, I'll: a pronoun, not a name
+        name = len(core) > 1 and (any(c.isupper() for c in core[1:]) or (core[0].isupper() and not starts_sentence))
         if name or any(c.isdigit() for c in word):
             found.append(normalise(word))
     return found
@@ -72,6 +73,7 @@ class FactIndex:
     domain_df: Counter = field(default_factory=Counter)
     background_df: Counter = field(default_factory=Counter)
     n_background: int = 0
+    n_domain: int = 0
     min_domain_df: int = 2
     max_background_share: float = 0.02
     max_rare: int = 3
@@ -80,7 +82,11 @@ class FactIndex:
     def fit(cls, domain_answers: list[str], background: list[str] = (), **settings) -> FactIndex:
         domain_df = Counter(t for text in domain_answers for t in set(terms(text)))
         background_df = Counter(t for text in background for t in set(terms(text)))
-        return cls(domain_df, background_df, len(background), **settings)
+        return cls(domain_df, background_df, len(background), len(domain_answers), **settings)
+
+    def common_in_domain(self, term: str, share: float = 0.2) -> bool:
+        """Is the term part of the domain's usual vocabulary (in at least `share` of its answers)?"""
+        return self.n_domain > 0 and self.domain_df[term] >= share * self.n_domain
 
     def _rare(self, term: str) -> bool:
         long_enough = len(term) >= 4 or bool(_CJK_RUN.fullmatch(term))

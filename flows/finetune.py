@@ -24,7 +24,7 @@ from tasks.export import export
 from tasks.gate import gate
 from tasks.ingest import ingest
 from tasks.prepare import prepare
-from tasks.promote import promote
+from tasks.promote import conclude, promote
 from tasks.register import register, summarize
 from tasks.sft import check_setup, sft
 from tasks.validate import validate
@@ -56,12 +56,12 @@ def finetune_pipeline(params: PipelineParams) -> dict:
     candidate_eval = evaluate_suite(candidate, suite, params.tracking)
     registered = register(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
     decision = gate(params.gate, candidate_eval, baseline_eval, registered, params.tracking)
-    summary = summarize(report, trained, baseline_eval, candidate_eval, decision, registered,
+    promotion = promote(decision, registered, params.tracking)
+    summary = summarize(report, trained, baseline_eval, candidate_eval, decision, registered, promotion,
                         params.tracking.tracking_uri, str(run_dir))
-    promote(decision, registered, params.tracking)
-    export(prepared["base_model_path"], aligned, str(run_dir / "export"), params.tracking.registered_model,
+    export(promotion, prepared["base_model_path"], aligned, str(run_dir / "export"), params.tracking.registered_model,
            params.sft.max_length)
-    return summary
+    return conclude(summary, decision)
 
 if __name__ == "__main__":
     print(finetune_pipeline(load_config(sys.argv[1], sys.argv[2:])))

@@ -8,19 +8,27 @@ pairs (tasks/feedback.py); they are added to the config's data and go through th
 training, eval and gate. The watermark moves to the window's newest record only when the pipeline
 run reached its gate decision (promoted or blocked), so a crashed run retries the same window next
 time: no feedback is lost or trained on twice. No new feedback: nothing runs, and the result says so.
+
+A window that contradicts curated data past `data.checks.conflict_max_fraction` stops before
+training and waits for a reviewer (the watermark's `pending`). Until the decision, every run reads
+exactly that window and stops again; later windows wait behind it, so nothing a reviewer has not
+seen trains. `feedback.approved_window` (its rows train) or `feedback.rejected_window` (marked read,
+never trained), each with `feedback.review_note`, settles it.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment
 
 from flows.finetune import finetune_pipeline
-from tasks.feedback import advance_watermark, collect_feedback
-from tasks.promote import GateBlocked
+from tasks.feedback import advance_watermark, collect_feedback, hold_for_review
+from tasks.validate import ConflictReviewRequired
 from tunegate.config import FeedbackConfig, PipelineParams, load_config
 
 
@@ -29,31 +37,62 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
     """Fine-tune on the config's data plus the feedback logged since the last watermark."""
     log = get_run_logger()
     window = collect_feedback(feedback.logs, feedback.watermark_file, feedback.work_dir)
+    pending = window["pending"]
+    checks = params.data.checks
+    if pending:
+        if feedback.rejected_window == pending["label"]:
+            mark = advance_watermark(feedback.watermark_file, pending["new_watermark"], pending["lines_read"],
+                                     pending["run"], f"rejected by review: {feedback.review_note}")
+            log.warning("Window %s rejected by review (%s): marked read, not trained.", pending["label"],
+                        feedback.review_note)
+            return {"status": "rejected", "window": [pending["start"], pending["end"]], "watermark": mark["timestamp"]}
+        if feedback.approved_window != pending["label"]:
+            log.warning("Window %s waits for review since %s; later feedback waits behind it. Approve it "
+                        "(feedback.approved_window=%s, feedback.review_note='<reviewer>: <reason>') or reject it "
+                        "(feedback.rejected_window=%s). Why it stopped:\n%s", pending["label"], pending["since"],
+                        pending["label"], pending["label"], pending["reason"])
+            return {"status": "awaiting_review", "window": [pending["start"], pending["end"]],
+                    "records": window["records"], "watermark": window["watermark"]}
+        checks = checks.model_copy(update={"conflicts_approved": feedback.review_note})
     if window["records"] < feedback.min_records:
         log.info("No new feedback since %s (%d records, need %d): nothing to do.",
                  window["watermark"] or "the beginning", window["records"], feedback.min_records)
         return {"status": "no_new_feedback", "watermark": window["watermark"], "records": window["records"]}
 
     run_name = f"{deployment.name or 'retrain-from-feedback'}-{window['label']}"
-    # Feedback trains only (general_files are never split off for eval): the eval sets stay the curated
-    # ones, so every retrain is gated on the same questions and MLflow compares like with like.
+    # Feedback trains only (never split off for eval): the eval sets stay the curated ones, so every
+    # retrain is gated on the same questions. It is also the window the contradiction check measures.
     data = params.data.model_copy(update={
-        "general_files": params.data.general_files + [f for f in [window["sft_file"]] if f],
-        "preference_files": params.data.preference_files + [f for f in [window["preference_file"]] if f],
+        "feedback_files": [f for f in [window["sft_file"]] if f],
+        "feedback_preference_files": [f for f in [window["preference_file"]] if f],
+        "checks": checks,
     })
     state = finetune_pipeline(params.model_copy(update={"run_name": run_name, "data": data}), return_state=True)
-    outcome = "promoted" if state.is_completed() else None
-    if outcome is None and isinstance(state.result(raise_on_failure=False), GateBlocked):
-        outcome = "blocked"  # a finished run with a decision: this window is used up
-    if outcome is None:
+    summary = read_summary(Path(params.output_dir).resolve() / run_name)
+    if summary is None:  # no gate decision was reached
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, ConflictReviewRequired):
+            hold_for_review(feedback.watermark_file, window, run_name, str(error))
+            raise RuntimeError(f"Feedback window {window['label']} stopped for review before training; the "
+                               f"watermark stays at {window['watermark']} and later feedback waits behind it.\n{error}")
         raise RuntimeError(f"{run_name} failed before its gate decision; watermark kept at "
                            f"{window['watermark']}, the next run retries this window. {state.message}")
+    # A decision was reached (promoted or cleanly blocked): the window is used up, even when a later
+    # stage such as export failed, so it never trains twice.
+    outcome = "promoted" if summary["promoted"] else "blocked"
     mark = advance_watermark(feedback.watermark_file, window["new_watermark"], window["lines_read"], run_name, outcome)
     log.info("Feedback up to %s used by %s (%s); watermark advanced.", mark["timestamp"], run_name, outcome)
-    summary = state.result() if outcome == "promoted" else None
+    if state.is_failed() and outcome == "promoted":
+        log.error("%s was promoted, but a later stage failed: %s", run_name, state.message)
     return {"status": outcome, "run_name": run_name, "window": [window["start"], window["end"]],
             "records": window["records"], "sft_rows": window["sft_rows"], "pairs": window["pairs"],
-            "watermark": mark["timestamp"], "model_version": summary["model_version"] if summary else None}
+            "watermark": mark["timestamp"], "model_version": summary["model_version"] if outcome == "promoted" else None}
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, written once the promotion decision was made; None before that."""
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 if __name__ == "__main__":

@@ -101,8 +101,10 @@ def answer_smoke_request(bundle: Path) -> dict:
 
 
 @task
-def export(base_model_path: str, trained: dict, out_dir: str, served_name: str, max_len: int) -> dict:
-    """Write the merged model, the adapter and the serving files for the promoted version."""
+def export(promotion: dict, base_model_path: str, trained: dict, out_dir: str, served_name: str, max_len: int) -> dict:
+    """Write the merged model, the adapter and the serving files for the promoted version (none when blocked)."""
+    if not promotion["promoted"]:
+        return {"skipped": "not promoted"}
     return export_model(base_model_path, trained, Path(out_dir), served_name, max_len)
 
 

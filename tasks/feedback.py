@@ -48,7 +48,7 @@ def read_watermark(path: Path) -> tuple[datetime | None, dict | None]:
         return None, None
     mark = json.loads(path.read_text())
     # Watermarks written before lines were tracked have a timestamp only: the window is then by time.
-    return parse_time(mark["timestamp"]), mark.get("files")
+    return parse_time(mark["timestamp"]) if mark.get("timestamp") else None, mark.get("files")
 
 
 def log_key(complete_text: str) -> str:
@@ -72,11 +72,13 @@ def check_record(row: dict) -> str | None:
     return None
 
 
-def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | None = None) -> dict:
+def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | None = None,
+                  lines_limit: dict | None = None) -> dict:
     """Records not trained on yet, sorted by time, plus rejects and the lines read per file.
 
     With lines_done (from the watermark) a record is new when it lies past its file's lines read
     before; without (first run, or an older watermark), when it is newer than the watermark.
+    With lines_limit (a window waiting for review) nothing past its lines is read: later feedback waits.
     """
     records, rejected, lines_read, late = [], [], {}, 0
     for file in sorted(glob.glob(pattern)):
@@ -86,6 +88,8 @@ def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | N
             continue
         lines = complete.split("\n")[:-1]
         key = log_key(complete)
+        if lines_limit is not None:
+            lines = lines[: lines_limit.get(key, {"lines": 0})["lines"]]
         lines_read[key] = {"file": file, "lines": len(lines)}
         skip = lines_done.get(key, {"lines": 0})["lines"] if lines_done is not None else 0
         for line_no, line in enumerate(lines, 1):
@@ -163,9 +167,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path) -> dict:
     """Read the window after the watermark and write its SFT and preference files."""
     watermark, lines_done = read_watermark(watermark_path)
-    window = read_feedback(pattern, watermark, lines_done)
+    pending = json.loads(watermark_path.read_text()).get("pending") if watermark_path.exists() else None
+    window = read_feedback(pattern, watermark, lines_done, pending["lines_read"] if pending else None)
     result = {"watermark": watermark.isoformat() if watermark else None, "records": len(window["records"]),
-              "rejected": window["rejected"], "start": None, "end": None}
+              "rejected": window["rejected"], "start": None, "end": None, "pending": pending}
     if not window["records"]:
         return result
     sft, pairs, counts = training_rows(window["records"])
@@ -196,14 +201,34 @@ def collect_feedback(pattern: str, watermark_path: str, out_dir: str) -> dict:
     return window
 
 
-def write_watermark(path: Path, end: str, lines_read: dict, run_name: str, outcome: str) -> dict:
-    mark = {"timestamp": end, "run": run_name, "outcome": outcome,
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": lines_read}
+def _write_atomic(path: Path, mark: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(mark, indent=2))
     tmp.replace(path)  # atomic: a crash leaves the old watermark, never half a file
     return mark
+
+
+def write_watermark(path: Path, end: str, lines_read: dict, run_name: str, outcome: str) -> dict:
+    """Mark a window used up; any pending review is settled by it."""
+    return _write_atomic(path, {"timestamp": end, "run": run_name, "outcome": outcome,
+                                "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                "files": lines_read})
+
+
+@task
+def hold_for_review(watermark_path: str, window: dict, run_name: str, reason: str) -> dict:
+    """Keep the watermark where it is and record the window as waiting for a reviewer's decision.
+
+    Later feedback waits behind it: until the decision, runs read exactly this window's lines, so the
+    window a reviewer looked at is the window that trains (or is rejected), nothing more.
+    """
+    path = Path(watermark_path)
+    mark = json.loads(path.read_text()) if path.exists() else {"timestamp": None, "files": None}
+    mark["pending"] = {"label": window["label"], "lines_read": window["lines_read"], "start": window["start"],
+                       "end": window["end"], "new_watermark": window["new_watermark"], "run": run_name,
+                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason}
+    return _write_atomic(path, mark)
 
 
 @task

@@ -118,16 +118,24 @@ def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | No
 
 @task
 def promote(decision: dict, registered: dict, tracking: TrackingConfig) -> dict:
-    """Promote on pass; on block leave the champion alone and fail with the regressed tasks."""
+    """Promote on pass; on block leave the champion alone (the flow fails afterwards, see `conclude`)."""
     client, _ = connect(tracking)
     name, version = registered["model_name"], registered["version"]
     if not decision["passed"]:
-        raise GateBlocked(
-            f"Gate blocked {name} version {version}: regressed on {', '.join(decision['regressed'])}. "
-            f"The champion alias did not move.\n{decision['markdown']}"
-        )
+        return {"promoted": False, "version": version, "previous": None}
     with alias_lock(tracking):
         previous = move_champion(client, name, version)
     record(client, name, version, "gate", {"promotion": "gate", "promotion.time": utc_now(),
                                            "promotion.replaced": str(previous)})
     return {"promoted": True, "version": version, "previous": previous}
+
+
+@task
+def conclude(summary: dict, decision: dict) -> dict:
+    """End the run: the summary when promoted, else fail with the regressed tasks (the champion did not move)."""
+    if not summary["promoted"]:
+        raise GateBlocked(
+            f"Gate blocked {summary['model_name']} version {summary['model_version']}: regressed on "
+            f"{', '.join(decision['regressed'])}. The champion alias did not move.\n{decision['markdown']}"
+        )
+    return summary

@@ -159,7 +159,7 @@ def register(
 
 
 def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
-                registered: dict, tracking_uri: str) -> dict:
+                registered: dict, promotion: dict, tracking_uri: str) -> dict:
     """What a person wants at the end of a run, in one small JSON-safe dict."""
     return {
         "rows_kept": report["rows_kept"],
@@ -175,6 +175,8 @@ def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval
         },
         "gate": "passed" if decision["passed"] else "blocked",
         "regressed": decision["regressed"],
+        "promoted": promotion["promoted"],
+        "model_name": registered["model_name"],
         "mlflow_run_id": registered["run_id"],
         "model_version": registered["version"],
         "mlflow_ui": f"mlflow ui --backend-store-uri {tracking_uri}",
@@ -183,8 +185,9 @@ def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval
 
 @task
 def summarize(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
-              registered: dict, tracking_uri: str, run_dir: str) -> dict:
-    """Write summary.json in the run folder, for the CLI and for people."""
-    summary = run_summary(report, trained, baseline_eval, candidate_eval, decision, registered, tracking_uri)
+              registered: dict, promotion: dict, tracking_uri: str, run_dir: str) -> dict:
+    """Write summary.json in the run folder after the promotion decision, for the CLI and for people."""
+    summary = run_summary(report, trained, baseline_eval, candidate_eval, decision, registered, promotion,
+                          tracking_uri)
     (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

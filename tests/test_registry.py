@@ -6,7 +6,7 @@ import threading
 import pytest
 from mlflow import MlflowClient
 
-from tasks.promote import GateBlocked, PromotionRefused, move_champion, promote, promote_version, rollback
+from tasks.promote import GateBlocked, PromotionRefused, conclude, move_champion, promote, promote_version, rollback
 from tasks.register import register_run
 from tunegate.cli import main
 from tunegate.config import load_config
@@ -88,9 +88,15 @@ def test_blocked_gate_leaves_the_champion_and_names_the_tasks(tracking, adapter)
     v1 = register_once(tracking, adapter, 0.5)
     v2 = register_once(tracking, adapter, 0.1)
     promote.fn({"passed": True}, v1, tracking)
-    with pytest.raises(GateBlocked, match="regressed on tunegate_domain"):
-        promote.fn({"passed": False, "regressed": ["tunegate_domain"], "markdown": "table"}, v2, tracking)
+    decision = {"passed": False, "regressed": ["tunegate_domain"], "markdown": "table"}
+    promotion = promote.fn(decision, v2, tracking)
+    assert promotion == {"promoted": False, "version": v2["version"], "previous": None}
     assert str(get_alias(MlflowClient(tracking.tracking_uri), "test-model", CHAMPION).version) == v1["version"]
+    # The summary is written with the promotion outcome; only then does the run fail, naming the tasks.
+    summary = {"promoted": False, "model_name": "test-model", "model_version": v2["version"]}
+    with pytest.raises(GateBlocked, match="regressed on tunegate_domain"):
+        conclude.fn(summary, decision)
+    assert conclude.fn({**summary, "promoted": True}, decision)["promoted"]
 
 
 def test_concurrent_promotions_leave_one_champion_and_a_consistent_previous(tracking, adapter):

@@ -354,6 +354,29 @@ class FeedbackConfig(_Section):
     )
     work_dir: str = Field("outputs/feedback", description="Where each window's SFT and preference files are written.")
     min_records: int = Field(1, ge=1, description="Skip the run when the window has fewer feedback records.")
+    approved_window: str | None = Field(
+        None,
+        description="The label of a window that stopped for review (the watermark's `pending`): approve it, and "
+        "its rows that conflict with curated data train. Needs review_note.",
+    )
+    rejected_window: str | None = Field(
+        None,
+        description="The label of a window that stopped for review: reject it, and its lines are marked read "
+        "without training. Needs review_note.",
+    )
+    review_note: str | None = Field(
+        None, description="'<reviewer>: <reason>' for approved_window or rejected_window; recorded in the watermark "
+        "and, on approval, on the MLflow run (data.checks.conflicts_approved).",
+    )
+
+    @model_validator(mode="after")
+    def _review_needs_a_note(self) -> FeedbackConfig:
+        if (self.approved_window or self.rejected_window) and not (self.review_note or "").strip():
+            raise ValueError("feedback.approved_window / rejected_window need feedback.review_note: "
+                             "'<reviewer>: <reason>' is recorded with the decision")
+        if self.approved_window and self.approved_window == self.rejected_window:
+            raise ValueError("feedback: a window is either approved or rejected, not both")
+        return self
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
