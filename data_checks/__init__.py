@@ -1,6 +1,7 @@
 """Data checks: one concern per module, each a detector plus a Great Expectations suite.
 
-    format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py   (text.py: shared text view)
+    format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py  contradiction.py
+    (text.py: the shared text view; facts.py: key facts of answers; split.py: the train/eval split)
 
 A detector computes boolean result columns over all records at once (no raw text in them), and
 the suite asserts those columns with GE expectations. GE never sees the text, so its reports
@@ -11,6 +12,7 @@ context and renders their Data Docs; tasks/validate.py wires them together.
 
 def all_rules() -> dict[str, str]:
     """Every rule of every suite: name -> what it asserts."""
-    from data_checks import duplicates, format, leakage, length, pii, preference
+    from data_checks import contradiction, duplicates, format, leakage, length, pii, preference
 
-    return {**format.RULES, **length.RULES, **duplicates.RULES, **pii.RULES, **leakage.RULES, **preference.RULES}
+    return {**format.RULES, **length.RULES, **duplicates.RULES, **pii.RULES, **leakage.RULES, **preference.RULES,
+            **contradiction.RULES}

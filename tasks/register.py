@@ -101,7 +101,10 @@ def register_run(
         "baseline": baseline_eval["label"],
         "eval_run_ids": json.dumps({"candidate": candidate_eval["eval_run_ids"],
                                     "baseline": baseline_eval["eval_run_ids"]}),
+        "eval_strata": json.dumps(prepared["counts"].get("domain_eval_strata", {}), ensure_ascii=False),
     }
+    if report["conflicts"]["approved"]:  # a reviewer let rows that contradict curated data train
+        lineage["conflicts_approved"] = f"{report['conflicts']['approved']} ({report['conflicts']['approved_rows']} rows)"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({"tunegate.stage": "registered", **{f"lineage.{k}": v for k, v in lineage.items()}})
         mlflow.log_params(flatten(params.model_dump()))

@@ -216,7 +216,7 @@ def check_rows(
     if kind == "preference" and wanted("preference"):
         run("preference", preference.RULES, timed("preference", preference.detect, records))
     conflicts = []
-    if curated and facts is not None and wanted("contradiction"):
+    if curated and facts is not None and checks.contradiction and wanted("contradiction"):
         frame, found = conflict_frame(records, curated, window, facts, checks, seconds)
         conflicts = found[1]
         run("contradiction", contradiction.RULES, (frame, found[0]), measured=window)

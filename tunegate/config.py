@@ -50,6 +50,9 @@ class ChecksConfig(_Section):
     shingle_words: int = Field(3, ge=1, description="Words per MinHash shingle.")
     leakage_ngram: int = Field(13, ge=3, description="Words per n-gram in the train/eval overlap check.")
     max_row_mb: float = Field(16.0, gt=0, description="Rows larger than this are rejected at ingest without parsing.")
+    contradiction: bool = Field(
+        True, description="Check new rows (feedback, general data) against the curated domain_files before training.",
+    )
     conflict_prompt_similarity: float = Field(
         0.5, gt=0, le=1,
         description="A new row's prompt is 'close' to a curated prompt at this Jaccard similarity of their words.",
