@@ -27,7 +27,8 @@ from prefect.logging import get_run_logger
 from prefect.runtime import deployment
 
 from flows.finetune import finetune_pipeline
-from tasks.feedback import advance_watermark, collect_feedback, hold_for_review
+from tasks.feedback import (advance_watermark, collect_feedback, current_champion, extend_production_set,
+                            hold_for_review, load_production_set)
 from tasks.validate import ConflictReviewRequired
 from tunegate.config import FeedbackConfig, PipelineParams, load_config
 
@@ -60,14 +61,9 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
         return {"status": "no_new_feedback", "watermark": window["watermark"], "records": window["records"]}
 
     run_name = f"{deployment.name or 'retrain-from-feedback'}-{window['label']}"
-    # Feedback trains only (never split off for eval): the eval sets stay the curated ones, so every
-    # retrain is gated on the same questions. It is also the window the contradiction check measures.
-    data = params.data.model_copy(update={
-        "feedback_files": [f for f in [window["sft_file"]] if f],
-        "feedback_preference_files": [f for f in [window["preference_file"]] if f],
-        "checks": checks,
-    })
-    state = finetune_pipeline(params.model_copy(update={"run_name": run_name, "data": data}), return_state=True)
+    champion = current_champion(params.tracking)
+    production = load_production_set(params.tracking, str(Path(window["prompts_file"]).parent / "production_set.v.jsonl"))
+    state = finetune_pipeline(with_feedback(params, window, checks, production, feedback, run_name), return_state=True)
     summary = read_summary(Path(params.output_dir).resolve() / run_name)
     if summary is None:  # no gate decision was reached
         error = state.result(raise_on_failure=False)
@@ -80,13 +76,39 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
     # A decision was reached (promoted or cleanly blocked): the window is used up, even when a later
     # stage such as export failed, so it never trains twice.
     outcome = "promoted" if summary["promoted"] else "blocked"
+    grown = extend_production_set(params.tracking, production, window,
+                                  str(Path(params.output_dir).resolve() / run_name / "data" / "clean.jsonl"), champion,
+                                  params.data.checks.conflict_prompt_similarity)
     mark = advance_watermark(feedback.watermark_file, window["new_watermark"], window["lines_read"], run_name, outcome)
     log.info("Feedback up to %s used by %s (%s); watermark advanced.", mark["timestamp"], run_name, outcome)
     if state.is_failed() and outcome == "promoted":
         log.error("%s was promoted, but a later stage failed: %s", run_name, state.message)
     return {"status": outcome, "run_name": run_name, "window": [window["start"], window["end"]],
             "records": window["records"], "sft_rows": window["sft_rows"], "pairs": window["pairs"],
-            "watermark": mark["timestamp"], "model_version": summary["model_version"] if outcome == "promoted" else None}
+            "watermark": mark["timestamp"], "model_version": summary["model_version"] if outcome == "promoted" else None,
+            "production_set": {"evaluated": production["version"], "now": grown["version"], "rows": grown["rows"]}}
+
+
+def with_feedback(params: PipelineParams, window: dict, checks, production: dict, feedback: FeedbackConfig,
+                  run_name: str) -> PipelineParams:
+    """The pipeline's params for this window: feedback trains; the production set, when it has prompts, is gated."""
+    # Feedback trains only (never split off for eval): the eval sets stay the curated ones, so every
+    # retrain is gated on the same questions. It is also the window the contradiction check measures.
+    data = params.data.model_copy(update={
+        "feedback_files": [f for f in [window["sft_file"]] if f],
+        "feedback_preference_files": [f for f in [window["preference_file"]] if f],
+        "checks": checks,
+        "production_eval_file": production["file"] if production["rows"] else None,
+    })
+    update = {"run_name": run_name, "data": data}
+    if production["rows"]:
+        key_facts = dict(params.eval.key_facts)
+        if "tunegate_domain" in key_facts:  # the same forbidden terms hold for what users asked
+            key_facts.setdefault("tunegate_production", key_facts["tunegate_domain"])
+        update["eval"] = params.eval.model_copy(update={"tasks": [*params.eval.tasks, "production"],
+                                                        "key_facts": key_facts})
+        update["gate"] = params.gate.model_copy(update={"rules": [*params.gate.rules, *feedback.production_rules]})
+    return params.model_copy(update=update)
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -154,6 +154,18 @@ def training_rows(records: list[dict]) -> tuple[list[dict], list[dict], dict]:
     return sft, pairs, counts
 
 
+def window_prompts(records: list[dict]) -> list[dict]:
+    """Each distinct conversation of the window, with the answers users upvoted, by the version that gave them."""
+    prompts: dict[str, dict] = {}
+    for row in records:
+        conv = [{"role": m["role"], "content": m["content"]} for m in row["conversation"]]
+        entry = prompts.setdefault(json.dumps(conv, sort_keys=True), {"conversation": conv, "upvoted": []})
+        if row["rating"] == "up":
+            entry["upvoted"].append({"model_version": str(row.get("model_version")), "answer": row["answer"],
+                                     "id": row.get("id")})
+    return list(prompts.values())
+
+
 def window_label(start: datetime, end: datetime) -> str:
     return f"{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
 
@@ -175,11 +187,13 @@ def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path) -> d
         return result
     sft, pairs, counts = training_rows(window["records"])
     label = window_label(window["start"], window["end"])
+    write_jsonl(out_dir / label / "window_prompts.jsonl", window_prompts(window["records"]))
     # Late records are older than the watermark, which never moves back.
     end = max(window["end"], watermark) if watermark else window["end"]
     return {**result, **counts, "start": window["start"].isoformat(), "end": window["end"].isoformat(),
             "new_watermark": end.isoformat(), "late": window["late"], "lines_read": window["lines_read"],
             "label": label, "sft_rows": len(sft), "pairs": len(pairs),
+            "prompts_file": str(out_dir / label / "window_prompts.jsonl"),
             "sft_file": write_jsonl(out_dir / label / "feedback_sft.jsonl", sft) if sft else None,
             "preference_file": write_jsonl(out_dir / label / "feedback_preferences.jsonl", pairs) if pairs else None}
 
@@ -240,3 +254,124 @@ def advance_watermark(watermark_path: str, end: str, lines_read: dict, run_name:
 if __name__ == "__main__":
     out = feedback_window_data(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
     print(json.dumps(out, indent=2, default=str))
+
+
+# --- the production regression set ------------------------------------------------------------------
+# Prompts seen in feedback windows, each with a reference answer no window can rewrite: a curated
+# answer when a curated prompt matches, else an answer the champion itself gave and a user upvoted.
+# Corrections never become references. Each window that reached a decision may only add prompts;
+# every version is an MLflow run in `<experiment>-production-set` with the set as its dataset input.
+
+PRODUCTION_SET = "production-regression-set"
+
+
+def production_set_experiment(tracking):
+    from tunegate.registry import connect
+
+    return connect(tracking, tracking.experiment + "-production-set")
+
+
+def prompt_key(conversation: list[dict]) -> str:
+    return " ".join(json.dumps(conversation, ensure_ascii=False).lower().split())
+
+
+@task(retries=2, retry_delay_seconds=[2, 5])
+def current_champion(tracking) -> str | None:
+    """The version now serving (the one whose upvoted answers may become references)."""
+    from tunegate.registry import CHAMPION, connect, get_alias
+
+    client, _ = connect(tracking)
+    version = get_alias(client, tracking.registered_model, CHAMPION)
+    return str(version.version) if version is not None else None
+
+
+@task(retries=2, retry_delay_seconds=[2, 5])
+def load_production_set(tracking, out_file: str) -> dict:
+    """The newest version of the set, written to out_file: {version, rows, file, run_id}; version 0 when none."""
+    client, experiment_id = production_set_experiment(tracking)
+    runs = client.search_runs([experiment_id], order_by=["metrics.version DESC"], max_results=1)
+    if not runs:
+        return {"version": 0, "rows": 0, "file": None, "run_id": None}
+    run = runs[0]
+    local = client.download_artifacts(run.info.run_id, "production_set.jsonl", str(Path(out_file).parent))
+    Path(local).replace(out_file)
+    rows = sum(1 for line in Path(out_file).read_text().splitlines() if line.strip())
+    return {"version": int(run.data.metrics["version"]), "rows": rows, "file": out_file, "run_id": run.info.run_id}
+
+
+def production_rows(prompts: list[dict], clean_rows: list[dict], champion: str | None, known: set[str],
+                    label: str, similarity: float) -> tuple[list[dict], dict]:
+    """New set rows from a window's prompts: deduplicated, PII-free, with a reference that is not the window's."""
+    import numpy as np
+
+    from data_checks import pii
+    from data_checks.contradiction import answer_text, closest_curated
+    from data_checks.facts import FactIndex
+    from data_checks.leakage import prompt_text
+
+    curated = [r for r in clean_rows if "split" in r]  # validate marks curated rows with their split
+    facts = FactIndex.fit([answer_text(r) for r in curated])
+    texts = [prompt_text(r) for r in curated] + ["\n".join(m["content"] for m in p["conversation"]) for p in prompts]
+    mask = np.arange(len(texts)) < len(curated)
+    match, _ = closest_curated(texts, mask, similarity)
+    flags, _ = pii.detect([{"messages": p["conversation"]} for p in prompts])
+    has_pii = flags.to_numpy().any(axis=1)
+    rows, skipped = [], {"known": 0, "pii": 0, "no_reference": 0}
+    for i, p in enumerate(prompts):
+        key = prompt_key(p["conversation"])
+        if key in known:
+            skipped["known"] += 1
+            continue
+        if has_pii[i]:
+            skipped["pii"] += 1
+            continue
+        m = match[len(curated) + i]
+        if m >= 0:
+            ref = curated[m]
+            row = {"reference": answer_text(ref), "facts": ref.get("facts", []),
+                   "reference_from": f"curated {ref['source']['file']}:{ref['source']['line']}"}
+        else:
+            upvoted = [u for u in p["upvoted"] if champion is not None and u["model_version"] == champion]
+            if not upvoted:
+                skipped["no_reference"] += 1
+                continue
+            row = {"reference": upvoted[0]["answer"], "facts": facts.facts(upvoted[0]["answer"]),
+                   "reference_from": f"champion v{champion} upvoted ({upvoted[0]['id']})"}
+        known.add(key)
+        rows.append({"conversation": p["conversation"], **row, "first_seen": label})
+    return rows, skipped
+
+
+@task(retries=2, retry_delay_seconds=[2, 5])
+def extend_production_set(tracking, current: dict, window: dict, clean_file: str, champion: str | None,
+                          similarity: float) -> dict:
+    """Add the window's new prompts as the next version of the set; the rows already in it never change."""
+    import mlflow
+    import pandas as pd
+
+    old = [json.loads(x) for x in Path(current["file"]).read_text().splitlines()] if current["file"] else []
+    prompts = [json.loads(x) for x in Path(window["prompts_file"]).read_text().splitlines()]
+    clean = [json.loads(x) for x in Path(clean_file).read_text().splitlines()]
+    new, skipped = production_rows(prompts, clean, champion, {prompt_key(r["conversation"]) for r in old},
+                                   window["label"], similarity)
+    log = get_run_logger()
+    log.info("production set: %d new prompts from %s (skipped: %s)", len(new), window["label"], skipped)
+    if not new:
+        return {**current, "added": 0, "skipped": skipped}
+    rows = old + new
+    version = current["version"] + 1
+    out = Path(window["prompts_file"]).parent / "production_set.jsonl"
+    write_jsonl(out, rows)
+    _, experiment_id = production_set_experiment(tracking)
+    frame = pd.DataFrame({"prompt": [json.dumps(r["conversation"], ensure_ascii=False) for r in rows],
+                          "reference": [r["reference"] for r in rows],
+                          "reference_from": [r["reference_from"] for r in rows]})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{PRODUCTION_SET}-v{version}") as run:
+        mlflow.log_metric("version", version)
+        mlflow.log_metrics({"rows": len(rows), "added": len(new)})
+        mlflow.set_tags({"window": window["label"], **{f"skipped.{k}": str(v) for k, v in skipped.items()}})
+        mlflow.log_artifact(str(out))
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=f"runs:/{run.info.run_id}/production_set.jsonl",
+                                                 name=PRODUCTION_SET), context="eval")
+    return {"version": version, "rows": len(rows), "file": str(out), "run_id": run.info.run_id, "added": len(new),
+            "skipped": skipped}

@@ -59,6 +59,7 @@ def sft_rows(records: list[dict]) -> list[dict]:
 
 def prepare_data(
     clean_path: Path, general_holdout_file: str, base_model_path: str, out_dir: Path, trust_remote_code: bool = False,
+    production_file: str | None = None,
 ) -> dict:
     """Write train/eval rows and eval docs from validate's clean rows, which carry the split decision."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,8 +92,15 @@ def prepare_data(
         eval_doc(tokenizer, m, stratum=f"{holdout_name}/{language(' '.join(x['content'] for x in m))}")
         for m in general_holdout])
 
+    if production_file:  # prompts seen in production, with references fixed when they were first seen
+        production = [json.loads(x) for x in Path(production_file).read_text().splitlines() if x.strip()]
+        paths["production_eval"] = out_dir / "production_eval.jsonl"
+        _write_jsonl(paths["production_eval"], [
+            eval_doc(tokenizer, r["conversation"] + [{"role": "assistant", "content": r["reference"]}],
+                     facts=r["facts"], stratum=f"production/{language(r['reference'])}") for r in production])
+
     data_hash = hashlib.sha256()
-    for key in ("train", "eval", "domain_eval", "general_eval"):
+    for key in paths:
         data_hash.update(paths[key].read_bytes())
     return {
         **{k: str(v) for k, v in paths.items()},
@@ -108,4 +116,4 @@ def prepare_data(
 def prepare(report: dict, data: DataConfig, model: ModelRef, out_dir: str) -> dict:
     """Split the clean records as validate decided, render eval prompts with the base model's chat template, hash."""
     return prepare_data(Path(report["clean"]), data.general_holdout_file, resolve_base_model(model.base_model),
-                        Path(out_dir), model.trust_remote_code)
+                        Path(out_dir), model.trust_remote_code, data.production_eval_file)

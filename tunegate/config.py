@@ -114,6 +114,11 @@ class DataConfig(_Section):
         description="Production feedback turned into preference pairs (retrain-from-feedback fills this): DPO data "
         "and part of the window, judged by their chosen answers.",
     )
+    production_eval_file: str | None = Field(
+        None,
+        description="The production regression set (retrain-from-feedback fills this): prompts seen in feedback with "
+        "references no window can rewrite, scored as the eval task tunegate_production.",
+    )
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of domain rows held out for evaluation.")
     min_eval_per_stratum: int = Field(
         3, ge=0,
@@ -366,6 +371,13 @@ class FeedbackConfig(_Section):
         None,
         description="The label of a window that stopped for review: reject it, and its lines are marked read "
         "without training. Needs review_note.",
+    )
+    production_rules: list[GateRule] = Field(
+        default_factory=lambda: [
+            GateRule(task="tunegate_production", metric="key_facts", max_drop=0.05),
+            GateRule(task="tunegate_production", metric="no_forbidden", max_drop=0.0),
+        ],
+        description="Gate rules on the production regression set, added to gate.rules when the set has prompts.",
     )
     review_note: str | None = Field(
         None, description="'<reviewer>: <reason>' for approved_window or rejected_window; recorded in the watermark "
