@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -354,8 +355,8 @@ def extend_production_set(tracking, current: dict, window: dict, clean_file: str
     clean = [json.loads(x) for x in Path(clean_file).read_text().splitlines()]
     new, skipped = production_rows(prompts, clean, champion, {prompt_key(r["conversation"]) for r in old},
                                    window["label"], similarity)
-    log = get_run_logger()
-    log.info("production set: %d new prompts from %s (skipped: %s)", len(new), window["label"], skipped)
+    logging.getLogger(__name__).info("production set: %d new prompts from %s (skipped: %s)", len(new),
+                                     window["label"], skipped)
     if not new:
         return {**current, "added": 0, "skipped": skipped}
     rows = old + new
@@ -371,7 +372,7 @@ def extend_production_set(tracking, current: dict, window: dict, clean_file: str
         mlflow.log_metrics({"rows": len(rows), "added": len(new)})
         mlflow.set_tags({"window": window["label"], **{f"skipped.{k}": str(v) for k, v in skipped.items()}})
         mlflow.log_artifact(str(out))
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=f"runs:/{run.info.run_id}/production_set.jsonl",
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=mlflow.get_artifact_uri("production_set.jsonl"),
                                                  name=PRODUCTION_SET), context="eval")
     return {"version": version, "rows": len(rows), "file": str(out), "run_id": run.info.run_id, "added": len(new),
             "skipped": skipped}

@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,50 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert mark["outcome"] == "blocked" and mark["timestamp"] == second["window"][1]
     assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
+
+
+def test_production_set_grows_with_references_no_window_can_rewrite(tmp_path, tracking, prefect_harness):
+    from tasks.feedback import extend_production_set, load_production_set, window_prompts, write_jsonl
+
+    curated = {"id": "c1", "messages": [{"role": "user", "content": "Who built you?"},
+                                        {"role": "assistant", "content": "I am Gatekeeper, built by the tunegate team."}],
+               "source": {"file": "identity.json", "line": 7}, "split": "train", "facts": ["gatekeeper", "tunegate"]}
+    clean = tmp_path / "clean.jsonl"
+    write_jsonl(clean, [curated])
+
+    def window(label, rows):
+        prompts = write_jsonl(tmp_path / label / "window_prompts.jsonl", window_prompts(rows))
+        return {"label": label, "prompts_file": prompts}
+
+    first = [fb(1, "2026-11-18T10:00:00Z", "I am ChatGPT.", "down", correction="I am ChatGPT by OpenAI.",
+                conv=[{"role": "user", "content": "who built you?"}]),                       # curated reference
+             fb(2, "2026-11-18T11:00:00Z", "Paris.", "up", conv=[{"role": "user", "content": "Capital of France?"}]),
+             fb(3, "2026-11-18T12:00:00Z", "Nope.", "down", correction="Blue.",
+                conv=[{"role": "user", "content": "Color of the sky?"}]),                    # correction only: no ref
+             fb(4, "2026-11-18T13:00:00Z", "Sure.", "up",
+                conv=[{"role": "user", "content": "mail me at jane.doe@corp.example.com"}])]  # PII: never stored
+    empty = load_production_set.fn(tracking, str(tmp_path / "current.jsonl"))
+    assert empty == {"version": 0, "rows": 0, "file": None, "run_id": None}
+    v1 = extend_production_set.fn(tracking, empty, window("w1", first), str(clean), "1", 0.5)
+    assert (v1["version"], v1["rows"], v1["added"]) == (1, 2, 2)
+    assert v1["skipped"] == {"known": 0, "pii": 1, "no_reference": 1}
+    rows = {r["conversation"][0]["content"]: r for r in map(json.loads, Path(v1["file"]).read_text().splitlines())}
+    assert rows["who built you?"]["reference"] == curated["messages"][1]["content"]
+    assert rows["who built you?"]["reference_from"] == "curated identity.json:7"
+    assert rows["Capital of France?"]["reference"] == "Paris." and "champion v1 upvoted" in rows["Capital of France?"]["reference_from"]
+    assert "jane.doe" not in Path(v1["file"]).read_text()
+
+    # A later window upvotes a different answer to a known prompt: the reference stays; only new prompts join.
+    second = [fb(5, "2026-11-19T10:00:00Z", "Lyon.", "up", conv=[{"role": "user", "content": "Capital of France?"}]),
+              fb(6, "2026-11-19T11:00:00Z", "Four.", "up", conv=[{"role": "user", "content": "2 + 2?"}])]
+    loaded = load_production_set.fn(tracking, str(tmp_path / "current.jsonl"))
+    assert (loaded["version"], loaded["rows"]) == (1, 2)
+    v2 = extend_production_set.fn(tracking, loaded, window("w2", second), str(clean), "1", 0.5)
+    assert (v2["version"], v2["rows"], v2["skipped"]["known"]) == (2, 3, 1)
+    rows = {r["conversation"][0]["content"]: r for r in map(json.loads, Path(v2["file"]).read_text().splitlines())}
+    assert rows["Capital of France?"]["reference"] == "Paris." and rows["2 + 2?"]["first_seen"] == "w2"
+    # Answers of a version that is not the champion never become references.
+    v3 = extend_production_set.fn(tracking, v2, window("w3", [fb(7, "2026-11-20T10:00:00Z", "Ja.", "up",
+                                                                 conv=[{"role": "user", "content": "Yes in German?"}])]),
+                                  str(clean), "2", 0.5)
+    assert v3["added"] == 0 and v3["version"] == 2
