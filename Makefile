@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tunegate.cli run configs/demo.yaml
+	$(PY) -m cli run configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -32,10 +32,10 @@ test-slow: $(STAMP)
 
 # Prefect server + MLflow UI; then `make serve` in a second shell to run flows from the browser.
 ui: $(STAMP)
-	$(PY) -m tunegate.cli ui
+	$(PY) -m cli ui
 
 serve: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m tunegate.cli serve
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m cli serve
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock
