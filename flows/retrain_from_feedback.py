@@ -57,4 +57,6 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
 
 
 if __name__ == "__main__":
-    print(retrain_from_feedback(load_config(sys.argv[1], [a for a in sys.argv[2:] if a != "--set"])))
+    from tunegate.config import overrides_from_argv
+
+    print(retrain_from_feedback(load_config(*overrides_from_argv(sys.argv[1:]))))

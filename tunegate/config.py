@@ -8,6 +8,7 @@ Prefect UI renders it as a form. Every field carries help text, shown in that fo
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -333,7 +334,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ValueError(f"{path}: invalid config\n{err}") from None
 
 
+def overrides_from_argv(argv: list[str]) -> tuple[str, list[str]]:
+    """A module's command line `CONFIG [--set key=value ...]` -> (config path, overrides), for load_config."""
+    parser = argparse.ArgumentParser(description="Load a tunegate config with overrides.")
+    parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, parsed as YAML (repeatable)")
+    args = parser.parse_args(argv)
+    return args.config, args.set
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    print(yaml.safe_dump(load_config(args[0], sets).model_dump(), sort_keys=False))
+    print(yaml.safe_dump(load_config(*overrides_from_argv(sys.argv[1:])).model_dump(), sort_keys=False))
