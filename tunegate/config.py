@@ -184,6 +184,7 @@ class DPOConfig(_Section):
     warmup_steps: int = Field(1, ge=1, description="Linear warmup steps.")
     max_length: int = Field(512, ge=16, description="Maximum tokens of prompt + answer.")
     max_pairs: int | None = Field(None, description="Use only the first N pairs (keeps demos short).")
+    seed: int = Field(0, description="DPO's seed: the order of the pairs, dropout and adapter init.")
 
 
 class EvalConfig(_Section):
