@@ -49,3 +49,13 @@ def test_the_command_line_sits_above_flows_and_deployments():
     names = {name for _, name in imported_top_names(ROOT / "cli" / "main.py")}
     assert {"flows", "tasks", "deployments"} <= names
     assert not (ROOT / "tunegate" / "cli.py").exists()
+
+
+def test_readme_layout_lists_every_top_level_folder_once():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = [line.split()[0].rstrip("/") for line in block.splitlines() if line and not line.startswith(" ")]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {path.split("/")[0] for path in tracked.splitlines() if "/" in path}
+    assert sorted(listed) == sorted(set(listed)), "a folder is listed twice"
+    assert set(listed) == folders
