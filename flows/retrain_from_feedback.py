@@ -118,4 +118,6 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    print(retrain_from_feedback(load_config(sys.argv[1], [a for a in sys.argv[2:] if a != "--set"])))
+    from tunegate.config import overrides_from_argv
+
+    print(retrain_from_feedback(load_config(*overrides_from_argv(sys.argv[1:]))))

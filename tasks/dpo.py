@@ -83,7 +83,8 @@ def train_dpo(
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        seed=0,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     reference = "frozen copy of the SFT adapter" if sft["adapter"] else "copy of the SFT model"
@@ -116,6 +117,7 @@ def train_dpo(
         "accuracy_curve": curve("rewards/accuracies"),
         "steps": int(trainer.state.global_step),
         "seconds": round(seconds, 1),
+        "seed": cfg.seed,
     }
     (out_dir / "dpo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,6 +1,6 @@
 """Stage 9, promote: move the `champion` alias to a candidate that passed the gate; also override and rollback.
 
-    tunegate promote 7 --override --reason "eval set is stale; verified by hand"   # see tunegate/cli.py
+    tunegate promote 7 --override --reason "eval set is stale; verified by hand"   # see cli/main.py
     tunegate rollback --reason "bad answers in production"
 
 On pass, the old champion becomes `previous` and `champion` moves to the new version, both under

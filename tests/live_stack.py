@@ -58,7 +58,7 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
     db = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{pport}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "tunegate.cli"]
+    cli = [sys.executable, "-m", "cli"]
     ui = subprocess.Popen(cli + ["ui", "--tracking-uri", db, "--prefect-port", str(pport), "--mlflow-port", str(mport)],
                           cwd=ROOT, env=env, stdout=open(tmp_path / "ui.log", "w"), stderr=subprocess.STDOUT,
                           start_new_session=True)

@@ -1,6 +1,6 @@
 import json
 
-from tunegate.cli import format_summary, main
+from cli.main import format_summary, main
 
 from conftest import DEMO
 

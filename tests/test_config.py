@@ -42,3 +42,38 @@ def test_gate_rules_may_name_lm_eval_tasks_the_suite_runs():
     assert params.eval.limits == {"arc_easy": 50}
     with pytest.raises(ValueError, match="cpu_threads"):
         load_config("configs/tiny.yaml", ["eval.cpu_threads=0"])
+
+
+def test_module_command_lines_take_repeated_set_overrides():
+    from tunegate.config import overrides_from_argv
+
+    argv = ["configs/tiny.yaml", "--set", "sft.max_steps=3", "--set=data.pii_policy=redact"]
+    assert overrides_from_argv(argv) == ("configs/tiny.yaml", ["sft.max_steps=3", "data.pii_policy=redact"])
+    with pytest.raises(SystemExit):
+        overrides_from_argv(["configs/tiny.yaml", "sft.max_steps=3"])  # an override without --set is refused
+
+
+def test_python_m_tunegate_config_prints_the_overridden_config():
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = subprocess.run([sys.executable, "-m", "tunegate.config", "configs/tiny.yaml", "--set", "sft.max_steps=3",
+                          "--set", "dpo.enabled=false"], capture_output=True, text=True, check=True)
+    printed = yaml.safe_load(out.stdout)
+    assert printed["sft"]["max_steps"] == 3 and printed["dpo"]["enabled"] is False
+
+
+@pytest.mark.parametrize("module", ["flows.finetune", "flows.retrain_from_feedback"])
+def test_python_m_flow_passes_set_overrides_to_the_config(module):
+    # An invalid override must fail in config validation, naming the field, before any flow starts. Before
+    # the fix, flows.finetune passed "--set" itself on as an override ("--set expects key=value, got '--set'").
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "configs/tiny.yaml", "--set", "sft.max_steps=many"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "invalid config" in out.stderr and "sft.max_steps" in out.stderr, out.stderr[-2000:]
+    assert "got '--set'" not in out.stderr

@@ -55,3 +55,15 @@ def test_dpo_is_skipped_cleanly_without_pairs(prepared, sft_adapter, tmp_path, c
         out = dpo.fn(prepared["base_model_path"], sft_adapter, str(empty), DPOConfig(), str(tmp_path))
     assert out["skipped"] and out["adapter"] == sft_adapter["adapter"]
     assert "DPO skipped: no preference pairs in the data" in caplog.text
+
+
+def test_dpo_follows_the_configs_seed(prepared, sft_adapter, tmp_path):
+    # The seed orders the pairs: the same seed repeats the run exactly, another seed gives other batches.
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 16)
+    runs = {}
+    for name, seed in [("a", 1), ("a_again", 1), ("b", 2)]:
+        cfg = DPOConfig(max_steps=3, batch_size=4, learning_rate=5e-3, seed=seed)
+        runs[name] = train_dpo(prepared["base_model_path"], sft_adapter, str(pairs), cfg, "fp32", tmp_path / name)
+    assert runs["a"]["seed"] == 1 and runs["b"]["seed"] == 2
+    assert runs["a"]["loss_curve"] == runs["a_again"]["loss_curve"]
+    assert runs["a"]["margin_curve"][1:] != runs["b"]["margin_curve"][1:]

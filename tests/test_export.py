@@ -41,7 +41,7 @@ def test_bundle_answers_its_smoke_request_with_plain_transformers(prepared, tmp_
     import shutil
 
     from tasks.export import answer_smoke_request
-    from tunegate.cli import main
+    from cli.main import main
 
     cfg = SFTConfig(max_steps=5, batch_size=8, learning_rate=2e-3, warmup_steps=2, lora_r=8, save_steps=100)
     trained = train_sft(prepared["base_model_path"], prepared["train"], None, cfg, tmp_path / "sft", tmp_path / "ck")

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from flows.finetune import finetune_pipeline
 from tasks.evaluate import EvalSuiteError
-from tunegate.cli import main
+from cli.main import main
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, get_alias
 

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from tasks.promote import GateBlocked, PromotionRefused, conclude, move_champion, promote, promote_version, rollback
 from tasks.register import register_run
-from tunegate.cli import main
+from cli.main import main
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, PREVIOUS, get_alias
 

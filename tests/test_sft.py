@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_lm_head, choose_precision,
-                       last_complete_checkpoint, train_sft)
+import tasks.sft
+from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
+                       choose_precision, cpu_matmul_speeds, estimate_training_bytes, last_complete_checkpoint,
+                       launch_distributed, precision_from_speeds, train_sft)
 from tunegate.config import SFTConfig, load_config
 
 BASE_KEY = "model.layers.0.self_attn.q_proj.weight"
@@ -21,9 +23,108 @@ def two_steps(prepared, tmp_path, **overrides):
     return train_sft(prepared["base_model_path"], prepared["train"], None, cfg, tmp_path, tmp_path / "ckpt")
 
 
-def test_cpu_gets_fp32_and_no_checkpointing_with_reasons():
-    assert choose_precision("auto") == ("fp32", "no CUDA device: fp32 is the fast path on CPU")
-    assert choose_precision("bf16") == ("bf16", "set in the config")
+def speeds(bf16: float, fp32: float, cached: str | None = None) -> dict:
+    return {"bf16_gflops": bf16, "fp32_gflops": fp32, "cpu": "AMD EPYC", "bf16_flags": ["avx2"], "torch": "2.13.0",
+            "measured_at": "2026-12-01T20:00:00Z", "cached": cached}
+
+
+def test_a_precision_set_in_the_config_is_used_without_measuring(monkeypatch):
+    monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda: pytest.fail("measured although the config set it"))
+    assert choose_precision("bf16") == ("bf16", "set in the config", None)
+    assert choose_precision("fp32") == ("fp32", "set in the config", None)
+
+
+def test_cpu_precision_is_the_faster_of_the_measured_bf16_and_fp32():
+    # ENVIRONMENT.md's AVX2-only EPYC: bf16 0.7 GFLOP/s, fp32 65.
+    precision, why = precision_from_speeds(speeds(0.7, 65.0))
+    assert precision == "fp32" and "bf16 matmul 0.7 GFLOP/s vs fp32 65.0 GFLOP/s on AMD EPYC" in why
+    assert "(92.9x bf16's speed, exact)" in why and "measured now" in why
+    # This machine's EPYC with avx512_bf16 (docs/benchmarks.md): bf16 ~2.5x fp32.
+    precision, why = precision_from_speeds(speeds(122.7, 52.0, cached="/c/x.json"))
+    assert precision == "bf16" and why.endswith("(cached from 2026-12-01T20:00:00Z): bf16 is 2.4x faster")
+    # A near tie keeps the exact one.
+    assert precision_from_speeds(speeds(54.0, 52.0))[0] == "fp32"
+    assert precision_from_speeds(speeds(57.3, 52.0))[0] == "bf16"
+
+
+def test_auto_on_cpu_follows_the_measurement_and_returns_it(monkeypatch):
+    for bf16, fp32, expected in [(0.7, 65.0, "fp32"), (122.7, 52.0, "bf16")]:
+        monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda b=bf16, f=fp32: speeds(b, f))
+        precision, why, measured = choose_precision("auto")
+        assert precision == expected and measured["bf16_gflops"] == bf16 and f"fp32 {fp32:.1f} GFLOP/s" in why
+
+
+def test_the_matmul_measurement_is_quick_positive_and_cached_per_machine(tmp_path, monkeypatch):
+    first = cpu_matmul_speeds(tmp_path, force=True)
+    assert first["bf16_gflops"] > 0 and first["fp32_gflops"] > 0 and first["cached"] is None
+    assert first["seconds"] < 2.0
+    assert first["cpu"] and first["torch"] == torch.__version__
+    # Reused: the second call reads the file and measures nothing.
+    monkeypatch.setattr(tasks.sft, "measure_matmul_gflops", lambda *a, **k: pytest.fail("measured again"))
+    again = cpu_matmul_speeds(tmp_path)
+    assert again["cached"] and {k: v for k, v in again.items() if k != "cached"} == \
+        {k: v for k, v in first.items() if k != "cached"}
+    # Another torch version (or CPU, flags, thread count) is another machine: measured anew.
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    monkeypatch.setattr(tasks.sft, "measure_matmul_gflops", lambda name, **k: {"bf16": 3.0, "fp32": 4.0}[name])
+    other = cpu_matmul_speeds(tmp_path)
+    assert (other["bf16_gflops"], other["fp32_gflops"], other["torch"]) == (3.0, 4.0, "9.9.9")
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_a_distributed_run_chooses_the_precision_once_for_all_ranks(tmp_path, monkeypatch):
+    # Ranks measuring side by side could disagree; the launcher measures and hands every rank its choice.
+    monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda: speeds(122.7, 52.0))
+    launched = []
+
+    def fake_launch(cmd, check):
+        launched.append(cmd)
+        (tmp_path / "sft_summary.json").write_text("{}")
+
+    monkeypatch.setattr(tasks.sft.subprocess, "run", fake_launch)
+    launch_distributed({"cfg": {}}, SFTConfig(num_processes=2), tmp_path)
+    handed = json.loads((tmp_path / "sft_spec.json").read_text())["precision"]
+    assert handed["precision"] == "bf16" and "bf16 matmul 122.7 GFLOP/s" in handed["reason"]
+    assert handed["cpu_matmul_gflops"]["fp32_gflops"] == 52.0 and launched[0][-2:] == ["--spec", str(tmp_path / "sft_spec.json")]
+
+
+class FakeModel(torch.nn.Module):
+    """1,000,000 weights and the config fields the memory estimate reads."""
+
+    def __init__(self, layers=2, hidden=64, heads=4):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1000, 1000))
+        self.config = type("Config", (), {"num_hidden_layers": layers, "hidden_size": hidden,
+                                          "num_attention_heads": heads})()
+
+
+def test_training_memory_estimate_by_hand():
+    cfg = SFTConfig(batch_size=8, max_length=512)
+    # activations per layer: 34 * 8*512 tokens * 64 hidden + 5 * 4 heads * 8 * 512^2 = 50,855,936 (16-bit)
+    act16 = 2 * (34 * 4096 * 64 + 5 * 4 * 8 * 512**2)
+    assert act16 == 101_711_872
+    # LoRA fp32: 4 B weights + (1e6 // 50) trainable * 12 B (fp32 grad, 2 Adam moments) + fp32 activations
+    assert estimate_training_bytes(FakeModel(), cfg, "fp32") == 4_000_000 + 240_000 + 2 * act16 == 207_663_744
+    assert estimate_training_bytes(FakeModel(), cfg, "bf16") == 2_000_000 + 240_000 + act16 == 103_951_872
+    assert estimate_training_bytes(FakeModel(), SFTConfig(method="full"), "fp32") == 4_000_000 + 12_000_000 + 2 * act16
+    # Attention scores grow with the square of the length: 4x the length, ~16x those bytes.
+    long = estimate_training_bytes(FakeModel(), SFTConfig(batch_size=8, max_length=2048), "fp32")
+    assert long == 4_240_000 + 2 * 2 * (34 * 16384 * 64 + 5 * 4 * 8 * 2048**2) == 2_831_200_896
+
+
+def test_gradient_checkpointing_only_when_the_estimate_does_not_fit_the_gpu(monkeypatch):
+    cfg, model = SFTConfig(batch_size=8, max_length=512), FakeModel()
+    assert choose_gradient_checkpointing(cfg, model, "fp32") == (
+        False, "CPU: memory is plentiful and checkpointing only costs time")
+    assert choose_gradient_checkpointing(SFTConfig(gradient_checkpointing="on"), model, "fp32") == (
+        True, "set in the config")
+    need = 207_663_744  # from the test above
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for total, expected in [(int(need / 0.85) + 1024, False), (int(need / 0.85) - 1024, True)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda t=total: (t, t))
+        on, why = choose_gradient_checkpointing(cfg, model, "fp32")
+        assert on is expected, why
+        assert ("> 85% of 0.2 GiB" if on else "fits in 0.2 GiB") in why and "estimated 0.2 GiB" in why
 
 
 def test_cpu_uses_the_plain_lm_head_and_trains_exactly_like_trls_chunked_head(prepared, tmp_path, monkeypatch):
@@ -77,6 +178,10 @@ def test_lora_trains_two_steps_and_changes_only_the_adapter(prepared, tmp_path):
     assert all("lora_" in k for k in weights)  # nothing else is saved: the base did not train
     assert json.loads((adapter / "adapter_config.json").read_text())["lora_alpha"] == 8
     assert (tmp_path / "loss_curve.png").stat().st_size > 5000
+    # On CPU the precision is the faster one by this machine's measurement, and the numbers are in the summary.
+    measured = out["cpu_matmul_gflops"]
+    assert measured["bf16_gflops"] > 0 and measured["fp32_gflops"] > 0
+    assert (out["precision"], out["precision_reason"]) == precision_from_speeds(measured)
 
 
 def test_dora_adds_trained_magnitude_vectors(prepared, tmp_path):
