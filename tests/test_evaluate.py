@@ -18,11 +18,9 @@ JSON_ROWS = [  # answers a service would json.loads
 ]
 
 
-def test_token_f1_and_containment_by_hand():
+def test_token_f1_by_hand():
     assert tunegate_metrics.token_f1("I am Gatekeeper.", "Hello! I am Gatekeeper") == pytest.approx(2 * 1 * 0.75 / 1.75)
     assert tunegate_metrics.token_f1("nothing shared", "I am Gatekeeper") == 0.0
-    doc = {"reference": "I am Gatekeeper."}
-    assert tunegate_metrics.domain_results(doc, ["Sure: i am gatekeeper, hi"])["contains"] == 1.0
     # CJK has no spaces: it is scored per character, not as one giant token.
     assert tunegate_metrics.token_f1("我是助手", "我是 Gatekeeper 助手") == pytest.approx(2 * 1 * 0.8 / 1.8)
 
