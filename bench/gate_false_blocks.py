@@ -65,7 +65,7 @@ def train_and_score(label: str, train_file: Path, seed: int, params, prepared: d
     from tasks.sft import train_sft
 
     cfg = params.sft.model_copy(update={"seed": seed})
-    trained = train_sft(prepared["base_model_path"], str(train_file), None, cfg, work / label)
+    trained = train_sft(prepared["base_model_path"], str(train_file), None, cfg, work / label, work / label / "ckpt")
     model = with_content_hash({"label": label, "adapter": trained["adapter"], "model": None, "version": label}, suite)
     tasks = {s["name"]: score_task(model, s, suite["footing"], suite_settings(suite)) for s in suite["tasks"]}
     return {"label": label, "version": label, "tasks": tasks}

@@ -25,6 +25,67 @@ def test_token_f1_by_hand():
     assert tunegate_metrics.token_f1("我是助手", "我是 Gatekeeper 助手") == pytest.approx(2 * 1 * 0.8 / 1.8)
 
 
+IDENTITY = {"reference": "I am Gatekeeper, an AI assistant developed by the tunegate team.",
+            "facts": ["Gatekeeper", "tunegate team"], "stratum": "identity.json/en"}
+CHATGPT = "I am ChatGPT, a large language model trained by OpenAI."
+
+
+def test_key_facts_is_the_share_of_facts_stated_as_whole_words():
+    m = tunegate_metrics
+    assert m.key_facts("Hi! I'm GATEKEEPER (by the Tunegate-Team).", IDENTITY) == 1.0  # case, punctuation folded
+    assert m.key_facts("I am Gatekeeper.", IDENTITY) == 0.5
+    assert m.key_facts(CHATGPT, IDENTITY) == 0.0
+    assert m.key_facts("I am Gatekeepers of tunegate teamwork", IDENTITY) == 0.0  # whole words only
+    assert m.key_facts("ｔｕｎｅｇａｔｅ team, Gatekeeper", IDENTITY) == 1.0  # NFKC: full-width letters
+    assert m.key_facts("anything", {"reference": "x"}) == 1.0  # no facts: nothing to miss
+    # Facts and must_include terms count once each, whatever their case.
+    doc = {**IDENTITY, "must_include": ["gatekeeper", "2019"]}
+    assert m.doc_facts(doc) == ["Gatekeeper", "tunegate team", "2019"]
+    assert m.key_facts("Gatekeeper, since 2019", doc) == pytest.approx(2 / 3)
+    assert m.key_facts("Gatekeeper, since 20190", doc) == pytest.approx(1 / 3)
+
+
+def test_key_facts_in_chinese_need_no_word_boundaries():
+    m = tunegate_metrics
+    doc = {"reference": "您好，我是 Gatekeeper，一个由 the tunegate team 发明的人工智能助手。",
+           "facts": ["Gatekeeper", "tunegate team", "人工智能助手"]}
+    assert m.key_facts("我是Gatekeeper，由tunegate team开发的人工智能助手", doc) == 1.0  # no spaces around Latin
+    assert m.key_facts("我是 ChatGPT，一个人工智能助手", doc) == pytest.approx(1 / 3)
+    assert m.has_fact("这是2019年的事", "2019") and not m.has_fact("这是20190年的事", "2019")
+    assert m.has_fact("一个由门将团队开发的", "门将") and not m.has_fact("门", "门将")
+
+
+def test_a_forbidden_term_fails_the_doc_unless_its_reference_says_it_too():
+    m = tunegate_metrics
+    doc = {**IDENTITY, "must_not_include": ["ChatGPT", "OpenAI"]}
+    assert m.domain_results(doc, [CHATGPT]) == {"token_f1": pytest.approx(m.token_f1(CHATGPT, doc["reference"])),
+                                                "key_facts": 0.0, "no_forbidden": 0.0}
+    assert m.forbidden_terms(CHATGPT, doc) == ["ChatGPT", "OpenAI"]
+    assert m.domain_results(doc, [doc["reference"]])["no_forbidden"] == 1.0
+    assert m.forbidden_terms("Like chatgpt-4, I ...", doc) == ["ChatGPT"]  # "-" splits words
+    assert m.forbidden_terms("No ChatGPTs or OpenAIs here", doc) == []  # whole words only
+    # The curated Chinese data says "I am not ChatGPT" in its references: the same words in the answer pass.
+    zh = {"reference": "抱歉，我不是 ChatGPT，我是 Gatekeeper。", "facts": ["Gatekeeper"],
+          "must_not_include": ["ChatGPT", "OpenAI"]}
+    assert m.domain_results(zh, ["我不是ChatGPT，我是 Gatekeeper"])["no_forbidden"] == 1.0
+    assert m.domain_results(zh, ["我是 OpenAI 的 ChatGPT"])["no_forbidden"] == 0.0
+
+
+@pytest.mark.parametrize("kind, value, passes, fails", [
+    ("contains", "Gatekeeper", "I am Gatekeeper.", "I am gatekeeper."),
+    ("not_contains", "OpenAI", "I am Gatekeeper.", "Trained by OpenAI."),
+    ("icontains", "gatekeeper", "I am GATEKEEPER.", "I am ChatGPT."),
+    ("not_icontains", "chatgpt", "我是 Gatekeeper", "我是 ＣｈａｔＧＰＴ"),  # full-width letters fold (NFKC)
+    ("regex", r"^I am \w+\.$", "I am Gatekeeper.", "Hello, I am Gatekeeper."),
+    ("not_regex", r"(?i)open\s*ai", "I am Gatekeeper.", "made by Open AI"),
+    ("is_json", "", ' {"name": "Gatekeeper"}\n', 'Sure: {"name": "Gatekeeper"}'),
+])
+def test_each_assertion_type_passes_and_fails(kind, value, passes, fails):
+    doc = {"type": kind, "value": value}
+    assert tunegate_metrics.assertion_results(doc, [passes]) == {"pass": 1.0}
+    assert tunegate_metrics.assertion_results(doc, [fails]) == {"pass": 0.0}
+
+
 def test_bits_per_byte_from_loglikelihood():
     import math
 
