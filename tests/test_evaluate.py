@@ -150,6 +150,48 @@ def test_format_task_runs_on_the_rows_whose_answer_is_json(prepared, tmp_path):
                    tmp_path / "cache", tmp_path / "bad-rule")
 
 
+def test_assertions_and_key_fact_terms_materialize_and_score_on_the_tiny_model(prepared, tmp_path):
+    checks = [
+        {"name": "who-name", "prompt": "Who are you?", "type": "icontains", "value": "Gatekeeper",
+         "stratum": "identity/en"},
+        {"name": "who-not-chatgpt", "prompt": "Who are you?", "type": "not_icontains", "value": "ChatGPT",
+         "stratum": "identity/en"},
+        {"name": "zh-name", "prompt": "你是谁？", "type": "regex", "value": "Gate", "stratum": "identity/zh"},
+        {"name": "json", "prompt": "Give me JSON.", "type": "is_json"},
+    ]
+    cfg = EvalConfig(tasks=["domain", "assertions"], max_gen_toks=8, batch_size=16, assertions=checks,
+                     key_facts={"tunegate_domain": {"must_include": ["Gatekeeper"], "must_not_include": ["ChatGPT"]}},
+                     limits={"tunegate_domain": 4})
+    rule = GateRule(task="tunegate_assertions", metric="pass", min_score=1.0)
+    suite = eval_suite(prepared, cfg, [rule], tmp_path / "cache", tmp_path / "run")
+    domain_spec, assertions_spec = suite["tasks"]
+    assert assertions_spec["name"] == "tunegate_assertions" and assertions_spec["n_docs"] == 4
+    assert assertions_spec["higher_is_better"] == {"pass": True}
+    docs = [json.loads(line) for line in (tmp_path / "run/lm_eval_tasks/assertions.jsonl").read_text().splitlines()]
+    # The user message, rendered with the base model's chat template (the tiny model's is ChatML).
+    assert docs[2]["prompt"] == "<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n"
+    domain_docs = (tmp_path / "run/lm_eval_tasks/domain_eval_with_terms.jsonl").read_text().splitlines()
+    assert all(json.loads(d)["must_not_include"] == ["ChatGPT"] for d in domain_docs)
+
+    out = run_lm_eval(prepared["base_model_path"], None, assertions_spec, suite["footing"], tmp_path / "lm_eval")
+    assert out["n"] == 4 and out["strata"] == ["identity/en", "identity/en", "identity/zh", "assertions"]
+    assert out["prompts"] == [d["prompt"] for d in docs] and len(out["answers"]) == 4
+    expected = [float(tunegate_metrics.assertion_passes(a, c["type"], c.get("value", "")))
+                for a, c in zip(out["answers"], checks)]
+    assert out["samples"]["pass"] == expected and out["metrics"]["pass"] == pytest.approx(sum(expected) / 4)
+    assert expected[1] == 1.0  # the untrained tiny model does not call itself ChatGPT...
+    assert expected[0] == 0.0  # ... nor Gatekeeper: the floor of 1.0 would block it
+
+    out = run_lm_eval(prepared["base_model_path"], None, domain_spec, suite["footing"], tmp_path / "lm_eval_d")
+    assert set(out["samples"]) == {"token_f1", "key_facts", "no_forbidden"} and out["n"] == 4
+    scored = [tunegate_metrics.domain_results(json.loads(d), [a]) for d, a in zip(domain_docs, out["answers"])]
+    assert out["samples"]["key_facts"] == [r["key_facts"] for r in scored]
+    assert all("Gatekeeper" in tunegate_metrics.doc_facts(json.loads(d)) for d in domain_docs)
+    with pytest.raises(EvalSuiteError, match=r"eval.key_facts names \['tunegate_general'\]"):
+        eval_suite(prepared, cfg.model_copy(update={"key_facts": {"tunegate_general": cfg.key_facts["tunegate_domain"]}}),
+                   [], tmp_path / "cache", tmp_path / "bad")
+
+
 def test_an_lm_eval_task_of_your_own_is_found_by_name(prepared, tmp_path):
     tasks_dir = tmp_path / "my_tasks"
     tasks_dir.mkdir()
