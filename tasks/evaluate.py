@@ -3,7 +3,8 @@
     python -m tasks.evaluate MODEL_DIR RUN_DIR [ADAPTER_DIR]   # RUN_DIR holds prepare's files; no cache
 
 `build_eval_suite` runs right after prepare, before training. It fills the local task templates in
-evals/ with this run's data (domain, general, and format when configured), resolves the lm-eval
+evals/ with this run's data (domain, general, and format when configured; the `eval.key_facts` terms
+written into the domain docs; the `eval.assertions` checks as docs of tunegate_assertions), resolves the lm-eval
 tasks named in the config, loads every task's data (so a task whose data cannot be reached fails
 the run before any training) and hashes each task's definition and data.
 
@@ -132,10 +133,10 @@ def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], 
         write_assertion_docs(assertions or [], prepared["base_model_path"], Path(data_files["assertions"]),
                              trust_remote_code)
     key_facts = key_facts or {}
-    unknown = sorted(set(key_facts) - {f"tunegate_{n}" for n in task_names if n in ("domain", "format")})
+    unknown = sorted(set(key_facts) - ({"tunegate_domain"} if "domain" in task_names else set()))
     if unknown:
-        raise EvalSuiteError(f"eval.key_facts names {unknown}: it applies to the suite's answer tasks "
-                             f"(tunegate_domain, tunegate_format), and the suite runs {task_names}")
+        raise EvalSuiteError(f"eval.key_facts names {unknown}: key facts are scored on tunegate_domain "
+                             f"(evals/tunegate_metrics.py: domain_results); eval.tasks is {task_names}")
     for name, terms in key_facts.items():
         short = name.removeprefix("tunegate_")
         with_terms = out_dir / f"{short}_eval_with_terms.jsonl"

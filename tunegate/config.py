@@ -231,8 +231,9 @@ class EvalConfig(_Section):
     )
     key_facts: dict[str, KeyFactTerms] = Field(
         default_factory=dict,
-        description="Key-fact terms per eval set, by lm-eval task name, e.g. {tunegate_domain: {must_include: "
-        "[Gatekeeper], must_not_include: [OpenAI, ChatGPT]}}. Written into that task's docs.",
+        description="Key-fact terms per eval set, by lm-eval task name (tunegate_domain), e.g. {tunegate_domain: "
+        "{must_include: [Gatekeeper], must_not_include: [OpenAI, ChatGPT]}}. Written into that task's docs; scored "
+        "as key_facts (share of the doc's facts and must_include terms in the answer) and no_forbidden.",
     )
     assertions: list[Assertion] = Field(
         default_factory=list,
