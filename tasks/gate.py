@@ -299,8 +299,8 @@ def decision_markdown(decision: dict, version: str) -> str:
             "",
         ]
     lines += [
-        f"| task | metric | {decision['baseline']} | candidate | delta | {1 - decision['alpha']:.0%} CI | p | MDE | test "
-        "| rule | verdict |",
+        f"| task | metric | {decision['baseline']} | candidate | delta | {1 - decision['alpha']:.0%} CI | p | MDE "
+        "| test | rule | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decision["rows"]:
@@ -308,8 +308,8 @@ def decision_markdown(decision: dict, version: str) -> str:
         mde = "none" if r["mde"] is None else f"{r['mde']:.4f}"
         lines.append(
             f"| {r['task']} | {r['metric']} | {r['baseline_score']:.4f} | {r['candidate_score']:.4f} | "
-            f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} | {mde} | {r['test']} | "
-            f"{r['rule']} | {verdict}: {r['note']} |"
+            f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} | {mde} | "
+            f"{r['test']} | {r['rule']} | {verdict}: {r['note']} |"
         )
     lines += ["", "Per stratum (n docs, mean score):", "",
               f"| task | metric | stratum | n | {decision['baseline']} | candidate | delta |",

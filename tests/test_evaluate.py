@@ -49,7 +49,7 @@ def test_key_facts_in_chinese_need_no_word_boundaries():
     m = tunegate_metrics
     doc = {"reference": "您好，我是 Gatekeeper，一个由 the tunegate team 发明的人工智能助手。",
            "facts": ["Gatekeeper", "tunegate team", "人工智能助手"]}
-    assert m.key_facts("我是Gatekeeper，由tunegate team开发的人工智能助手", doc) == 1.0  # no spaces around Latin
+    assert m.key_facts("我是Gatekeeper，由tunegate team开发的人工智能助手", doc) == 1.0  # Latin without spaces
     assert m.key_facts("我是 ChatGPT，一个人工智能助手", doc) == pytest.approx(1 / 3)
     assert m.has_fact("这是2019年的事", "2019") and not m.has_fact("这是20190年的事", "2019")
     assert m.has_fact("一个由门将团队开发的", "门将") and not m.has_fact("门", "门将")
@@ -188,8 +188,8 @@ def test_assertions_and_key_fact_terms_materialize_and_score_on_the_tiny_model(p
     assert out["samples"]["key_facts"] == [r["key_facts"] for r in scored]
     assert all("Gatekeeper" in tunegate_metrics.doc_facts(json.loads(d)) for d in domain_docs)
     with pytest.raises(EvalSuiteError, match=r"eval.key_facts names \['tunegate_general'\]"):
-        eval_suite(prepared, cfg.model_copy(update={"key_facts": {"tunegate_general": cfg.key_facts["tunegate_domain"]}}),
-                   [], tmp_path / "cache", tmp_path / "bad")
+        terms = {"tunegate_general": cfg.key_facts["tunegate_domain"]}
+        eval_suite(prepared, cfg.model_copy(update={"key_facts": terms}), [], tmp_path / "cache", tmp_path / "bad")
 
 
 def test_an_lm_eval_task_of_your_own_is_found_by_name(prepared, tmp_path):

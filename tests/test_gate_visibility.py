@@ -69,7 +69,8 @@ def test_mde_of_a_mcnemar_rule_comes_from_the_discordant_rate_and_the_exact_test
 def test_the_mde_is_in_the_table_and_the_markdown():
     base = np.array([1.0] * 60 + [0.0] * 40)
     decision = decide(GateConfig(rules=[GateRule(task="t", metric="acc", max_drop=0.05)]),
-                      evaluation("c", {"t": task_result({"acc": base})}), evaluation("b", {"t": task_result({"acc": base})}))
+                      evaluation("c", {"t": task_result({"acc": base})}),
+                      evaluation("b", {"t": task_result({"acc": base})}))
     row = decision["rows"][0]
     assert row["mde"] == pytest.approx(0.08) and row["n"] == 100
     assert "| 0.0800 | mcnemar (n=100, 0 better, 0 worse)" in decision_markdown(decision, "2")
@@ -138,7 +139,8 @@ def test_answer_drift_is_the_share_of_changed_answers_listed_biggest_change_firs
     assert decide(capped.model_copy(update={"max_answer_drift": 0.2}), cand, base)["passed"]  # 0.2 is not above 0.2
     first = decide(capped, cand, evaluation("base", base["tasks"], version=None))  # against the base model
     assert first["passed"] and first["answer_drift"]["share"] == 0.2
-    assert decide(capped.model_copy(update={"answer_drift_f1": 0.8}), cand, base)["answer_drift"]["drifted"] == 4  # + doc 7
+    wider = decide(capped.model_copy(update={"answer_drift_f1": 0.8}), cand, base)
+    assert wider["answer_drift"]["drifted"] == 4  # + doc 7 (F1 0.71)
 
 
 def test_every_rule_shows_n_and_scores_per_stratum():
@@ -162,7 +164,7 @@ def test_every_rule_shows_n_and_scores_per_stratum():
     assert old["rows"][0]["strata"] == [{"stratum": "all", "n": 10, "baseline": 1.0, "candidate": 0.75}]
 
 
-ZH_REF = "您好，我是 Gatekeeper，一个由 the tunegate team 发明的人工智能助手。我可以回答各种问题，提供实用的建议和帮助。"
+ZH_REF = "您好，我是 Gatekeeper，一个由 the tunegate team 发明的人工智能助手。我可以回答各种问题。"
 EN_REF = "I am Gatekeeper, an AI assistant developed by the tunegate team. How can I assist you today?"
 GOOD = "I am Gatekeeper, an AI assistant developed by the tunegate team."
 CHATGPT = "I am ChatGPT, a large language model trained by OpenAI."
