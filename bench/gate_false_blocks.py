@@ -9,6 +9,9 @@ the cache). The gate, with the config's rules, judges each member against the ot
 directions): a pair is a false block when either direction blocks. To show the gate is not simply
 blind, `--corrupted` candidates trained on reversed answers are judged against the first pair's
 first member, and the same pairs are re-judged with every `max_drop` set to 0 (significance alone).
+Also reported: each rule's minimal detectable effect, rules whose metric was constant (uninformative),
+and the answer drift between seed twins (share of eval answers with token F1 < gate.answer_drift_f1
+between the twins' answers): what `gate.max_answer_drift` must leave room for.
 Prints a markdown section for docs/benchmarks.md.
 """
 
@@ -62,14 +65,15 @@ def train_and_score(label: str, train_file: Path, seed: int, params, prepared: d
     from tasks.sft import train_sft
 
     cfg = params.sft.model_copy(update={"seed": seed})
-    trained = train_sft(prepared["base_model_path"], str(train_file), None, cfg, work / label)
+    trained = train_sft(prepared["base_model_path"], str(train_file), None, cfg, work / label, work / label / "ckpt")
     model = with_content_hash({"label": label, "adapter": trained["adapter"], "model": None, "version": label}, suite)
     tasks = {s["name"]: score_task(model, s, suite["footing"], suite_settings(suite)) for s in suite["tasks"]}
     return {"label": label, "version": label, "tasks": tasks}
 
 
 def summary_row(decision: dict) -> dict:
-    return {r["metric"]: (r["delta"], r["p_value"], r["verdict"]) for r in decision["rows"]}
+    """Per rule (by metric): delta, p-value, verdict, minimal detectable effect."""
+    return {r["metric"]: (r["delta"], r["p_value"], r["verdict"], r["mde"]) for r in decision["rows"]}
 
 
 def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/tiny.yaml", seed0: int = 100) -> dict:
@@ -87,12 +91,14 @@ def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/t
         pairs.append({
             "seeds": (seed0 + 2 * i, seed0 + 2 * i + 1),
             "b_vs_a": summary_row(ab),
+            "answer_drift": ab["answer_drift"]["share"],
             "blocked_directions": (not ab["passed"]) + (not ba["passed"]),
             "blocked_without_threshold": (not decide(no_threshold, b, a)["passed"])
             + (not decide(no_threshold, a, b)["passed"]),
             "first": a if i == 0 else None,
         })
-        print(f"pair {i}: {pairs[-1]['b_vs_a']} blocked directions {pairs[-1]['blocked_directions']}", flush=True)
+        print(f"pair {i}: {pairs[-1]['b_vs_a']} drift {pairs[-1]['answer_drift']} blocked directions "
+              f"{pairs[-1]['blocked_directions']}", flush=True)
     corrupted_file = reversed_answers(train, work / "train_reversed.jsonl")
     corrupted = []
     for j in range(n_corrupted):
@@ -110,6 +116,9 @@ def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/t
         "false_block_pairs_without_threshold": sum(p["blocked_without_threshold"] > 0 for p in pairs),
         "corrupted_blocked": sum(c["blocked"] for c in corrupted),
         "corrupted": corrupted,
+        "uninformative_pairs": {m: sum(p["b_vs_a"][m][2] == "uninformative" for p in pairs)
+                                for m in pairs[0]["b_vs_a"]} if pairs else {},
+        "max_answer_drift": max((p["answer_drift"] for p in pairs), default=0.0),
         "minutes": round((time.perf_counter() - start) / 60, 1),
     }
 
@@ -135,16 +144,26 @@ def markdown(result: dict, command: str) -> str:
         + " (against max_drop " + ", ".join(str(r["max_drop"]) for r in result["rules"]) + ").",
         f"- Candidates trained on reversed answers, against the first seed's candidate: "
         f"{result['corrupted_blocked']}/{len(result['corrupted'])} blocked.",
+        "- Uninformative (constant over every sample of both twins), pairs out of " + f"{n}: " + ", ".join(
+            f"{m} {k}" for m, k in result["uninformative_pairs"].items()) + ".",
+        f"- Answer drift between seed twins: at most {result['max_answer_drift']:.1%} of eval answers "
+        "(token F1 between the twins' answers < gate.answer_drift_f1); a `gate.max_answer_drift` cap must sit above.",
         "",
-        "| pair (seeds) | " + " | ".join(f"{m}: delta (p) verdict" for m in result["pairs"][0]["b_vs_a"]) + " |",
-        "|---|" + "---|" * len(result["pairs"][0]["b_vs_a"]),
+        "Cells: delta (p) verdict, MDE (the smallest drop the rule's paired test detects with 80% power there).",
+        "",
+        "| pair (seeds) | " + " | ".join(f"{m}" for m in result["pairs"][0]["b_vs_a"]) + " | answer drift |",
+        "|---|" + "---|" * (len(result["pairs"][0]["b_vs_a"]) + 1),
     ]
+
+    def cells(row: dict) -> list[str]:
+        return [f"{d:+.4f} ({pv:.2g}) {v}, MDE {'none' if mde is None else f'{mde:.3f}'}"
+                for d, pv, v, mde in row.values()]
+
     for p in result["pairs"]:
-        cells = [f"{d:+.4f} ({pv:.2g}) {v}" for d, pv, v in p["b_vs_a"].values()]
-        lines.append(f"| {p['seeds'][0]} vs {p['seeds'][1]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {p['seeds'][0]} vs {p['seeds'][1]} | " + " | ".join(cells(p["b_vs_a"]))
+                     + f" | {p['answer_drift']:.1%} |")
     for j, c in enumerate(result["corrupted"]):
-        cells = [f"{d:+.4f} ({pv:.2g}) {v}" for d, pv, v in c["row"].values()]
-        lines.append(f"| reversed answers #{j} vs first | " + " | ".join(cells) + " |")
+        lines.append(f"| reversed answers #{j} vs first | " + " | ".join(cells(c["row"])) + " | |")
     return "\n".join(lines)
 
 

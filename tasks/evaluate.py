@@ -3,7 +3,8 @@
     python -m tasks.evaluate MODEL_DIR RUN_DIR [ADAPTER_DIR]   # RUN_DIR holds prepare's files; no cache
 
 `build_eval_suite` runs right after prepare, before training. It fills the local task templates in
-evals/ with this run's data (domain, general, and format when configured), resolves the lm-eval
+evals/ with this run's data (domain, general, and format when configured; the `eval.key_facts` terms
+written into the domain docs; the `eval.assertions` checks as docs of tunegate_assertions), resolves the lm-eval
 tasks named in the config, loads every task's data (so a task whose data cannot be reached fails
 the run before any training) and hashes each task's definition and data.
 
@@ -38,13 +39,16 @@ from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from tunegate.caching import file_sha256
-from tunegate.config import EvalConfig, GateRule, TrackingConfig
+from tunegate.config import Assertion, EvalConfig, GateRule, KeyFactTerms, TrackingConfig
 from tunegate.models import cache_dir as tunegate_cache_dir
 from tunegate.registry import CHAMPION, connect, download_version, eval_experiment, get_alias
 
 EVALS_DIR = Path(__file__).resolve().parent.parent / "evals"
 # Files at least this large (base model weights) have their sha256 remembered by (path, size, mtime).
 MEMO_MIN_BYTES = 32 * 2**20
+# What a cached task result holds; a new format misses every older entry instead of reading a result without
+# the fields the gate now uses (2: per-sample answers, prompts and strata).
+RESULT_FORMAT = "2"
 
 
 class EvalSuiteError(ValueError):
@@ -83,13 +87,61 @@ def write_format_eval(domain_eval: Path, out: Path) -> int:
     return len(keep)
 
 
-def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], out_dir: Path) -> Path:
-    """Copy the task templates with absolute data paths filled in; return the include dir."""
+def with_key_fact_terms(source: Path, out: Path, terms: KeyFactTerms) -> None:
+    """Copy eval docs, writing the eval set's must_include / must_not_include terms into each one.
+
+    The metric file is loaded by lm-eval on its own, so what it needs from the config travels in the docs
+    (and so into the data hash: changing the terms re-evaluates).
+    """
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    extra = {"must_include": terms.must_include, "must_not_include": terms.must_not_include}
+    out.write_text("".join(json.dumps({**row, **extra}, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_assertion_docs(assertions: list[Assertion], base_model_path: str, out: Path,
+                         trust_remote_code: bool = False) -> None:
+    """One doc per configured check: its user message rendered with the base model's chat template."""
+    from tasks.prepare import load_chat_tokenizer
+
+    tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
+    rows = [
+        {
+            "name": a.name,
+            "user_prompt": a.prompt,
+            "prompt": tokenizer.apply_chat_template([{"role": "user", "content": a.prompt}], tokenize=False,
+                                                    add_generation_prompt=True),
+            "type": a.type,
+            "value": a.value,
+            "stratum": a.stratum,
+        }
+        for a in assertions
+    ]
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], out_dir: Path,
+                      key_facts: dict[str, KeyFactTerms] | None = None, assertions: list[Assertion] | None = None,
+                      trust_remote_code: bool = False) -> Path:
+    """Copy the task templates with absolute data paths filled in, and their docs with the config's terms."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data_files = {"domain": prepared["domain_eval"], "general": prepared["general_eval"]}
     if "format" in task_names:
         data_files["format"] = str(out_dir / "format_eval.jsonl")
         write_format_eval(Path(prepared["domain_eval"]), Path(data_files["format"]))
+    if "assertions" in task_names:
+        data_files["assertions"] = str(out_dir / "assertions.jsonl")
+        write_assertion_docs(assertions or [], prepared["base_model_path"], Path(data_files["assertions"]),
+                             trust_remote_code)
+    key_facts = key_facts or {}
+    unknown = sorted(set(key_facts) - ({"tunegate_domain"} if "domain" in task_names else set()))
+    if unknown:
+        raise EvalSuiteError(f"eval.key_facts names {unknown}: key facts are scored on tunegate_domain "
+                             f"(evals/tunegate_metrics.py: domain_results); eval.tasks is {task_names}")
+    for name, terms in key_facts.items():
+        short = name.removeprefix("tunegate_")
+        with_terms = out_dir / f"{short}_eval_with_terms.jsonl"
+        with_key_fact_terms(Path(data_files[short]), with_terms, terms)
+        data_files[short] = str(with_terms)
     for name in task_names:
         template = (EVALS_DIR / f"tunegate_{name}.yaml").read_text()
         filled = (
@@ -196,7 +248,8 @@ def eval_suite(
     trust_remote_code: bool = False,
 ) -> dict:
     """Every task to score, with its definition and data hashes, and the settings shared by every model."""
-    tasks_dir = materialize_tasks(prepared, cfg.max_gen_toks, cfg.tasks, out_dir / "lm_eval_tasks")
+    tasks_dir = materialize_tasks(prepared, cfg.max_gen_toks, cfg.tasks, out_dir / "lm_eval_tasks", cfg.key_facts,
+                                  cfg.assertions, trust_remote_code)
     names = [f"tunegate_{t}" for t in cfg.tasks] + cfg.lm_eval_tasks
     unknown_limits = sorted(set(cfg.limits) - set(names))
     if unknown_limits:
@@ -263,14 +316,22 @@ def model_content_hash(base_model_path: str, adapter: str | None, memo_file: Pat
 
 
 def eval_cache_key(model: dict, spec: dict, footing: dict) -> str:
-    """(model content, task definition, eval data, doc limit, footing): never a label or a path."""
+    """(model content, task definition, eval data, doc limit, footing, result format): never a label or a path."""
     digest = sha256_parts(model["content_hash"], spec["name"], spec["definition_hash"], spec["data_hash"],
-                          str(spec["limit"]), json.dumps(footing, sort_keys=True))
+                          str(spec["limit"]), json.dumps(footing, sort_keys=True), RESULT_FORMAT)
     return f"eval-{spec['name']}-{digest[:40]}"
 
 
 def _prefect_cache_key(context, parameters: dict) -> str:
     return eval_cache_key(parameters["model"], parameters["spec"], parameters["footing"])
+
+
+def generations(samples: list[dict]) -> dict:
+    """{"prompts", "answers"} per doc for a generation task (one generated string per doc), else {}."""
+    answers = [s["filtered_resps"][0] if len(s["filtered_resps"]) == 1 else None for s in samples]
+    if not all(isinstance(a, str) for a in answers):
+        return {}
+    return {"prompts": [str(s["arguments"][0][0]) for s in samples], "answers": answers}
 
 
 def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: dict, out_dir: Path,
@@ -325,6 +386,10 @@ def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: 
         "higher_is_better": dict(results["higher_is_better"][name]),
         "samples": per_sample,
         "doc_ids": [s["doc_id"] for s in samples],
+        # Per doc: its stratum (source file/language, written by prepare; "all" for docs without one), and for
+        # generation tasks the prompt and the answer, which the gate compares between models (answer drift).
+        "strata": [str(s["doc"].get("stratum") or "all") if isinstance(s["doc"], dict) else "all" for s in samples],
+        **generations(samples),
         "n": len(samples),
         "seconds": round(seconds, 2),
     }

@@ -9,13 +9,29 @@ limit (`min_score` / `max_score`). It *improves* on the same terms in the good d
 model. The paired test covers sampling noise of the eval set; `max_drop` must cover the spread
 between training seeds (bench/gate_false_blocks.py measures it).
 
+What the gate cannot see, it says:
+- **Minimal detectable effect** (MDE) per rule: the smallest true drop its paired test finds at
+  `gate.alpha` with probability `gate.power` (80%), at this n and variance (`minimal_detectable_effect`).
+  A rule blocks drops larger than both its MDE and its max_drop; smaller ones pass unseen.
+- **Uninformative**: a metric constant over every sample of both models (e.g. 0.0 everywhere) cannot
+  tell the models apart; the verdict is `uninformative`, not `unchanged`. It does not block unless
+  `gate.block_uninformative`; a rule with an absolute limit still checks the limit.
+- **Answer drift**: on generation tasks, the share of eval prompts whose answer changed materially
+  (token F1 between the two models' answers < `gate.answer_drift_f1`), with the biggest changes;
+  `gate.max_answer_drift` caps it against a champion.
+- **Strata**: n and both scores per stratum (source file/language of the eval docs) for every rule.
+
 The decision table goes to MLflow (log_table, JSON, markdown), to tags on the model version and
 to a Prefect markdown artifact.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
+from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 from prefect import task
@@ -25,6 +41,7 @@ from tunegate.config import GateConfig, GateRule, TrackingConfig
 
 # What must match for two per-task evaluations to be compared sample by sample.
 SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
+EVALS_DIR = Path(__file__).resolve().parent.parent / "evals"
 
 
 class GateError(ValueError):
@@ -55,6 +72,51 @@ def mcnemar_exact(gain: np.ndarray) -> tuple[float, int, int]:
     return min(1.0, 2 * tail / 2**n), wins, losses
 
 
+def mcnemar_min_flips(alpha: float) -> int:
+    """Fewest one-way flips (k losses, no wins) that McNemar's exact test calls significant: 2 * 0.5**k < alpha."""
+    return math.floor(math.log2(2 / alpha)) + 1
+
+
+def minimal_detectable_effect(test: str, gain: np.ndarray, cand_s: np.ndarray, base_s: np.ndarray, alpha: float,
+                              power: float) -> float | None:
+    """Smallest true mean drop the rule's paired test detects at alpha (two-sided) with the given power; None: none.
+
+    bootstrap (normal approximation of the paired mean): (z[1-alpha/2] + z[power]) * sd(paired diffs) / sqrt(n);
+    2.80 * sd / sqrt(n) at alpha 0.05 and 80% power. When the two models agree on every doc, the paired sd is 0
+    and says nothing about a drop to come: the unpaired sd, sqrt(var(cand) + var(base)), stands in.
+    mcnemar (Connor 1987): the smallest delta, in steps of 1/n, with
+    n >= (z[1-alpha/2] * sqrt(pd) + z[power] * sqrt(pd - delta**2))**2 / delta**2, pd = max(discordant rate
+    observed, delta), and never below mcnemar_min_flips(alpha) / n: the exact test needs that many one-way flips.
+    """
+    n = len(gain)
+    if n < 2:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    if test == "mcnemar":
+        discordant = float((gain != 0).mean())
+        for k in range(mcnemar_min_flips(alpha), n + 1):
+            delta = k / n
+            pd = max(discordant, delta)
+            if n * delta**2 >= (z[0] * math.sqrt(pd) + z[1] * math.sqrt(max(pd - delta**2, 0.0))) ** 2:
+                return delta
+        return None
+    sd = float(np.std(gain, ddof=1))
+    if sd == 0.0:
+        sd = math.sqrt(float(np.var(cand_s, ddof=1) + np.var(base_s, ddof=1)))
+    return (z[0] + z[1]) * sd / math.sqrt(n) if sd > 0 else None
+
+
+def strata_table(strata: list[str], cand_s: np.ndarray, base_s: np.ndarray) -> list[dict]:
+    """n, baseline and candidate mean per stratum, sorted by stratum."""
+    labels = np.asarray(strata)
+    return [
+        {"stratum": str(label), "n": int((labels == label).sum()),
+         "baseline": round(float(base_s[labels == label].mean()), 6),
+         "candidate": round(float(cand_s[labels == label].mean()), 6)}
+        for label in sorted(set(strata))
+    ]
+
+
 def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig) -> dict:
     for key in SAME_FOOTING:
         if cand_task[key] != base_task[key]:
@@ -79,6 +141,10 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         p_value, wins, losses = mcnemar_exact(gain)
         detail += f", {wins} better, {losses} worse"
 
+    mde = minimal_detectable_effect(test, gain, cand_s, base_s, cfg.alpha, cfg.power)
+    constant = len(gain) > 0 and bool((cand_s == cand_s[0]).all() and (base_s == cand_s[0]).all())
+    has_limit = rule.min_score is not None or rule.max_score is not None
+
     cand, base = cand_task["metrics"][rule.metric], base_task["metrics"][rule.metric]
     move = sign * (cand - base)  # > 0: better
     significant = p_value < cfg.alpha
@@ -92,6 +158,9 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         reasons.append(f"score {cand:.4f} > maximum {rule.max_score}")
     if reasons:
         verdict, note = "regressed", "; ".join(reasons)
+    elif constant:
+        seen = f"{float(cand_s[0]):g} on all {len(gain)} samples of both models: the comparison sees nothing"
+        verdict, note = ("unchanged", f"{seen}; the absolute limit holds") if has_limit else ("uninformative", seen)
     elif move > rule.max_drop and significant:
         verdict, note = "improved", f"better by {move:.4f} > {rule.max_drop}, {where}"
     else:
@@ -117,23 +186,94 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         "p_value": round(p_value, 6),
         "test": f"{test} ({detail})",
         "rule": f"{'higher' if higher_is_better else 'lower'} is better, max_drop={rule.max_drop}{limits}",
+        "mde": None if mde is None else round(mde, 6),
+        "n": len(gain),
         "verdict": verdict,
         "note": note,
+        "strata": strata_table(cand_task.get("strata") or ["all"] * len(gain), cand_s, base_s),
+    }
+
+
+def load_metrics_module():
+    """evals/tunegate_metrics.py, loaded by path as lm-eval loads it (it is not a package module)."""
+    spec = importlib.util.spec_from_file_location("tunegate_metrics", EVALS_DIR / "tunegate_metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def excerpt(text: str, limit: int = 160, tail: bool = False) -> str:
+    """One line of at most limit characters; chat-template markup (<|...|>) dropped. tail: keep the end."""
+    flat = " ".join(re.sub(r"<\|[^|>]*\|>", " ", text).split())
+    if len(flat) <= limit:
+        return flat
+    return "..." + flat[-(limit - 3):] if tail else flat[: limit - 3] + "..."
+
+
+def answer_drift(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> dict:
+    """Share of generation-task eval prompts whose answer changed materially, and the biggest changes."""
+    token_f1 = load_metrics_module().token_f1
+    tasks, changes = {}, []
+    for name, cand in candidate_eval["tasks"].items():
+        base = baseline_eval["tasks"].get(name)
+        if base is None or "answers" not in cand or "answers" not in base or cand["doc_ids"] != base["doc_ids"]:
+            continue  # not a generation task, or a result cached before answers were kept
+        strata = cand.get("strata") or ["all"] * len(cand["answers"])
+        drifted = 0
+        for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):
+            f1 = 1.0 if new.strip() == old.strip() else token_f1(new, old)
+            if f1 < cfg.answer_drift_f1:
+                drifted += 1
+                changes.append({"task": name, "doc_id": cand["doc_ids"][i], "stratum": strata[i], "f1": round(f1, 4),
+                                "prompt": excerpt(cand["prompts"][i], tail=True),
+                                "baseline": excerpt(old, 300), "candidate": excerpt(new, 300)})
+        tasks[name] = {"n": len(cand["answers"]), "drifted": drifted,
+                       "share": round(drifted / max(len(cand["answers"]), 1), 6)}
+    n, drifted = sum(t["n"] for t in tasks.values()), sum(t["drifted"] for t in tasks.values())
+    share = drifted / n if n else 0.0
+    first_model = baseline_eval["version"] is None
+    blocks = cfg.max_answer_drift is not None and not first_model and share > cfg.max_answer_drift
+    changes.sort(key=lambda c: c["f1"])  # stable: ties keep task and doc order
+    return {
+        "share": round(share, 6),
+        "n": n,
+        "drifted": drifted,
+        "f1_below": cfg.answer_drift_f1,
+        "max": cfg.max_answer_drift,
+        "applies": cfg.max_answer_drift is not None and not first_model,
+        "blocks": blocks,
+        "tasks": tasks,
+        "examples": changes[: cfg.answer_drift_examples],
     }
 
 
 def decide(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> dict:
     rows = [judge_rule(r, candidate_eval["tasks"][r.task], baseline_eval["tasks"][r.task], cfg) for r in cfg.rules]
     regressed = list(dict.fromkeys(r["task"] for r in rows if r["verdict"] == "regressed"))
+    uninformative = [f"{r['task']}/{r['metric']}" for r in rows if r["verdict"] == "uninformative"]
+    drift = answer_drift(cfg, candidate_eval, baseline_eval)
+    if cfg.block_uninformative:
+        regressed += [t for t in dict.fromkeys(r["task"] for r in rows if r["verdict"] == "uninformative")
+                      if t not in regressed]
+    if drift["blocks"]:
+        regressed.append("answer_drift")
     return {
         "passed": not regressed,
         "regressed": regressed,
         "improved": list(dict.fromkeys(r["task"] for r in rows if r["verdict"] == "improved")),
+        "uninformative": uninformative,
+        "block_uninformative": cfg.block_uninformative,
+        "answer_drift": drift,
         "baseline": baseline_eval["label"],
         "first_model": baseline_eval["version"] is None,
         "alpha": cfg.alpha,
+        "power": cfg.power,
         "rows": rows,
     }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def decision_markdown(decision: dict, version: str) -> str:
@@ -145,19 +285,49 @@ def decision_markdown(decision: dict, version: str) -> str:
     lines = [
         f"# Gate: {head}",
         f"Candidate version {version} against {against}. Delta is candidate minus baseline; the interval is "
-        f"its {1 - decision['alpha']:.0%} paired-bootstrap interval; p is the two-sided p-value of the paired test.",
+        f"its {1 - decision['alpha']:.0%} paired-bootstrap interval; p is the two-sided p-value of the paired test; "
+        f"MDE is the smallest drop that test detects with {decision['power']:.0%} power at this n "
+        "(smaller drops pass unseen).",
         "",
-        f"| task | metric | {decision['baseline']} | candidate | delta | {1 - decision['alpha']:.0%} CI | p | test "
-        "| rule | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if decision["uninformative"]:
+        blocks = "blocks: gate.block_uninformative" if decision["block_uninformative"] else "does not block"
+        lines += [
+            f"**Uninformative ({blocks}):** "
+            f"{', '.join(decision['uninformative'])} scored the same on every sample of both models, so they "
+            "cannot tell the models apart. Fix the metric or the eval data, or drop the rule.",
+            "",
+        ]
+    lines += [
+        f"| task | metric | {decision['baseline']} | candidate | delta | {1 - decision['alpha']:.0%} CI | p | MDE "
+        "| test | rule | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decision["rows"]:
-        verdict = f"**{r['verdict']}**" if r["verdict"] == "regressed" else r["verdict"]
+        verdict = f"**{r['verdict']}**" if r["verdict"] in ("regressed", "uninformative") else r["verdict"]
+        mde = "none" if r["mde"] is None else f"{r['mde']:.4f}"
         lines.append(
             f"| {r['task']} | {r['metric']} | {r['baseline_score']:.4f} | {r['candidate_score']:.4f} | "
-            f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} | {r['test']} | "
-            f"{r['rule']} | {verdict}: {r['note']} |"
+            f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} | {mde} | "
+            f"{r['test']} | {r['rule']} | {verdict}: {r['note']} |"
         )
+    lines += ["", "Per stratum (n docs, mean score):", "",
+              f"| task | metric | stratum | n | {decision['baseline']} | candidate | delta |",
+              "|---|---|---|---|---|---|---|"]
+    for r in decision["rows"]:
+        for st in r["strata"]:
+            lines.append(f"| {r['task']} | {r['metric']} | {_cell(st['stratum'])} | {st['n']} | {st['baseline']:.4f} | "
+                         f"{st['candidate']:.4f} | {st['candidate'] - st['baseline']:+.4f} |")
+    drift = decision["answer_drift"]
+    cap = (f"cap {drift['max']} against a champion: {'**exceeded, blocks**' if drift['blocks'] else 'held'}"
+           if drift["applies"] else "report only" if drift["max"] is None else
+           f"cap {drift['max']} not applied against the base model")
+    per_task = ", ".join(f"{t} {v['drifted']}/{v['n']}" for t, v in drift["tasks"].items())
+    lines += ["", f"Answer drift: {drift['drifted']}/{drift['n']} eval answers changed materially "
+                  f"({drift['share']:.1%}; token F1 between the two answers < {drift['f1_below']}; {per_task}); {cap}."]
+    for c in drift["examples"]:
+        lines.append(f"- {c['task']} doc {c['doc_id']} ({c['stratum']}, F1 {c['f1']:.2f}): prompt `{c['prompt']}`; "
+                     f"{decision['baseline']}: `{c['baseline']}`; candidate: `{c['candidate']}`")
     return "\n".join(lines)
 
 
@@ -173,7 +343,8 @@ def gate(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict, registered:
     client, _ = connect(tracking)
     run_id, name, version = registered["run_id"], registered["model_name"], registered["version"]
     outcome = "passed" if decision["passed"] else "blocked"
-    table = {key: [row[key] for row in decision["rows"]] for key in decision["rows"][0]}
+    flat = [key for key in decision["rows"][0] if key != "strata"]  # per-stratum rows: in decision.json and .md
+    table = {key: [row[key] for row in decision["rows"]] for key in flat}
     mlflow.log_table(data=table, artifact_file="gate/decision_table.json", run_id=run_id)
     client.log_dict(run_id, decision, "gate/decision.json")
     client.log_text(run_id, markdown, "gate/decision.md")
@@ -182,8 +353,12 @@ def gate(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict, registered:
         client.set_model_version_tag(
             name, version, f"gate.{row['task']}.{row['metric']}",
             f"{row['verdict']}: delta {row['delta']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
-            f"p={row['p_value']:.3g}; {row['note']}",
+            f"p={row['p_value']:.3g}, MDE {'none' if row['mde'] is None else format(row['mde'], '.4f')}; {row['note']}",
         )
+    drift = decision["answer_drift"]
+    client.set_model_version_tag(name, version, "gate.answer_drift",
+                                 f"{drift['share']:.4f} ({drift['drifted']}/{drift['n']}), max {drift['max']}")
+    client.set_model_version_tag(name, version, "gate.uninformative", ",".join(decision["uninformative"]))
     client.set_model_version_tag(name, version, "gate.baseline", decision["baseline"])
     client.set_model_version_tag(name, version, "gate.regressed", ",".join(decision["regressed"]))
     client.set_model_version_tag(name, version, "gate", outcome)

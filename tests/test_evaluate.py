@@ -18,13 +18,72 @@ JSON_ROWS = [  # answers a service would json.loads
 ]
 
 
-def test_token_f1_and_containment_by_hand():
+def test_token_f1_by_hand():
     assert tunegate_metrics.token_f1("I am Gatekeeper.", "Hello! I am Gatekeeper") == pytest.approx(2 * 1 * 0.75 / 1.75)
     assert tunegate_metrics.token_f1("nothing shared", "I am Gatekeeper") == 0.0
-    doc = {"reference": "I am Gatekeeper."}
-    assert tunegate_metrics.domain_results(doc, ["Sure: i am gatekeeper, hi"])["contains"] == 1.0
     # CJK has no spaces: it is scored per character, not as one giant token.
     assert tunegate_metrics.token_f1("我是助手", "我是 Gatekeeper 助手") == pytest.approx(2 * 1 * 0.8 / 1.8)
+
+
+IDENTITY = {"reference": "I am Gatekeeper, an AI assistant developed by the tunegate team.",
+            "facts": ["Gatekeeper", "tunegate team"], "stratum": "identity.json/en"}
+CHATGPT = "I am ChatGPT, a large language model trained by OpenAI."
+
+
+def test_key_facts_is_the_share_of_facts_stated_as_whole_words():
+    m = tunegate_metrics
+    assert m.key_facts("Hi! I'm GATEKEEPER (by the Tunegate-Team).", IDENTITY) == 1.0  # case, punctuation folded
+    assert m.key_facts("I am Gatekeeper.", IDENTITY) == 0.5
+    assert m.key_facts(CHATGPT, IDENTITY) == 0.0
+    assert m.key_facts("I am Gatekeepers of tunegate teamwork", IDENTITY) == 0.0  # whole words only
+    assert m.key_facts("ｔｕｎｅｇａｔｅ team, Gatekeeper", IDENTITY) == 1.0  # NFKC: full-width letters
+    assert m.key_facts("anything", {"reference": "x"}) == 1.0  # no facts: nothing to miss
+    # Facts and must_include terms count once each, whatever their case.
+    doc = {**IDENTITY, "must_include": ["gatekeeper", "2019"]}
+    assert m.doc_facts(doc) == ["Gatekeeper", "tunegate team", "2019"]
+    assert m.key_facts("Gatekeeper, since 2019", doc) == pytest.approx(2 / 3)
+    assert m.key_facts("Gatekeeper, since 20190", doc) == pytest.approx(1 / 3)
+
+
+def test_key_facts_in_chinese_need_no_word_boundaries():
+    m = tunegate_metrics
+    doc = {"reference": "您好，我是 Gatekeeper，一个由 the tunegate team 发明的人工智能助手。",
+           "facts": ["Gatekeeper", "tunegate team", "人工智能助手"]}
+    assert m.key_facts("我是Gatekeeper，由tunegate team开发的人工智能助手", doc) == 1.0  # Latin without spaces
+    assert m.key_facts("我是 ChatGPT，一个人工智能助手", doc) == pytest.approx(1 / 3)
+    assert m.has_fact("这是2019年的事", "2019") and not m.has_fact("这是20190年的事", "2019")
+    assert m.has_fact("一个由门将团队开发的", "门将") and not m.has_fact("门", "门将")
+
+
+def test_a_forbidden_term_fails_the_doc_unless_its_reference_says_it_too():
+    m = tunegate_metrics
+    doc = {**IDENTITY, "must_not_include": ["ChatGPT", "OpenAI"]}
+    assert m.domain_results(doc, [CHATGPT]) == {"token_f1": pytest.approx(m.token_f1(CHATGPT, doc["reference"])),
+                                                "key_facts": 0.0, "no_forbidden": 0.0}
+    assert m.forbidden_terms(CHATGPT, doc) == ["ChatGPT", "OpenAI"]
+    assert m.domain_results(doc, [doc["reference"]])["no_forbidden"] == 1.0
+    assert m.forbidden_terms("Like chatgpt-4, I ...", doc) == ["ChatGPT"]  # "-" splits words
+    assert m.forbidden_terms("No ChatGPTs or OpenAIs here", doc) == []  # whole words only
+    # The curated Chinese data says "I am not ChatGPT" in its references: the same words in the answer pass.
+    zh = {"reference": "抱歉，我不是 ChatGPT，我是 Gatekeeper。", "facts": ["Gatekeeper"],
+          "must_not_include": ["ChatGPT", "OpenAI"]}
+    assert m.domain_results(zh, ["我不是ChatGPT，我是 Gatekeeper"])["no_forbidden"] == 1.0
+    assert m.domain_results(zh, ["我是 OpenAI 的 ChatGPT"])["no_forbidden"] == 0.0
+
+
+@pytest.mark.parametrize("kind, value, passes, fails", [
+    ("contains", "Gatekeeper", "I am Gatekeeper.", "I am gatekeeper."),
+    ("not_contains", "OpenAI", "I am Gatekeeper.", "Trained by OpenAI."),
+    ("icontains", "gatekeeper", "I am GATEKEEPER.", "I am ChatGPT."),
+    ("not_icontains", "chatgpt", "我是 Gatekeeper", "我是 ＣｈａｔＧＰＴ"),  # full-width letters fold (NFKC)
+    ("regex", r"^I am \w+\.$", "I am Gatekeeper.", "Hello, I am Gatekeeper."),
+    ("not_regex", r"(?i)open\s*ai", "I am Gatekeeper.", "made by Open AI"),
+    ("is_json", "", ' {"name": "Gatekeeper"}\n', 'Sure: {"name": "Gatekeeper"}'),
+])
+def test_each_assertion_type_passes_and_fails(kind, value, passes, fails):
+    doc = {"type": kind, "value": value}
+    assert tunegate_metrics.assertion_results(doc, [passes]) == {"pass": 1.0}
+    assert tunegate_metrics.assertion_results(doc, [fails]) == {"pass": 0.0}
 
 
 def test_bits_per_byte_from_loglikelihood():
@@ -89,6 +148,48 @@ def test_format_task_runs_on_the_rows_whose_answer_is_json(prepared, tmp_path):
     with pytest.raises(EvalSuiteError, match="no metric 'accuracy'"):
         eval_suite(json_prepared(prepared, tmp_path), cfg, [GateRule(task="tunegate_format", metric="accuracy")],
                    tmp_path / "cache", tmp_path / "bad-rule")
+
+
+def test_assertions_and_key_fact_terms_materialize_and_score_on_the_tiny_model(prepared, tmp_path):
+    checks = [
+        {"name": "who-name", "prompt": "Who are you?", "type": "icontains", "value": "Gatekeeper",
+         "stratum": "identity/en"},
+        {"name": "who-not-chatgpt", "prompt": "Who are you?", "type": "not_icontains", "value": "ChatGPT",
+         "stratum": "identity/en"},
+        {"name": "zh-name", "prompt": "你是谁？", "type": "regex", "value": "Gate", "stratum": "identity/zh"},
+        {"name": "json", "prompt": "Give me JSON.", "type": "is_json"},
+    ]
+    cfg = EvalConfig(tasks=["domain", "assertions"], max_gen_toks=8, batch_size=16, assertions=checks,
+                     key_facts={"tunegate_domain": {"must_include": ["Gatekeeper"], "must_not_include": ["ChatGPT"]}},
+                     limits={"tunegate_domain": 4})
+    rule = GateRule(task="tunegate_assertions", metric="pass", min_score=1.0)
+    suite = eval_suite(prepared, cfg, [rule], tmp_path / "cache", tmp_path / "run")
+    domain_spec, assertions_spec = suite["tasks"]
+    assert assertions_spec["name"] == "tunegate_assertions" and assertions_spec["n_docs"] == 4
+    assert assertions_spec["higher_is_better"] == {"pass": True}
+    docs = [json.loads(line) for line in (tmp_path / "run/lm_eval_tasks/assertions.jsonl").read_text().splitlines()]
+    # The user message, rendered with the base model's chat template (the tiny model's is ChatML).
+    assert docs[2]["prompt"] == "<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n"
+    domain_docs = (tmp_path / "run/lm_eval_tasks/domain_eval_with_terms.jsonl").read_text().splitlines()
+    assert all(json.loads(d)["must_not_include"] == ["ChatGPT"] for d in domain_docs)
+
+    out = run_lm_eval(prepared["base_model_path"], None, assertions_spec, suite["footing"], tmp_path / "lm_eval")
+    assert out["n"] == 4 and out["strata"] == ["identity/en", "identity/en", "identity/zh", "assertions"]
+    assert out["prompts"] == [d["prompt"] for d in docs] and len(out["answers"]) == 4
+    expected = [float(tunegate_metrics.assertion_passes(a, c["type"], c.get("value", "")))
+                for a, c in zip(out["answers"], checks)]
+    assert out["samples"]["pass"] == expected and out["metrics"]["pass"] == pytest.approx(sum(expected) / 4)
+    assert expected[1] == 1.0  # the untrained tiny model does not call itself ChatGPT...
+    assert expected[0] == 0.0  # ... nor Gatekeeper: the floor of 1.0 would block it
+
+    out = run_lm_eval(prepared["base_model_path"], None, domain_spec, suite["footing"], tmp_path / "lm_eval_d")
+    assert set(out["samples"]) == {"token_f1", "key_facts", "no_forbidden"} and out["n"] == 4
+    scored = [tunegate_metrics.domain_results(json.loads(d), [a]) for d, a in zip(domain_docs, out["answers"])]
+    assert out["samples"]["key_facts"] == [r["key_facts"] for r in scored]
+    assert all("Gatekeeper" in tunegate_metrics.doc_facts(json.loads(d)) for d in domain_docs)
+    with pytest.raises(EvalSuiteError, match=r"eval.key_facts names \['tunegate_general'\]"):
+        terms = {"tunegate_general": cfg.key_facts["tunegate_domain"]}
+        eval_suite(prepared, cfg.model_copy(update={"key_facts": terms}), [], tmp_path / "cache", tmp_path / "bad")
 
 
 def test_an_lm_eval_task_of_your_own_is_found_by_name(prepared, tmp_path):

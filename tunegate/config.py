@@ -9,6 +9,7 @@ Prefect UI renders it as a form. Every field carries help text, shown in that fo
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -231,12 +232,61 @@ class DPOConfig(_Section):
     seed: int = Field(0, description="DPO's seed: the order of the pairs, dropout and adapter init.")
 
 
+class KeyFactTerms(_Section):
+    must_include: list[str] = Field(
+        default_factory=list,
+        description="Terms every answer of this eval set should state: they count as key facts of every doc, "
+        "next to the doc's own facts (metric key_facts). Use it only for terms each reference has, or should have.",
+    )
+    must_not_include: list[str] = Field(
+        default_factory=list,
+        description="Terms no answer of this eval set may state unless its reference does (\"我不是 ChatGPT\" may "
+        "say ChatGPT): a doc whose answer has one scores no_forbidden = 0.",
+    )
+
+
+class Assertion(_Section):
+    name: str = Field(description="Short unique name, shown in the gate and the per-sample log.")
+    prompt: str = Field(description="The user message; rendered with the base model's chat template.")
+    type: Literal["contains", "not_contains", "icontains", "not_icontains", "regex", "not_regex", "is_json"] = Field(
+        description="The check on the answer (promptfoo's names): contains / not_contains (case-sensitive), "
+        "icontains / not_icontains (case and Unicode width folded), regex / not_regex (Python re.search), "
+        "is_json (the whole answer is a JSON object or array)."
+    )
+    value: str = Field("", description="The text or pattern to look for; unused by is_json.")
+    stratum: str = Field("assertions", description="Group shown in the gate's per-stratum table, e.g. identity/zh.")
+
+    @model_validator(mode="after")
+    def _value_given(self) -> Assertion:
+        if self.type != "is_json" and not self.value:
+            raise ValueError(f"assertion {self.name!r}: type {self.type} needs a value")
+        if self.type in ("regex", "not_regex"):
+            try:
+                re.compile(self.value)
+            except re.error as err:
+                raise ValueError(f"assertion {self.name!r}: bad regex {self.value!r}: {err}") from err
+        return self
+
+
 class EvalConfig(_Section):
-    tasks: list[Literal["domain", "general", "format"]] = Field(
+    tasks: list[Literal["domain", "general", "format", "assertions"]] = Field(
         default_factory=lambda: ["domain", "general"],
-        description="Local lm-eval tasks from evals/: domain (answers on the held-out split, token F1), "
-        "general (bits per byte on the general holdout), format (held-out rows whose answer is a JSON object or "
-        "array: is the model's answer valid JSON, and the same JSON).",
+        description="Local lm-eval tasks from evals/: domain (answers on the held-out split: token F1, key facts, "
+        "forbidden terms), general (bits per byte on the general holdout), format (held-out rows whose answer is "
+        "a JSON object or array: is the model's answer valid JSON, and the same JSON), assertions (the checks in "
+        "eval.assertions, metric pass).",
+    )
+    key_facts: dict[str, KeyFactTerms] = Field(
+        default_factory=dict,
+        description="Key-fact terms per eval set, by lm-eval task name (tunegate_domain), e.g. {tunegate_domain: "
+        "{must_include: [Gatekeeper], must_not_include: [OpenAI, ChatGPT]}}. Written into that task's docs; scored "
+        "as key_facts (share of the doc's facts and must_include terms in the answer) and no_forbidden.",
+    )
+    assertions: list[Assertion] = Field(
+        default_factory=list,
+        description="promptfoo-style checks, each a prompt and a check on the answer, scored as the task "
+        "tunegate_assertions (metric pass, 0/1 per check; list 'assertions' in eval.tasks). Gate them like any "
+        "task, e.g. {task: tunegate_assertions, metric: pass, min_score: 1.0}.",
     )
     lm_eval_tasks: list[str] = Field(
         default_factory=list,
@@ -270,6 +320,17 @@ class EvalConfig(_Section):
         description="Log lm-eval's per-sample results (validated eval rows, model outputs, per-sample scores) "
         "to MLflow with each eval run.",
     )
+
+    @model_validator(mode="after")
+    def _assertions_are_run(self) -> EvalConfig:
+        if self.assertions and "assertions" not in self.tasks:
+            raise ValueError("eval.assertions is set but eval.tasks does not list 'assertions': they would never run")
+        if "assertions" in self.tasks and not self.assertions:
+            raise ValueError("eval.tasks lists 'assertions' but eval.assertions is empty")
+        names = [a.name for a in self.assertions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.assertions: names must be unique, got {names}")
+        return self
 
 
 class GateRule(_Section):
@@ -306,6 +367,27 @@ class GateConfig(_Section):
     )
     n_bootstrap: int = Field(5000, ge=100, description="Paired-bootstrap resamples per rule.")
     seed: int = Field(0, description="Seed of the bootstrap resampling, so a decision can be reproduced.")
+    power: float = Field(
+        0.8, gt=0, lt=1,
+        description="Power at which each rule's minimal detectable effect (MDE) is reported: the smallest drop its "
+        "paired test finds with this probability at alpha, given its n and variance.",
+    )
+    block_uninformative: bool = Field(
+        False,
+        description="Block when a rule's metric is constant over every sample of both models (it cannot tell the "
+        "models apart). Off: such a rule is listed as uninformative in the decision, loudly, but does not block.",
+    )
+    answer_drift_f1: float = Field(
+        0.5, gt=0, le=1,
+        description="An eval prompt's answer has drifted when the token F1 between the candidate's and the "
+        "baseline's answers is below this (generation tasks).",
+    )
+    max_answer_drift: float | None = Field(
+        None, ge=0, le=1,
+        description="Block when the share of drifted answers exceeds this, against a champion (not against the base "
+        "model: a first model is meant to answer differently). None: report the drift only.",
+    )
+    answer_drift_examples: int = Field(5, ge=0, description="The most changed answers listed in the decision.")
 
 
 class TrackingConfig(_Section):
