@@ -125,6 +125,11 @@ def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], 
     """Copy the task templates with absolute data paths filled in, and their docs with the config's terms."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data_files = {"domain": prepared["domain_eval"], "general": prepared["general_eval"]}
+    if "production" in task_names:
+        if not prepared.get("production_eval"):
+            raise EvalSuiteError("eval.tasks lists 'production' but data.production_eval_file is not set (the "
+                                 "retrain-from-feedback flow sets it once the production regression set has prompts)")
+        data_files["production"] = prepared["production_eval"]
     if "format" in task_names:
         data_files["format"] = str(out_dir / "format_eval.jsonl")
         write_format_eval(Path(prepared["domain_eval"]), Path(data_files["format"]))
@@ -133,9 +138,11 @@ def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], 
         write_assertion_docs(assertions or [], prepared["base_model_path"], Path(data_files["assertions"]),
                              trust_remote_code)
     key_facts = key_facts or {}
-    unknown = sorted(set(key_facts) - ({"tunegate_domain"} if "domain" in task_names else set()))
+    scored = {f"tunegate_{t}" for t in ("domain", "production") if t in task_names}
+    unknown = sorted(set(key_facts) - scored)
     if unknown:
-        raise EvalSuiteError(f"eval.key_facts names {unknown}: key facts are scored on tunegate_domain "
+        raise EvalSuiteError(f"eval.key_facts names {unknown}: key facts are scored on tunegate_domain and "
+                             "tunegate_production "
                              f"(evals/tunegate_metrics.py: domain_results); eval.tasks is {task_names}")
     for name, terms in key_facts.items():
         short = name.removeprefix("tunegate_")

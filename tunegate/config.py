@@ -269,12 +269,12 @@ class Assertion(_Section):
 
 
 class EvalConfig(_Section):
-    tasks: list[Literal["domain", "general", "format", "assertions"]] = Field(
+    tasks: list[Literal["domain", "general", "format", "assertions", "production"]] = Field(
         default_factory=lambda: ["domain", "general"],
         description="Local lm-eval tasks from evals/: domain (answers on the held-out split: token F1, key facts, "
         "forbidden terms), general (bits per byte on the general holdout), format (held-out rows whose answer is "
         "a JSON object or array: is the model's answer valid JSON, and the same JSON), assertions (the checks in "
-        "eval.assertions, metric pass).",
+        "eval.assertions, metric pass), production (prompts seen in feedback; retrain-from-feedback adds it).",
     )
     key_facts: dict[str, KeyFactTerms] = Field(
         default_factory=dict,
