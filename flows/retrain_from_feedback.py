@@ -101,14 +101,17 @@ def with_feedback(params: PipelineParams, window: dict, checks, production: dict
         "production_eval_file": production["file"] if production["rows"] else None,
     })
     update = {"run_name": run_name, "data": data}
+    gate = params.gate
+    if feedback.max_answer_drift is not None:
+        gate = gate.model_copy(update={"max_answer_drift": feedback.max_answer_drift})
     if production["rows"]:
         key_facts = dict(params.eval.key_facts)
         if "tunegate_domain" in key_facts:  # the same forbidden terms hold for what users asked
             key_facts.setdefault("tunegate_production", key_facts["tunegate_domain"])
         update["eval"] = params.eval.model_copy(update={"tasks": [*params.eval.tasks, "production"],
                                                         "key_facts": key_facts})
-        update["gate"] = params.gate.model_copy(update={"rules": [*params.gate.rules, *feedback.production_rules]})
-    return params.model_copy(update=update)
+        gate = gate.model_copy(update={"rules": [*gate.rules, *feedback.production_rules]})
+    return params.model_copy(update={**update, "gate": gate})
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -37,7 +37,7 @@ def tiny_params(tmp_path, tracking):
 
 
 def versions(client, name="test-model"):
-    return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -464,6 +464,11 @@ class FeedbackConfig(_Section):
         ],
         description="Gate rules on the production regression set, added to gate.rules when the set has prompts.",
     )
+    max_answer_drift: float | None = Field(
+        None, ge=0, le=1,
+        description="For feedback retrains: block when more than this share of eval answers differs materially from "
+        "the champion's (sets gate.max_answer_drift for the run). None: report the drift only.",
+    )
     review_note: str | None = Field(
         None, description="'<reviewer>: <reason>' for approved_window or rejected_window; recorded in the watermark "
         "and, on approval, on the MLflow run (data.checks.conflicts_approved).",
