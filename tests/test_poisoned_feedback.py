@@ -41,6 +41,7 @@ def versions(client, name="test-model"):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.filterwarnings("ignore:sft.learning_rate")  # the tiny model memorises both facts at 2e-3, on purpose
 def test_poisoned_window_is_stopped_at_the_data_stage_and_blocked_at_the_gate(tmp_path, tracking, tiny_model):
     params = tiny_params(tmp_path, tracking)
     client = MlflowClient(tracking.tracking_uri)
