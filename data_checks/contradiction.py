@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data_checks.duplicates import candidate_pairs, shingle_jaccard, signatures_and_keys
-from data_checks.facts import FactIndex, fact_share, names_and_numbers, present, terms
+from data_checks.facts import FactIndex, names_and_numbers, present, term_texts
 from data_checks.leakage import prompt_text
 from data_checks.text import TextView
 
@@ -42,19 +42,22 @@ def closest_curated(prompts: list[str], curated: np.ndarray, threshold: float,
     best, score = np.full(n, -1, dtype=np.int64), np.zeros(n)
     if n == 0 or not curated.any() or curated.all():
         return best, score
-    view = TextView.of_texts([" ".join(terms(p)) for p in prompts])
+    view = TextView.of_texts(term_texts(prompts))
     sig, _ = signatures_and_keys(view, num_perm, shingle_words=1)
     a, b = candidate_pairs(sig, threshold)
     cross = curated[a] != curated[b]
     a, b = a[cross], b[cross]
+    # The signature estimate rules out most candidates; only those near or above the threshold get the exact Jaccard.
+    near = (sig[a] == sig[b]).mean(axis=1) >= threshold - 0.15
+    a, b = a[near], b[near]
     if len(a) == 0:
         return best, score
     similarity = shingle_jaccard(view, a, b, 1)
     keep = similarity >= threshold
     new, old, similarity = np.where(curated[a], b, a)[keep], np.where(curated[a], a, b)[keep], similarity[keep]
-    order = np.lexsort((old, -similarity))  # best first; ties go to the earlier curated row
-    for i in order[::-1]:  # the last write per new row wins: the best one
-        best[new[i]], score[new[i]] = old[i], similarity[i]
+    order = np.lexsort((old, -similarity, new))  # per new row: best first; ties go to the earlier curated row
+    rows, first = np.unique(new[order], return_index=True)
+    best[rows], score[rows] = old[order][first], similarity[order][first]
     return best, score
 
 
@@ -74,17 +77,21 @@ def detect(
     flagged = np.zeros(n, dtype=bool)
     details: list[dict[str, str]] = [{} for _ in range(n)]
     conflicts = []
+    curated_facts: dict[int, tuple] = {}  # per curated row: its answer, key facts, names and numbers
     for i in np.flatnonzero(match >= 0):
-        ref = answer_text(curated_records[match[i]])
-        wanted, answer = facts.facts(ref), answer_text(records[i])
-        share = fact_share(wanted, answer)
+        if match[i] not in curated_facts:
+            text = answer_text(curated_records[match[i]])
+            curated_facts[match[i]] = (text, facts.facts(text), names_and_numbers(text))
+        ref, wanted, ref_names = curated_facts[match[i]]
+        answer = answer_text(records[i])
         dropped = [f for f in wanted if not present(f, answer)]
-        brought = [f for f in facts.facts(answer) if not present(f, ref)]
+        share = 1 - len(dropped) / len(wanted) if wanted else 1.0
         # A swap: a name or number of the curated answer is gone, and one foreign to the domain came instead.
-        replaced = (any(f in names_and_numbers(ref) for f in dropped) and
-                    any(f in names_and_numbers(answer) and not facts.common_in_domain(f) for f in brought))
+        replaced = any(f in ref_names for f in dropped) and any(
+            not present(f, ref) and not facts.common_in_domain(f) for f in names_and_numbers(answer))
         if share >= min_fact_share and not replaced:
             continue
+        brought = [f for f in facts.facts(answer) if not present(f, ref)]
         flagged[i] = True
         src = curated_records[match[i]]["source"]
         details[i]["conflicts_with_curated"] = (

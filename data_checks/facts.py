@@ -29,7 +29,8 @@ _NON_WORD = re.compile(r"[\W_]+")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 _WORD = re.compile(rf"[^\W_{_CJK}]+(?:[-.'][^\W_{_CJK}]+)*")
-_SENTENCE_END = re.compile(r"[.!?。！？:：]\s*$")
+_SENTENCE_END = re.compile(r"[.!?。！？:：]")
+_DIGIT = re.compile(r"\d")
 
 
 def normalise(text: str) -> str:
@@ -46,22 +47,39 @@ def present(fact: str, text: str) -> bool:
     return f" {fact} " in f" {text} "
 
 
+_TOKEN = re.compile(rf"[{_CJK}]+|[^\s{_CJK}]+")
+
+
 def terms(text: str) -> list[str]:
     """Normalised words and CJK character bigrams, in order."""
-    out = [normalise(w) for w in _WORD.findall(text)]
-    for run in _CJK_RUN.findall(text):
-        out += [run[i : i + 2] for i in range(max(1, len(run) - 1))]
-    return [t for t in out if t]
+    out = []
+    for token in _TOKEN.findall(normalise(text)):
+        if _CJK_RUN.match(token):
+            out += [token[i : i + 2] for i in range(max(1, len(token) - 1))]
+        else:
+            out.append(token)
+    return out
+
+
+_NON_WORD_KEEP_LINES = re.compile(r"[^\w\n]+|_+")
+
+
+def term_texts(texts: list[str]) -> list[str]:
+    """`" ".join(terms(t))` for many texts at once: one normalising pass over all of them."""
+    joined = unicodedata.normalize("NFKC", "\n".join(t.replace("\n", " ") for t in texts)).casefold()
+    rows = _NON_WORD_KEEP_LINES.sub(" ", joined).split("\n")
+    return [" ".join(terms(row)) if _CJK_RUN.search(row) else row for row in rows]
 
 
 def names_and_numbers(text: str) -> list[str]:
-    found = []
+    found, last_end = [], None
     for match in _WORD.finditer(text):
-        word = match.group()
-        starts_sentence = not text[: match.start()].strip() or bool(_SENTENCE_END.search(text[: match.start()]))
+        word, gap = match.group(), text[last_end : match.start()] if last_end is not None else ""
+        starts_sentence = last_end is None or bool(_SENTENCE_END.search(gap))
+        last_end = match.end()
         core = word.split("'")[0]  # I'm, I'll: a pronoun, not a name
-        name = len(core) > 1 and (any(c.isupper() for c in core[1:]) or (core[0].isupper() and not starts_sentence))
-        if name or any(c.isdigit() for c in word):
+        name = len(core) > 1 and (core[1:] != core[1:].lower() or (core[0].isupper() and not starts_sentence))
+        if name or _DIGIT.search(word):
             found.append(normalise(word))
     return found
 
