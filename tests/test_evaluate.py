@@ -186,7 +186,7 @@ def test_assertions_and_key_fact_terms_materialize_and_score_on_the_tiny_model(p
     assert set(out["samples"]) == {"token_f1", "key_facts", "no_forbidden"} and out["n"] == 4
     scored = [tunegate_metrics.domain_results(json.loads(d), [a]) for d, a in zip(domain_docs, out["answers"])]
     assert out["samples"]["key_facts"] == [r["key_facts"] for r in scored]
-    assert all("Gatekeeper" in tunegate_metrics.doc_facts(json.loads(d)) for d in domain_docs)
+    assert all("gatekeeper" in [f.lower() for f in tunegate_metrics.doc_facts(json.loads(d))] for d in domain_docs)
     with pytest.raises(EvalSuiteError, match=r"eval.key_facts names \['tunegate_general'\]"):
         terms = {"tunegate_general": cfg.key_facts["tunegate_domain"]}
         eval_suite(prepared, cfg.model_copy(update={"key_facts": terms}), [], tmp_path / "cache", tmp_path / "bad")

@@ -31,12 +31,14 @@ def adapter(tmp_path):
 def register_once(tracking, adapter, f1):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "rule_counts": {"pii_email": 1},
-              "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": [], "success": True}
+              "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": [], "success": True,
+              "conflicts": {"approved": "ana: renamed", "approved_rows": 2}}
     plot = adapter.parent / "loss_curve.png"
     plot.write_bytes(b"png")
     trained = {"adapter": str(adapter), "model": None, "train_loss": 1.5, "seconds": 3.0, "loss_plot": str(plot),
                "loss_curve": [[1, 2.0], [2, 1.0]], "eval_loss_curve": [[2, 1.7]]}
-    return register_run(params, "run-a", report, {"data_hash": "abc"}, trained, fake_eval("candidate", f1),
+    prepared = {"data_hash": "abc", "counts": {"domain_eval_strata": {"identity.json/en": 3, "identity.json/zh": 12}}}
+    return register_run(params, "run-a", report, prepared, trained, fake_eval("candidate", f1),
                         fake_eval("base", 0.1), {**trained, "skipped": True})
 
 
@@ -69,6 +71,9 @@ def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(track
     assert json.loads(tags["eval_run_ids"]) == {"candidate": {"tunegate_domain": "run-candidate"},
                                                 "baseline": {"tunegate_domain": "run-base"}}
     assert len(tags["code_version"].removesuffix("+dirty")) == 40
+    # Which strata the eval covered, and a reviewer's approval of rows that contradict curated data.
+    assert json.loads(tags["eval_strata"]) == {"identity.json/en": 3, "identity.json/zh": 12}
+    assert tags["conflicts_approved"] == "ana: renamed (2 rows)"
     assert "/x/quarantine.jsonl" not in json.dumps(client.get_run(run.info.run_id).data.params)
 
 
