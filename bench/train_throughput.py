@@ -5,18 +5,19 @@
 All three train the same LoRA (r=16, all linear layers) on the same pre-tokenized batches of
 exactly --seq tokens. Tokens/s is measured over steps after the first (warm-up) step.
 - raw: a hand loop of forward + backward + AdamW step in fp32: the ceiling to compare against.
-- tunegate: the trainer and settings tasks/sft.py picks on this hardware (on CPU: fp32, no checkpointing,
-  and the model's own loss over the full logits instead of TRL's chunked LM head).
+- tunegate: the trainer and settings tasks/sft.py picks on this hardware (on CPU: the faster of bf16 and fp32
+  by its matmul measurement, no checkpointing, and the model's own loss over the full logits instead of TRL's
+  chunked LM head); and the same in the precision it did not pick, to check the pick on real training steps.
 - chunked head: the same, with TRL's SFTTrainer as it is (its chunked LM head recomputes the head in backward).
-- trl-default: SFTConfig defaults (bf16 + gradient checkpointing); on CPU it needs use_cpu=True to start.
-Prints a markdown table for docs/benchmarks.md.
+- trl-default: SFTConfig defaults (bf16 + gradient checkpointing); on CPU it needs use_cpu=True to start
+  (--default-steps 0 skips it).
+Prints the CPU model and flags, and a markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +29,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 from trl import SFTConfig  # noqa: E402
 
 from tasks.prepare import load_chat_tokenizer  # noqa: E402
-from tasks.sft import choose_lm_head, sft_trainer_class  # noqa: E402
+from tasks.sft import choose_lm_head, choose_precision, cpu_identity, sft_trainer_class  # noqa: E402
 from tunegate.config import SFTConfig as TunegateSFTConfig  # noqa: E402
 from tunegate.models import resolve_base_model  # noqa: E402
 
@@ -95,21 +96,29 @@ def main() -> None:
                   dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
     results = {}
     results["raw PyTorch (fp32 fwd+bwd+AdamW)"] = raw_loop(path, data)
-    ours = SFTConfig(max_steps=args.steps, bf16=False, gradient_checkpointing=False, **common)
+    precision, precision_why, _ = choose_precision("auto")
+    print(f"tasks/sft.py picks {precision}: {precision_why}")
     head, why = choose_lm_head(TunegateSFTConfig(batch_size=args.batch, max_length=args.seq), vocab)
     print(f"tasks/sft.py picks the {head} LM head: {why}")
-    results[f"tunegate SFT (fp32, no checkpointing, {head} LM head)"] = trainer_loop(path, data, ours, head)
-    results["SFTTrainer, same settings, TRL's chunked LM head"] = trainer_loop(path, data, ours, "chunked")
-    default = SFTConfig(max_steps=args.default_steps, **common)  # bf16=True, gradient_checkpointing=True
-    results[f"TRL default SFTConfig (bf16={default.bf16}, checkpointing={default.gradient_checkpointing})"] = (
-        trainer_loop(path, data[: args.default_steps], default))
+    for name in (precision, "fp32" if precision == "bf16" else "bf16"):
+        ours = SFTConfig(max_steps=args.steps, bf16=name == "bf16", gradient_checkpointing=False, **common)
+        label = "tunegate SFT" if name == precision else "tunegate SFT in the precision it did not pick"
+        results[f"{label} ({name}, no checkpointing, {head} LM head)"] = trainer_loop(path, data, ours, head)
+    ours = SFTConfig(max_steps=args.steps, bf16=precision == "bf16", gradient_checkpointing=False, **common)
+    results[f"SFTTrainer, same settings ({precision}), TRL's chunked LM head"] = trainer_loop(path, data, ours, "chunked")
+    if args.default_steps:
+        default = SFTConfig(max_steps=args.default_steps, **common)  # bf16=True, gradient_checkpointing=True
+        results[f"TRL default SFTConfig (bf16={default.bf16}, checkpointing={default.gradient_checkpointing})"] = (
+            trainer_loop(path, data[: args.default_steps], default))
 
     tokens = args.batch * args.seq
     rate = {name: tokens * (len(t) - 1) / sum(t[1:]) for name, t in results.items()}
     raw = rate["raw PyTorch (fp32 fwd+bwd+AdamW)"]
     ours_rate = next(r for name, r in rate.items() if name.startswith("tunegate"))
     print(f"\nmodel {args.model}, LoRA r=16 all-linear, batch {args.batch} x {args.seq} tokens, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    cpu = cpu_identity()
+    print(f"CPU: {cpu['cpu']}; flags: {' '.join(f for f in cpu['flags'] if 'avx' in f or 'amx' in f or f == 'fma')}")
     print("\n| setup | s/step | tokens/s | vs raw | tunegate vs this |\n|---|---|---|---|---|")
     for name, t in results.items():
         step = sum(t[1:]) / (len(t) - 1)
