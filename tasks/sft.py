@@ -143,6 +143,12 @@ def choose_precision(requested: str) -> tuple[str, str, dict | None]:
     return "fp16", f"{torch.cuda.get_device_name()} has no bf16: fp16 with loss scaling", None
 
 
+def precision_choice(requested: str) -> dict:
+    """choose_precision as a JSON-able record, for the spec of a distributed run and the summary."""
+    precision, reason, measured = choose_precision(requested)
+    return {"precision": precision, "reason": reason, "cpu_matmul_gflops": measured}
+
+
 def estimate_training_bytes(model, cfg: SFTConfig, precision: str) -> int:
     """Rough peak memory: weights + grads/Adam state of trainable params + activations (no checkpointing)."""
     c = model.config
@@ -306,8 +312,12 @@ def train_sft(
     out_dir: Path,
     checkpoint_dir: Path,
     trust_remote_code: bool = False,
+    precision: dict | None = None,
 ) -> dict:
-    """Train; return where the weights are, the loss curves and what was chosen, with reasons."""
+    """Train; return where the weights are, the loss curves and what was chosen, with reasons.
+
+    `precision` ({precision, reason, cpu_matmul_gflops}) is the choice made by the launching process, so that
+    every rank of a distributed run trains in the same one; None: choose here."""
     import torch
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
@@ -316,7 +326,9 @@ def train_sft(
     from tasks.prepare import load_chat_tokenizer
 
     check_training_setup(cfg)
-    precision, precision_why, matmul_speeds = choose_precision(cfg.precision)
+    if precision is None:
+        precision = precision_choice(cfg.precision)
+    precision, precision_why, matmul_speeds = precision["precision"], precision["reason"], precision["cpu_matmul_gflops"]
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
     model = load_model(base_model_path, cfg, precision, trust_remote_code)
     checkpointing, checkpointing_why = choose_gradient_checkpointing(cfg, model, precision)
@@ -421,6 +433,8 @@ def train_sft(
 
 def launch_distributed(spec: dict, cfg: SFTConfig, out_dir: Path) -> dict:
     """Run this module under `accelerate launch` with the spec; return rank 0's summary."""
+    if spec.get("precision") is None:  # chosen here, once: ranks measuring side by side could disagree
+        spec = {**spec, "precision": precision_choice(cfg.precision)}
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / "sft_spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -436,7 +450,7 @@ def launch_distributed(spec: dict, cfg: SFTConfig, out_dir: Path) -> dict:
 def run_spec(spec: dict) -> dict:
     cfg = SFTConfig.model_validate(spec["cfg"])
     return train_sft(spec["base_model_path"], spec["train"], spec["eval"], cfg, Path(spec["out_dir"]),
-                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"])
+                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"], spec.get("precision"))
 
 
 @task

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import tasks.sft
 from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
                        choose_precision, cpu_matmul_speeds, estimate_training_bytes, last_complete_checkpoint,
-                       precision_from_speeds, train_sft)
+                       launch_distributed, precision_from_speeds, train_sft)
 from tunegate.config import SFTConfig, load_config
 
 BASE_KEY = "model.layers.0.self_attn.q_proj.weight"
@@ -70,6 +70,22 @@ def test_the_matmul_measurement_is_quick_positive_and_cached_per_machine(tmp_pat
     other = cpu_matmul_speeds(tmp_path)
     assert (other["bf16_gflops"], other["fp32_gflops"], other["torch"]) == (3.0, 4.0, "9.9.9")
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_a_distributed_run_chooses_the_precision_once_for_all_ranks(tmp_path, monkeypatch):
+    # Ranks measuring side by side could disagree; the launcher measures and hands every rank its choice.
+    monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda: speeds(122.7, 52.0))
+    launched = []
+
+    def fake_launch(cmd, check):
+        launched.append(cmd)
+        (tmp_path / "sft_summary.json").write_text("{}")
+
+    monkeypatch.setattr(tasks.sft.subprocess, "run", fake_launch)
+    launch_distributed({"cfg": {}}, SFTConfig(num_processes=2), tmp_path)
+    handed = json.loads((tmp_path / "sft_spec.json").read_text())["precision"]
+    assert handed["precision"] == "bf16" and "bf16 matmul 122.7 GFLOP/s" in handed["reason"]
+    assert handed["cpu_matmul_gflops"]["fp32_gflops"] == 52.0 and launched[0][-2:] == ["--spec", str(tmp_path / "sft_spec.json")]
 
 
 class FakeModel(torch.nn.Module):
