@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup lock demo test test-slow ui serve clean
+.PHONY: setup lock check-lock demo test test-slow ui serve clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ lock:
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; \
 	} > requirements.lock
 	rm -rf $(LOCK_VENV)
+
+# The venv holds exactly the lock's versions (CI runs this on its fresh venv): catches a package that
+# pyproject gained, or a dependency of it, without `make lock`.
+check-lock: $(STAMP)
+	grep -v '^#' requirements.lock > .venv/lock.txt
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/' > .venv/freeze.txt
+	diff .venv/lock.txt .venv/freeze.txt || { echo "the venv differs from requirements.lock: make lock, or rm -rf .venv && make setup"; exit 1; }
 
 demo: $(STAMP)
 	$(PY) -m cli run configs/demo.yaml
