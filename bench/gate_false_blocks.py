@@ -1,6 +1,7 @@
 """Gate false-block rate: candidates trained on the same data with different seeds must not block each other.
 
-    python bench/gate_false_blocks.py --pairs 10 --corrupted 3     # tiny model; ~10 min on 2 busy CPU cores
+    python bench/gate_false_blocks.py --pairs 10 --corrupted 3     # tiny model; ~20 min on 2 busy CPU cores
+    python bench/gate_false_blocks.py --config configs/demo.yaml --pairs 2 --corrupted 0   # SmolLM2: ~5-12 min/model
 
 Setup: the demo data is ingested, validated and prepared once for `configs/tiny.yaml`, and its eval
 suite is built once. Then, for each pair, two LoRA adapters are trained on the same train split,
@@ -76,8 +77,9 @@ def summary_row(decision: dict) -> dict:
     return {r["metric"]: (r["delta"], r["p_value"], r["verdict"], r["mde"]) for r in decision["rows"]}
 
 
-def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/tiny.yaml", seed0: int = 100) -> dict:
-    params = load_config(ROOT / config)
+def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/tiny.yaml", seed0: int = 100,
+            overrides: tuple[str, ...] = ()) -> dict:
+    params = load_config(ROOT / config, overrides)
     prepared = prepare_once(params, work / "data")
     suite = eval_suite(prepared, params.eval, params.gate.rules, work / "cache", work / "suite")
     no_threshold = params.gate.model_copy(
@@ -107,7 +109,7 @@ def measure(n_pairs: int, n_corrupted: int, work: Path, config: str = "configs/t
         corrupted.append({"row": summary_row(decision), "blocked": not decision["passed"]})
         print(f"corrupted {j}: {corrupted[-1]}", flush=True)
     return {
-        "config": config,
+        "config": config + "".join(f" --set {o}" for o in overrides),
         "rules": [r.model_dump() for r in params.gate.rules],
         "alpha": params.gate.alpha,
         "pairs": [{k: v for k, v in p.items() if k != "first"} for p in pairs],
@@ -172,10 +174,11 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--corrupted", type=int, default=3)
     parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--json", help="also write the raw result here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gate-false-blocks-") as tmp:
-        result = measure(args.pairs, args.corrupted, Path(tmp), args.config)
+        result = measure(args.pairs, args.corrupted, Path(tmp), args.config, overrides=tuple(args.set))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(markdown(result, "python bench/gate_false_blocks.py " + " ".join(sys.argv[1:])))
