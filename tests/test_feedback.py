@@ -119,6 +119,9 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     # The retry trains on that same window, gets a decision and moves the watermark to its last record.
     first = retrain_from_feedback(params, feedback)
     assert first["status"] == "promoted" and first["records"] == 40 and first["model_version"] == "1"
+    # The window's prompts start the production regression set; nothing was there to evaluate yet.
+    assert first["production_set"]["evaluated"] == 0 and first["production_set"]["now"] == 1
+    assert first["production_set"]["rows"] > 10
     assert first["run_name"] == "retrain-from-feedback-" + first["run_name"].split("-", 3)[3]
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert mark["timestamp"] == first["window"][1] and mark["outcome"] == "promoted"
@@ -139,6 +142,11 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
         GateRule(task="tunegate_domain", metric="token_f1", min_score=0.99)]})  # unreachable for the tiny model
     second = retrain_from_feedback(params.model_copy(update={"gate": strict}), feedback)
     assert second["status"] == "blocked" and second["records"] == 6
+    assert second["production_set"]["evaluated"] == 1  # both models were scored on what users asked before
+    run = MlflowClient(tracking.tracking_uri).search_runs(
+        [MlflowClient(tracking.tracking_uri).get_experiment_by_name("test").experiment_id],
+        filter_string=f"attributes.run_name = '{second['run_name']}'")[0]
+    assert "eval/tunegate_production/key_facts" in run.data.metrics
     assert second["window"][0] > first["window"][1]
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert mark["outcome"] == "blocked" and mark["timestamp"] == second["window"][1]
