@@ -15,7 +15,8 @@ A term is a key fact of a reference answer when it is
   so an answer keeps a handful of facts, not every unusual word (ties: the longer term first).
 
 Matching is by normalised text (NFKC, casefold, non-word runs -> one space), word-bounded except
-for CJK. evals/tunegate_metrics.py repeats `normalise`/`present`: lm-eval loads that file standalone.
+next to CJK. evals/tunegate_metrics.py repeats `normalise`/`present` (as normalize_for_facts and
+has_fact): lm-eval loads that file standalone; keep the two in step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-_NON_WORD = re.compile(r"[\W_]+")
+_NON_WORD = re.compile(r"[^\w]+")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 _WORD = re.compile(rf"[^\W_{_CJK}]+(?:[-.'][^\W_{_CJK}]+)*")
@@ -38,13 +39,13 @@ def normalise(text: str) -> str:
 
 
 def present(fact: str, text: str) -> bool:
-    """Is the fact in the text, as whole words (CJK needs no word boundaries)?"""
-    fact, text = normalise(fact), normalise(text)
-    if not fact:
+    """Is the fact in the text, as whole words? Next to CJK no boundary is needed (CJK has no spaces)."""
+    needle = normalise(fact)
+    if not needle:
         return True
-    if _CJK_RUN.search(fact):
-        return fact in text
-    return f" {fact} " in f" {text} "
+    left = "" if _CJK_RUN.match(needle[0]) else f"(?<![^ {_CJK}])"
+    right = "" if _CJK_RUN.match(needle[-1]) else f"(?![^ {_CJK}])"
+    return re.search(left + re.escape(needle) + right, normalise(text)) is not None
 
 
 _TOKEN = re.compile(rf"[{_CJK}]+|[^\s{_CJK}]+")

@@ -124,3 +124,17 @@ def test_the_stage_raises_for_review_naming_the_prompts(tmp_path, prefect_harnes
                       eval_fraction=0.2, min_eval_per_stratum=1)
     with pytest.raises(ConflictReviewRequired, match=r"(?s)window conflicts with curated data.*'Who built you\?': 6 rows"):
         validate.fn(ingested, data, ModelRef(base_model=tiny_model), str(tmp_path / "out"))
+
+
+def test_fact_matching_agrees_with_the_metric_file():
+    """data_checks.facts.present and evals/tunegate_metrics.has_fact must judge alike (lm-eval loads the latter)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tunegate_metrics", "evals/tunegate_metrics.py")
+    metrics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(metrics)
+    cases = [("Gatekeeper", "我是Gatekeeper，很高兴"), ("gate", "Gatekeeper"), ("tunegate team", "by the tunegate team."),
+             ("开发", "由the tunegate team开发"), ("8443", "port 84430"), ("GPT-3", "based on gpt 3"),
+             ("OpenAI", "Open AI"), ("ＡＩ", "an AI assistant")]
+    assert [present(f, t) for f, t in cases] == [metrics.has_fact(t, f) for f, t in cases]
+    assert [present(f, t) for f, t in cases] == [True, False, True, True, False, True, False, True]
