@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from data_checks.duplicates import candidate_pairs, shingle_jaccard, signatures_and_keys
+from data_checks.duplicates import cross_candidate_pairs, shingle_jaccard, signatures_and_keys
 from data_checks.facts import FactIndex, names_and_numbers, present, term_texts
 from data_checks.leakage import prompt_text
 from data_checks.text import TextView
@@ -36,7 +36,7 @@ def answer_text(rec: dict) -> str:
 
 
 def closest_curated(prompts: list[str], curated: np.ndarray, threshold: float,
-                    num_perm: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                    num_perm: int = 64, chunk_rows: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
     """For each row, its most similar curated row by prompt (-1: none >= threshold) and that similarity."""
     n = len(prompts)
     best, score = np.full(n, -1, dtype=np.int64), np.zeros(n)
@@ -44,20 +44,25 @@ def closest_curated(prompts: list[str], curated: np.ndarray, threshold: float,
         return best, score
     view = TextView.of_texts(term_texts(prompts))
     sig, _ = signatures_and_keys(view, num_perm, shingle_words=1)
-    a, b = candidate_pairs(sig, threshold)
-    cross = curated[a] != curated[b]
-    a, b = a[cross], b[cross]
-    # The signature estimate rules out most candidates; only those near or above the threshold get the exact Jaccard.
-    near = (sig[a] == sig[b]).mean(axis=1) >= threshold - 0.15
-    a, b = a[near], b[near]
-    if len(a) == 0:
-        return best, score
-    similarity = shingle_jaccard(view, a, b, 1)
-    keep = similarity >= threshold
-    new, old, similarity = np.where(curated[a], b, a)[keep], np.where(curated[a], a, b)[keep], similarity[keep]
-    order = np.lexsort((old, -similarity, new))  # per new row: best first; ties go to the earlier curated row
-    rows, first = np.unique(new[order], return_index=True)
-    best[rows], score[rows] = old[order][first], similarity[order][first]
+    # Densification fills a short text's empty bins from its neighbours, so neighbouring bins repeat one term:
+    # bands of shuffled bins keep two prompts that share one common word from colliding in every band.
+    sig = sig[:, np.random.default_rng(0).permutation(num_perm)]
+    cur, others = np.flatnonzero(curated), np.flatnonzero(~curated)
+    for first in range(0, len(others), chunk_rows):  # bounded memory, whatever the number of candidates
+        rows = np.concatenate([cur, others[first : first + chunk_rows]])
+        a, b = cross_candidate_pairs(sig[rows], np.arange(len(rows)) < len(cur), threshold)
+        a, b = rows[a], rows[b]  # a curated, b new
+        # The signature estimate rules out most candidates; only those near it get the exact Jaccard.
+        near = (sig[a] == sig[b]).mean(axis=1) >= threshold - 0.15
+        a, b = a[near], b[near]
+        if len(a) == 0:
+            continue
+        similarity = shingle_jaccard(view, a, b, 1)
+        keep = similarity >= threshold
+        new, old, similarity = b[keep], a[keep], similarity[keep]
+        order = np.lexsort((old, -similarity, new))  # per new row: best first; ties go to the earlier curated row
+        found, top = np.unique(new[order], return_index=True)
+        best[found], score[found] = old[order][top], similarity[order][top]
     return best, score
 
 

@@ -146,6 +146,45 @@ def shingle_jaccard(view: TextView, a: np.ndarray, b: np.ndarray, n: int) -> np.
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+def band_keys(sig: np.ndarray, band: int, rows_per_band: int, mult: np.ndarray) -> np.ndarray:
+    """One 64-bit LSH bucket key per row for one band of its signature."""
+    block = sig[:, band * rows_per_band : (band + 1) * rows_per_band].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return splitmix64((block * mult).sum(axis=1, dtype=np.uint64))
+
+
+def cross_candidate_pairs(sig: np.ndarray, left: np.ndarray, threshold: float,
+                          fn_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pairs (a in left, b not in left) that share an LSH bucket: pairs within one side are never formed,
+    so a few curated rows against a million others costs O(rows x bands), not the pairs of the million.
+    Balanced weighting (0.5): at low thresholds a recall-weighted banding makes most pairs of short texts
+    candidates."""
+    bands, rows_per_band = lsh_bands(threshold, sig.shape[1], fn_weight)
+    mult = splitmix64(np.arange(1, rows_per_band + 1, dtype=np.uint64))
+    live = sig[:, 0] != _EMPTY
+    lefts, rights = np.flatnonzero(left & live), np.flatnonzero(~left & live)
+    found_a, found_b = [], []
+    for band in range(bands):
+        left_keys = band_keys(sig[lefts], band, rows_per_band, mult)
+        order = np.argsort(left_keys, kind="stable")
+        left_keys = left_keys[order]
+        right_keys = band_keys(sig[rights], band, rows_per_band, mult)
+        lo, hi = np.searchsorted(left_keys, right_keys, "left"), np.searchsorted(left_keys, right_keys, "right")
+        counts = hi - lo
+        hit = np.flatnonzero(counts)
+        if len(hit) == 0:
+            continue
+        reps = counts[hit]
+        offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        found_a.append(lefts[order[np.repeat(lo[hit], reps) + offset]])
+        found_b.append(np.repeat(rights[hit], reps))
+    if not found_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    packed = np.unique((np.concatenate(found_a).astype(np.uint64) << np.uint64(32))
+                       | np.concatenate(found_b).astype(np.uint64))
+    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
 def candidate_pairs(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Distinct row pairs (a < b) that share an LSH bucket in some band: the near-duplicate candidates."""
     n, k = sig.shape
@@ -156,9 +195,7 @@ def candidate_pairs(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     pairs = []
     mult = splitmix64(np.arange(1, rows_per_band + 1, dtype=np.uint64))
     for band in range(bands):
-        block = sig[live, band * rows_per_band : (band + 1) * rows_per_band].astype(np.uint64)
-        with np.errstate(over="ignore"):
-            keys = splitmix64((block * mult).sum(axis=1, dtype=np.uint64))
+        keys = band_keys(sig[live], band, rows_per_band, mult)
         # Sort (top 40 bits of the band key, row) packed in one uint64: rows stay in order within a bucket.
         packed = np.sort((keys >> np.uint64(24) << np.uint64(24)) | np.arange(len(keys), dtype=np.uint64))
         order = (packed & np.uint64((1 << 24) - 1)).astype(np.int64)

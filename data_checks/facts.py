@@ -38,14 +38,24 @@ def normalise(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
+def _cjk(char: str) -> bool:
+    return bool(_CJK_RUN.match(char))
+
+
 def present(fact: str, text: str) -> bool:
     """Is the fact in the text, as whole words? Next to CJK no boundary is needed (CJK has no spaces)."""
-    needle = normalise(fact)
+    needle, hay = normalise(fact), normalise(text)
     if not needle:
         return True
-    left = "" if _CJK_RUN.match(needle[0]) else f"(?<![^ {_CJK}])"
-    right = "" if _CJK_RUN.match(needle[-1]) else f"(?![^ {_CJK}])"
-    return re.search(left + re.escape(needle) + right, normalise(text)) is not None
+    free_left, free_right = _cjk(needle[0]), _cjk(needle[-1])
+    at = hay.find(needle)
+    while at != -1:
+        end = at + len(needle)
+        if (free_left or at == 0 or hay[at - 1] == " " or _cjk(hay[at - 1])) and \
+                (free_right or end == len(hay) or hay[end] == " " or _cjk(hay[end])):
+            return True
+        at = hay.find(needle, at + 1)
+    return False
 
 
 _TOKEN = re.compile(rf"[{_CJK}]+|[^\s{_CJK}]+")
