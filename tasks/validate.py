@@ -84,6 +84,12 @@ def _redact_record(rec: dict, kinds) -> dict:
             "chosen": _redact_message(rec["chosen"], kinds), "rejected": _redact_message(rec["rejected"], kinds)}
 
 
+def files(rows: list[dict], names: list[str]) -> np.ndarray:
+    """Which rows come from one of the named files."""
+    wanted = set(map(str, names))
+    return np.fromiter((r["source"]["file"] in wanted for r in rows), dtype=bool, count=len(rows))
+
+
 def holdout_prompts(holdout_file: str | None) -> list[str]:
     """The prompts of the general holdout file, for the leakage suite."""
     from tasks.ingest import convert_row, read_rows
@@ -341,8 +347,6 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
                                                data.min_eval_per_stratum)
         eval_prompts += [leakage.prompt_text(r) for r, e in zip(records, is_eval) if e]
         split_seconds = time.perf_counter() - split_started
-        files = lambda rows, names: np.array([r["source"]["file"] in set(map(str, names)) for r in rows],  # noqa: E731
-                                             dtype=bool)
         is_curated = files(records, data.domain_files)
         curated = [r for r, c in zip(records, is_curated) if c]
         facts = fact_index(records, is_curated, files(records, data.general_files), holdout)
