@@ -90,29 +90,26 @@ def files(rows: list[dict], names: list[str]) -> np.ndarray:
     return np.fromiter((r["source"]["file"] in wanted for r in rows), dtype=bool, count=len(rows))
 
 
-def holdout_prompts(holdout_file: str | None) -> list[str]:
-    """The prompts of the general holdout file, for the leakage suite."""
+def holdout_records(holdout_file: str | None) -> list[dict]:
+    """The general holdout file as canonical SFT records (its prompts feed leakage, its answers the fact index)."""
     from tasks.ingest import convert_row, read_rows
 
-    prompts = []
+    records = []
     if holdout_file:
         for _, row, err in read_rows(Path(holdout_file)):
             if err is None:
                 kind, rec = convert_row(row)
                 if kind == "sft":
-                    prompts.append(leakage.prompt_text(rec))
-    return prompts
+                    records.append(rec)
+    return records
 
 
-def fact_index(records: list[dict], curated: np.ndarray, background: np.ndarray, holdout_file: str | None,
+def fact_index(records: list[dict], curated: np.ndarray, background: np.ndarray, holdout: list[dict],
                limit: int = 20_000) -> FactIndex:
     """Key-fact statistics: curated answers against trusted background text (general data, never feedback)."""
-    from tasks.ingest import read_rows
-
     answers = [contradiction.answer_text(records[i]) for i in np.flatnonzero(curated)]
     texts = [contradiction.answer_text(records[i]) for i in np.flatnonzero(background)[:limit]]
-    if holdout_file:
-        texts += [str(row.get("output", "")) for _, row, err in read_rows(Path(holdout_file)) if err is None][:limit]
+    texts += [contradiction.answer_text(r) for r in holdout[:limit]]
     return FactIndex.fit(answers, texts)
 
 
@@ -337,8 +334,8 @@ def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction,
 
     policies = {t: checks.pii_policies.get(t, pii_policy) for t in pii.TYPES}
     gx = GxRun(out_dir / "data_docs" if data_docs else None)
-    holdout = general_holdout_file or (data.general_holdout_file if data else None)
-    eval_prompts = holdout_prompts(holdout) if holdout or data else None
+    holdout = holdout_records(general_holdout_file or (data.general_holdout_file if data else None))
+    eval_prompts = [leakage.prompt_text(r) for r in holdout] if general_holdout_file or data else None
     is_eval, strata, coverage, split_seconds = None, [None] * len(records), None, 0.0
     curated, facts, window, pref_window = None, None, None, None
     if data is not None:
