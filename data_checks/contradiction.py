@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data_checks.duplicates import cross_candidate_pairs, shingle_jaccard, signatures_and_keys
-from data_checks.facts import FactIndex, names_and_numbers, present, term_texts
+from data_checks.facts import FactIndex, fact_share, missing_facts, names_and_numbers, present, term_texts
 from data_checks.leakage import prompt_text
 from data_checks.text import TextView
 
@@ -89,8 +89,8 @@ def detect(
             curated_facts[match[i]] = (text, facts.facts(text), names_and_numbers(text))
         ref, wanted, ref_names = curated_facts[match[i]]
         answer = answer_text(records[i])
-        dropped = [f for f in wanted if not present(f, answer)]
-        share = 1 - len(dropped) / len(wanted) if wanted else 1.0
+        dropped = missing_facts(wanted, answer)
+        share = fact_share(wanted, answer, dropped)
         # A swap: a name or number of the curated answer is gone, and one foreign to the domain came instead.
         replaced = any(f in ref_names for f in dropped) and any(
             not present(f, ref) and not facts.common_in_domain(f) for f in names_and_numbers(answer))

@@ -130,6 +130,13 @@ class FactIndex:
         return named + rare[: self.max_rare]
 
 
-def fact_share(facts: list[str], answer: str) -> float:
-    """Share of the facts present in the answer (1.0 when there are none to keep)."""
-    return sum(present(f, answer) for f in facts) / len(facts) if facts else 1.0
+def missing_facts(facts: list[str], answer: str) -> list[str]:
+    """The facts the answer does not state."""
+    return [f for f in facts if not present(f, answer)]
+
+
+def fact_share(facts: list[str], answer: str, missing: list[str] | None = None) -> float:
+    """Share of the facts present in the answer (1.0 when there are none to keep); `missing` if already known."""
+    if not facts:
+        return 1.0
+    return 1 - len(missing_facts(facts, answer) if missing is None else missing) / len(facts)
