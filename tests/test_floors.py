@@ -10,7 +10,6 @@ import sys
 from conftest import ROOT
 
 
-
 def imported_top_names(path) -> list[tuple[int, str]]:
     """(line, top-level package) of every import in a file, lazy ones inside functions included."""
     found = []
