@@ -37,7 +37,7 @@ from tunegate.config import FeedbackConfig, PipelineParams, load_config
 def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = FeedbackConfig()) -> dict:
     """Fine-tune on the config's data plus the feedback logged since the last watermark."""
     log = get_run_logger()
-    window = collect_feedback(feedback.logs, feedback.watermark_file, feedback.work_dir)
+    window = collect_feedback(feedback, params.tracking)
     pending = window["pending"]
     checks = params.data.checks
     if pending:

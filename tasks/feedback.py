@@ -34,6 +34,9 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
+from tunegate.config import FeedbackConfig, TrackingConfig
+from tunegate.traces import trace_records
+
 RATINGS = ("up", "down")
 
 
@@ -112,6 +115,52 @@ def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | N
             "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
 
 
+TRACES_KEY = "mlflow-traces"  # the traces' read position, kept next to the log files' in the watermark
+
+
+def read_trace_feedback(tracking, lookback_days: float, read_before: dict | None, limit: dict | None = None) -> dict:
+    """Ratings and corrections on served traces not trained on yet, as feedback records (tunegate/traces.py).
+
+    The read position is the newest assessment read (`after_ms`) plus the ids created at exactly that
+    millisecond. A rating that lands late on an old trace is new by its own time, so it trains once;
+    traces older than lookback_days are not scanned. With `limit` (a window waiting for review) nothing
+    assessed after the window's end is read.
+    """
+    import mlflow
+
+    from tunegate.registry import serving_experiment
+
+    _, experiment_id = serving_experiment(tracking)
+    before = (read_before or {}).get(TRACES_KEY, {})
+    after_ms, at_edge = before.get("after_ms"), set(before.get("at_edge", []))
+    # A window waiting for review reads nothing assessed after it (and nothing at all without traces in it).
+    until_ms = limit.get(TRACES_KEY, {}).get("after_ms", -1) if limit is not None else None
+    oldest = int((datetime.now(timezone.utc).timestamp() - lookback_days * 86400) * 1000)
+    traces = mlflow.search_traces(locations=[experiment_id], filter_string=f"trace.timestamp_ms > {oldest}",
+                                  return_type="list", include_spans=True)
+    records, rejected = [], []
+    for trace in traces:
+        for row in trace_records(trace, after_ms, at_edge, until_ms):
+            reason = check_record(row)
+            if reason:  # where, never the content
+                rejected.append({"file": "trace", "line": row["trace_id"], "reason": reason})
+            else:
+                records.append({**row, "_time": parse_time(row["timestamp"]), "_source": f"trace:{row['id']}"})
+    records.sort(key=lambda r: r["_time"])
+    newest = max((r["assessed_ms"] for r in records), default=None)
+    position = {"after_ms": newest, "at_edge": sorted(i for r in records if r["assessed_ms"] == newest
+                                                      for i in r["assessment_ids"])} if records else before
+    return {"records": records, "rejected": rejected, "late": 0, "lines_read": {TRACES_KEY: position} if position else {},
+            "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
+
+
+def merge_windows(*windows: dict) -> dict:
+    records = sorted((r for w in windows for r in w["records"]), key=lambda r: r["_time"])
+    return {"records": records, "rejected": [x for w in windows for x in w["rejected"]],
+            "late": sum(w["late"] for w in windows), "lines_read": {k: v for w in windows for k, v in w["lines_read"].items()},
+            "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
+
+
 def training_rows(records: list[dict]) -> tuple[list[dict], list[dict], dict]:
     """SFT rows and preference pairs from feedback records; exact repeats are kept once."""
     sft, pairs, seen_sft, seen_pairs = [], [], set(), set()
@@ -177,11 +226,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path) -> dict:
-    """Read the window after the watermark and write its SFT and preference files."""
+def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path, tracking=None,
+                         lookback_days: float = 30) -> dict:
+    """Read the window after the watermark (logs, and the served traces when tracking is given) and write
+    its SFT and preference files."""
     watermark, lines_done = read_watermark(watermark_path)
     pending = json.loads(watermark_path.read_text()).get("pending") if watermark_path.exists() else None
-    window = read_feedback(pattern, watermark, lines_done, pending["lines_read"] if pending else None)
+    limit = pending["lines_read"] if pending else None
+    window = read_feedback(pattern, watermark, lines_done, limit)
+    if tracking is not None:
+        window = merge_windows(window, read_trace_feedback(tracking, lookback_days, lines_done, limit))
     result = {"watermark": watermark.isoformat() if watermark else None, "records": len(window["records"]),
               "rejected": window["rejected"], "start": None, "end": None, "pending": pending}
     if not window["records"]:
@@ -200,9 +254,10 @@ def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path) -> d
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15])
-def collect_feedback(pattern: str, watermark_path: str, out_dir: str) -> dict:
-    """Turn feedback newer than the watermark into SFT rows and preference pairs."""
-    window = feedback_window_data(pattern, Path(watermark_path), Path(out_dir))
+def collect_feedback(feedback: FeedbackConfig, tracking: TrackingConfig) -> dict:
+    """Turn feedback newer than the watermark (JSONL logs, ratings on served traces) into SFT rows and pairs."""
+    window = feedback_window_data(feedback.logs, Path(feedback.watermark_file), Path(feedback.work_dir),
+                                  tracking if feedback.traces else None, feedback.trace_lookback_days)
     log = get_run_logger()
     if window["rejected"]:
         log.warning("%d feedback lines unusable, e.g. %s", len(window["rejected"]), window["rejected"][:3])

@@ -469,6 +469,11 @@ class FeedbackConfig(_Section):
     )
     work_dir: str = Field("outputs/feedback", description="Where each window's SFT and preference files are written.")
     min_records: int = Field(1, ge=1, description="Skip the run when the window has fewer feedback records.")
+    traces: bool = Field(
+        True, description="Also read users' ratings and corrections on the served champion's MLflow traces "
+        "(experiment <tracking.experiment>-serving), next to the JSONL logs.")
+    trace_lookback_days: float = Field(
+        30, gt=0, description="How old a served trace may be and still have new feedback read from it.")
     approved_window: str | None = Field(
         None,
         description="The label of a window that stopped for review (the watermark's `pending`): approve it, and "

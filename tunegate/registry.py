@@ -14,6 +14,7 @@ from tunegate.config import TrackingConfig
 
 CHAMPION, PREVIOUS = "champion", "previous"
 EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
+SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings and corrections
 
 
 def connect(tracking: TrackingConfig, experiment: str | None = None):
@@ -37,6 +38,11 @@ def connect(tracking: TrackingConfig, experiment: str | None = None):
         return client, client.create_experiment(name, artifact_location=artifacts.as_uri())
     except MlflowException:  # created concurrently by another process
         return client, client.get_experiment_by_name(name).experiment_id
+
+
+def serving_experiment(tracking: TrackingConfig):
+    """(client, experiment_id) of the experiment that holds the served champion's traces and their feedback."""
+    return connect(tracking, tracking.experiment + SERVING_SUFFIX)
 
 
 def eval_experiment(tracking: TrackingConfig):

@@ -1,0 +1,108 @@
+"""Served requests as MLflow traces, users' ratings and corrections as assessments on them.
+
+    python -m tunegate.traces sqlite:///mlruns/mlflow.db tunegate-serving   # print the feedback records
+
+One shape, shared by the server that writes traces (serve/), the feedback path that attaches
+assessments, and the retrain flow that reads them back (tasks/feedback.py):
+
+- a trace's root span has the OpenAI request as inputs and the chat.completion as outputs; its tags
+  name the registered model and version that answered; its client request id is the completion id
+  the client got back;
+- a rating is MLflow feedback named `user_rating` ("up" or "down"), source HUMAN with the user id;
+- a correction is an MLflow expectation named `user_correction` (the answer the user wanted).
+
+A (trace, user) pair with a rating or a correction is one feedback record, in the same shape as a
+line of a JSONL feedback log (README "Feedback format"), so both sources train alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+MODEL_NAME_TAG = "tunegate.model_name"
+MODEL_VERSION_TAG = "tunegate.model_version"
+RATING = "user_rating"
+CORRECTION = "user_correction"
+
+
+def answer_text(response) -> str | None:
+    """The assistant's answer from a traced chat.completion (a dict, or its JSON)."""
+    if isinstance(response, str):
+        try:
+            response = json.loads(response)
+        except json.JSONDecodeError:
+            return response or None
+    try:
+        return response["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def request_messages(request) -> list | None:
+    if isinstance(request, str):
+        try:
+            request = json.loads(request)
+        except json.JSONDecodeError:
+            return None
+    return request.get("messages") if isinstance(request, dict) else None
+
+
+def human_assessments(trace, after_ms: int | None, done_at_edge: set[str], until_ms: int | None):
+    """The trace's HUMAN ratings and corrections created after `after_ms` (ids in done_at_edge, created at
+    exactly after_ms, were read before) and not after `until_ms`."""
+    for a in trace.info.assessments or []:
+        if a.name not in (RATING, CORRECTION) or a.source is None or a.source.source_type != "HUMAN" or not a.valid:
+            continue
+        created = a.create_time_ms
+        if after_ms is not None and (created < after_ms or (created == after_ms and a.assessment_id in done_at_edge)):
+            continue
+        if until_ms is not None and created > until_ms:
+            continue
+        yield a
+
+
+def trace_records(trace, after_ms: int | None, done_at_edge: set[str], until_ms: int | None = None) -> list[dict]:
+    """Feedback records from one trace: one per user with a new rating or correction on it.
+
+    A correction without a rating counts as a downvote: the user wanted another answer.
+    """
+    by_user: dict[str, dict] = {}
+    for a in human_assessments(trace, after_ms, done_at_edge, until_ms):
+        entry = by_user.setdefault(a.source.source_id, {"ids": [], "created": 0})
+        entry["ids"].append(a.assessment_id)
+        entry["created"] = max(entry["created"], a.create_time_ms)
+        if a.name == RATING:
+            entry["rating"] = a.feedback.value
+        else:
+            entry["correction"] = a.expectation.value
+    if not by_user:
+        return []
+    messages, answer = request_messages(trace.data.request), answer_text(trace.data.response)
+    records = []
+    for user, entry in sorted(by_user.items()):
+        moment = datetime.fromtimestamp(entry["created"] / 1000, tz=timezone.utc)
+        records.append({
+            "id": f"{trace.info.trace_id}/{user}",
+            "timestamp": moment.isoformat(),
+            "model_version": trace.info.tags.get(MODEL_VERSION_TAG),
+            "conversation": messages,
+            "answer": answer,
+            "rating": entry.get("rating", "down" if entry.get("correction") else None),
+            **({"correction": entry["correction"]} if entry.get("correction") else {}),
+            "trace_id": trace.info.trace_id,
+            "assessment_ids": entry["ids"],
+            "assessed_ms": entry["created"],
+        })
+    return records
+
+
+if __name__ == "__main__":
+    import mlflow
+
+    mlflow.set_tracking_uri(sys.argv[1])
+    experiment = mlflow.get_experiment_by_name(sys.argv[2])
+    for t in mlflow.search_traces(locations=[experiment.experiment_id], return_type="list"):
+        for record in trace_records(t, None, set()):
+            print(json.dumps(record, ensure_ascii=False))
