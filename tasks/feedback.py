@@ -161,47 +161,56 @@ def merge_windows(*windows: dict) -> dict:
             "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
 
 
+def feedback_source(row: dict) -> str:
+    """Where a record came from, for lineage: its trace id, else its log record id, else its file:line."""
+    return row.get("trace_id") or row.get("id") or row.get("_source", "")
+
+
 def training_rows(records: list[dict]) -> tuple[list[dict], list[dict], dict]:
-    """SFT rows and preference pairs from feedback records; exact repeats are kept once."""
-    sft, pairs, seen_sft, seen_pairs = [], [], set(), set()
-    by_prompt: dict[str, dict[str, list[str]]] = {}
+    """SFT rows and preference pairs from feedback records; exact repeats are kept once.
+
+    Each row lists the traces (or log records) it came from in `feedback_sources`; ingest ignores the key.
+    """
+    sft: dict[str, dict] = {}
+    pairs: dict[str, dict] = {}
+    by_prompt: dict[str, dict[str, list]] = {}
     counts = {"up": 0, "down": 0, "corrections": 0}
 
-    def add_sft(conv, answer):
-        key = json.dumps([conv, answer], sort_keys=True)
-        if key not in seen_sft:
-            seen_sft.add(key)
-            sft.append({"messages": conv + [{"role": "assistant", "content": answer}]})
+    def add(rows: dict, key: list, row: dict, sources: list[str]) -> None:
+        entry = rows.setdefault(json.dumps(key, sort_keys=True), {**row, "feedback_sources": []})
+        entry["feedback_sources"] += [s for s in sources if s not in entry["feedback_sources"]]
 
-    def add_pair(conv, chosen, rejected):
-        key = json.dumps([conv, chosen, rejected], sort_keys=True)
-        if chosen.strip() != rejected.strip() and key not in seen_pairs:
-            seen_pairs.add(key)
-            pairs.append({"input": {"messages": conv},
-                          "preferred_output": [{"role": "assistant", "content": chosen}],
-                          "non_preferred_output": [{"role": "assistant", "content": rejected}]})
+    def add_sft(conv, answer, sources):
+        add(sft, [conv, answer], {"messages": conv + [{"role": "assistant", "content": answer}]}, sources)
+
+    def add_pair(conv, chosen, rejected, sources):
+        if chosen.strip() != rejected.strip():
+            add(pairs, [conv, chosen, rejected], {"input": {"messages": conv},
+                                                  "preferred_output": [{"role": "assistant", "content": chosen}],
+                                                  "non_preferred_output": [{"role": "assistant", "content": rejected}]},
+                sources)
 
     for row in records:
         conv = [{"role": m["role"], "content": m["content"]} for m in row["conversation"]]
-        answer, correction = row["answer"], (row.get("correction") or "").strip()
+        answer, correction, source = row["answer"], (row.get("correction") or "").strip(), feedback_source(row)
         counts[row["rating"]] += 1
         prompt = by_prompt.setdefault(json.dumps(conv, sort_keys=True), {"conv": conv, "up": [], "down": [], "down_only": []})
-        prompt[row["rating"]].append(answer)
+        prompt[row["rating"]].append((answer, source))
         if row["rating"] == "down" and not correction:
             prompt["down_only"].append(answer)
         if row["rating"] == "up":
-            add_sft(conv, answer)
+            add_sft(conv, answer, [source])
         if correction:
             counts["corrections"] += 1
-            add_sft(conv, correction)
-            add_pair(conv, correction, answer)
+            add_sft(conv, correction, [source])
+            add_pair(conv, correction, answer, [source])
     for prompt in by_prompt.values():
-        for down in prompt["down"]:
-            for up in prompt["up"]:
-                add_pair(prompt["conv"], up, down)
+        for down, down_source in prompt["down"]:
+            for up, up_source in prompt["up"]:
+                add_pair(prompt["conv"], up, down, [up_source, down_source])
     # downvotes with neither a correction nor an upvoted answer to compare with teach nothing
     counts["unused_down"] = sum(len(p["down_only"]) for p in by_prompt.values() if not p["up"])
-    return sft, pairs, counts
+    return list(sft.values()), list(pairs.values()), counts
 
 
 def window_prompts(records: list[dict]) -> list[dict]:
