@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from tasks.promote import GateBlocked, PromotionRefused, conclude, move_champion, promote, promote_version, rollback
 from tasks.register import register_run
 from cli.main import main
+from lora_adapters import make_lora_adapter
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, PREVIOUS, get_alias
 
@@ -20,12 +21,8 @@ def fake_eval(label, f1, version=None):
 
 
 @pytest.fixture()
-def adapter(tmp_path):
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
-    (folder / "adapter_model.safetensors").write_bytes(b"not read by these tests")
-    return folder
+def adapter(tiny_model, tmp_path):
+    return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
 def register_once(tracking, adapter, f1):
@@ -60,10 +57,13 @@ def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(track
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/eval_loss_step")] == [2]
     assert "train/loss_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"adapter", "config.json", "data", "eval", "train"} <= artifacts
+    assert {"adapter", "merged", "config.json", "data", "eval", "train"} <= artifacts
     tags = client.get_model_version("test-model", registered["version"]).tags
     assert tags["data_hash"] == "abc" and tags["base_model"] == "tiny" and tags["model_hash"] == "hash-candidate"
-    assert tags["gate"] == "pending" and client.get_model_version("test-model", "1").source.endswith("/adapter")
+    # The version is an MLflow Model (tests/test_chat_model.py loads one); merged/ is in the same run.
+    version = client.get_model_version("test-model", "1")
+    assert tags["gate"] == "pending" and version.source.startswith("models:/m-")
+    assert tags["weights"] == "adapter" and tags["merged"] == f"runs:/{run.info.run_id}/merged"
     assert json.loads(tags["config"]) == load_config("configs/tiny.yaml").model_copy(
         update={"tracking": tracking}).model_dump()
     assert tags["validation"] == "passed" and json.loads(tags["quarantine_counts"]) == {"pii_email": 1}

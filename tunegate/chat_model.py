@@ -6,7 +6,8 @@
 
 The MLflow Model is logged with the transformers flavor and task "llm/v1/chat", so
 `mlflow.pyfunc.load_model("models:/NAME@champion").predict({"messages": [...]})` takes an OpenAI
-chat request and returns a chat.completion dict, and `mlflow models serve` answers the same.
+chat request and returns a chat.completion dict (greedy unless params say otherwise), and
+`mlflow models serve` answers the same.
 A peft adapter is logged with `base_model_path=` (MLflow 3.17): the flavor stores the adapter and a
 reference to the local base directory, which has to exist where the model is loaded. A full
 fine-tune is logged whole.
@@ -24,6 +25,10 @@ from pathlib import Path
 
 CHAT_TASK = "llm/v1/chat"
 MERGED_PATH = "merged"
+# transformers 5's text-generation pipeline samples unless told otherwise (do_sample=True, temperature
+# 0.7), so the same request would get a different answer each time. Greedy by default; a caller passes
+# params={"do_sample": True, "temperature": ...} to sample.
+GENERATION_DEFAULTS = {"do_sample": False}
 
 
 def pinned_requirements(kind: str) -> list[str]:
@@ -38,12 +43,13 @@ def pinned_requirements(kind: str) -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def log_chat_model(weights_dir: str, kind: str, base_model_path: str, artifact_path: str = "model",
+def log_chat_model(weights_dir: str, kind: str, base_model: str | None, artifact_path: str = "chat",
                    trust_remote_code: bool = False) -> dict:
     """Log weights as a chat MLflow Model and `merged/` as an artifact of the active run; return their URIs.
 
-    kind is "adapter" (a peft folder, logged with a reference to base_model_path) or "model" (a full
-    checkpoint, logged whole). Call inside `mlflow.start_run()`.
+    kind is "adapter" (a peft folder on base_model) or "model" (a full checkpoint, logged whole;
+    base_model unused). A local base directory is referenced with `base_model_path`; a hub id is
+    referenced by name, as MLflow does for peft models. Call inside `mlflow.start_run()`.
     """
     import mlflow
     import torch
@@ -58,11 +64,13 @@ def log_chat_model(weights_dir: str, kind: str, base_model_path: str, artifact_p
     if kind == "adapter":
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32,
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32,
                                                     trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, weights_dir)
+        local_base = str(Path(base_model).resolve()) if Path(base_model).is_dir() else None
         info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name=artifact_path,
-                                             task=CHAT_TASK, base_model_path=base_model_path,
+                                             task=CHAT_TASK, base_model_path=local_base,
+                                             model_config=GENERATION_DEFAULTS,
                                              pip_requirements=pinned_requirements(kind))
         merged = model.merge_and_unload()
     else:
@@ -71,7 +79,8 @@ def log_chat_model(weights_dir: str, kind: str, base_model_path: str, artifact_p
         merged = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32,
                                                       trust_remote_code=trust_remote_code)
         info = mlflow.transformers.log_model({"model": merged, "tokenizer": tokenizer}, name=artifact_path,
-                                             task=CHAT_TASK, pip_requirements=pinned_requirements(kind))
+                                             task=CHAT_TASK, model_config=GENERATION_DEFAULTS,
+                                             pip_requirements=pinned_requirements(kind))
     with tempfile.TemporaryDirectory(prefix="tunegate-merged-") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
