@@ -7,7 +7,6 @@
     tunegate serve-model [--config CFG] [--port 8000]            # OpenAI-compatible server on the champion
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune + retrain-from-feedback deployments
-    tunegate smoke outputs/RUN/export                            # answer the bundle's smoke request with transformers
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -238,13 +237,6 @@ def cmd_ui(args) -> int:
     return 0
 
 
-def cmd_smoke(args) -> int:
-    from tasks.export import answer_smoke_request
-
-    print(json.dumps(answer_smoke_request(Path(args.bundle)), indent=2))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunegate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--prefect-port", type=int, default=4200)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
-    smoke = sub.add_parser("smoke", help="load an export bundle with transformers and answer its smoke request")
-    smoke.add_argument("bundle", help="export folder with merged/ and smoke_request.json")
-    smoke.set_defaults(func=cmd_smoke)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -6,7 +6,6 @@ import sys
 import mlflow
 import pytest
 import torch
-from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_adapters import make_lora_adapter
