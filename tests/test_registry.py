@@ -177,3 +177,12 @@ def test_rollback_moves_champion_back_and_then_refuses_a_second_one(tracking, ad
     assert client.get_model_version("test-model", v1).tags["promotion"] == "rollback"
     assert main(["rollback", *cli_args(tracking)]) == 1
     assert "no previous" in capsys.readouterr().err
+
+    # --to picks the version: allowed without `previous`, refused onto the champion or a missing version.
+    assert main(["rollback", "--to", v2, "--reason", "v2 was fine after all", *cli_args(tracking)]) == 0
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v2
+    assert client.get_model_version("test-model", v1).tags["rollback.to"] == v2
+    assert main(["rollback", "--to", v2, *cli_args(tracking)]) == 1
+    assert "already the champion" in capsys.readouterr().err
+    with pytest.raises(PromotionRefused, match="no version 99"):
+        rollback(tracking, to="99")
