@@ -98,3 +98,47 @@ def test_a_full_fine_tune_is_logged_whole_and_answers_the_same_as_its_weights(ti
     reply = mlflow.pyfunc.load_model(logged["model_uri"]).predict({"messages": QUESTION, "max_tokens": 10})[0]
     content = reply["choices"][0]["message"]["content"]
     assert content == greedy_answer(tiny_model, QUESTION, 10).lstrip() and len(content) >= 5
+
+
+def test_mlflow_models_serve_answers_the_champion_on_localhost(registered, tracking, tmp_path):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local`: MLflow's own scoring server."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)  # it execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    log = open(tmp_path / "mlflow-serve.log", "w")
+    proc = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve", "-m",
+                             f"models:/{tracking.registered_model}@champion", "--env-manager", "local",
+                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "mlflow-serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"messages": QUESTION, "max_tokens": 12},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        reply = r.json()[0]
+        content = reply["choices"][0]["message"]["content"]
+        assert reply["object"] == "chat.completion" and len(content) >= 5
+        merged = mlflow.artifacts.download_artifacts(artifact_uri=registered["logged"]["merged_uri"],
+                                                     dst_path=str(tmp_path / "m"))
+        assert content == greedy_answer(merged, QUESTION, 12).lstrip()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
