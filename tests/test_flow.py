@@ -124,3 +124,9 @@ def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_
     champion_dir = tmp_path / "lora" / "baseline" / "champion-v1"
     assert (next(champion_dir.rglob("model.safetensors"))).exists() and not list(champion_dir.rglob("adapter_*"))
     assert client.get_model_version("test-model", "2").tags["weights"] == "adapter"
+    # Both versions the flow registered are MLflow Models that answer an OpenAI-style chat request.
+    for version in ("1", "2"):
+        reply = mlflow.pyfunc.load_model(f"models:/test-model/{version}").predict(
+            {"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 8})[0]
+        assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
+        assert reply["choices"][0]["message"]["role"] == "assistant"
