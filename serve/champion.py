@@ -9,7 +9,9 @@ restart the server converges to whatever the alias says.
 A request takes `follower.current` once and keeps that LoadedVersion until it ends, so requests in
 flight finish on the old version while new ones get the new one; the old model is freed when its
 last request is done. A version that fails to load is logged, tagged `serve.load_error` on the
-version (visible in the MLflow UI) and not tried again by this process; the old version keeps serving.
+version (visible in the MLflow UI) and not tried again while the alias stays on it (a promotion
+back onto it later tries once more); the old version keeps serving. While a new version loads,
+both are in memory.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ class ChampionFollower:
     def check_once(self) -> bool:
         """Read the alias; load and switch when it names a new version. True when it switched."""
         target = get_alias(self.client, self.model_name, CHAMPION)
+        moved = (str(target.version) if target is not None else None) != self.champion
         self.champion = str(target.version) if target is not None else None
-        if target is None or self.champion in self.failed:
-            return False
+        if target is None or (self.champion in self.failed and not moved):
+            return False  # a version that failed is tried again only when the alias moves to it again
         if self.current is not None and self.current.version == self.champion:
             return False
         old = self.current.version if self.current is not None else None
@@ -56,6 +59,7 @@ class ChampionFollower:
                                               f"{stamp} {str(err)[:1000]}")
             return False
         self.current = loaded  # one reference assignment: a request sees the old or the new version, whole
+        self.failed.pop(loaded.version, None)
         log.info("serving %s version %s (was %s); loaded in %.1f s", self.model_name, loaded.version, old,
                  loaded.load_seconds)
         return True

@@ -271,3 +271,19 @@ def test_a_version_that_fails_to_load_is_never_switched_to(server):
     assert str(registry.get_model_version_by_alias(NAME, "champion").version) == v1
     time.sleep(1.5)
     assert served_version(server) == v1 and ask(client)[0] == server["answers"][v1]
+
+    # Promoted onto it again, the broken version is tried once more (and refused again), not skipped forever.
+    promote_version(tracking, v3, override=True, reason="serve test: try the broken version again")
+    deadline = time.monotonic() + 60
+    while server["log"].read_text().count(f"to {v3}: ") < 2:
+        assert time.monotonic() < deadline, "the re-promoted version was not tried again"
+        time.sleep(0.3)
+    assert served_version(server) == v1 and ask(client)[0] == server["answers"][v1]
+    assert main(["rollback", "--to", v1, "--reason", "serve test", *cli_tracking(tracking)]) == 0
+
+
+def test_the_server_log_holds_no_request_or_answer_text(server):
+    ask(server["client"])
+    log = server["log"].read_text()
+    assert "serving serve-test version" in log  # the log is there, and it names versions
+    assert "Give three tips" not in log and "tips tips" not in log and server["answers"][server["v1"]] not in log
