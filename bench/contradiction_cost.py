@@ -67,7 +67,7 @@ def timed_validate(rec_path: Path, eval_path: Path, out: Path, tokenizer, data=N
 def main() -> None:
     from data_checks_speed import generate
 
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
     from tunegate.config import DataConfig
     from tunegate.models import build_tiny_model
 

@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
     from tunegate.models import build_tiny_model
 
     tokenizer = load_chat_tokenizer(str(build_tiny_model()))

@@ -28,7 +28,7 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 from trl import SFTConfig  # noqa: E402
 
-from tasks.prepare import load_chat_tokenizer  # noqa: E402
+from tunegate.models import load_chat_tokenizer  # noqa: E402
 from tasks.sft import choose_lm_head, choose_precision, cpu_identity, sft_trainer_class  # noqa: E402
 from tunegate.config import SFTConfig as TunegateSFTConfig  # noqa: E402
 from tunegate.models import resolve_base_model  # noqa: E402

@@ -92,7 +92,7 @@ def cmd_validate(args) -> int:
     ingested = ingest_files(args.files, work, args.preferences)
     tokenizer = None
     if args.base_model:
-        from tasks.prepare import load_chat_tokenizer
+        from tunegate.models import load_chat_tokenizer
         from tunegate.models import resolve_base_model
 
         tokenizer = load_chat_tokenizer(resolve_base_model(args.base_model))

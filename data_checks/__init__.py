@@ -16,3 +16,11 @@ def all_rules() -> dict[str, str]:
 
     return {**format.RULES, **length.RULES, **duplicates.RULES, **pii.RULES, **leakage.RULES, **preference.RULES,
             **contradiction.RULES}
+
+
+def check_rule_names(max_fraction: dict[str, float]) -> None:
+    """Fail on a threshold for a rule no suite has (a typo would otherwise never apply)."""
+    known = all_rules()
+    unknown = sorted(set(max_fraction) - set(known))
+    if unknown:
+        raise ValueError(f"data.checks.max_fraction names unknown rules {unknown}; known: {sorted(known)}")

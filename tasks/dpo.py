@@ -19,7 +19,10 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from pydantic import BaseModel, ConfigDict
 
+from tasks.prepare import Prepared
+from tasks.sft import Trained
 from tunegate.caching import content_key, file_sha256
 from tunegate.config import DPOConfig
 
@@ -54,7 +57,7 @@ def train_dpo(
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig as TRLDPOConfig, DPOTrainer
 
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
 
     pairs = read_pairs(Path(pairs_path), cfg.max_pairs)
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
@@ -123,31 +126,52 @@ def train_dpo(
     return summary
 
 
+class Aligned(BaseModel):
+    """The candidate's weights after DPO (the SFT weights when DPO was skipped), the SFT run they came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    skipped: bool
+    skip_reason: str | None = None
+    adapter: str | None
+    model: str | None
+    sft: Trained
+    pairs: int = 0
+    reference: str | None = None
+    train_loss: float | None = None
+    loss_curve: list[tuple[int, float]] = []
+    margin_curve: list[tuple[int, float]] = []
+    accuracy_curve: list[tuple[int, float]] = []
+    steps: int = 0
+    seconds: float = 0.0
+    seed: int | None = None
+
+    @property
+    def weights(self) -> str:
+        return self.adapter or self.model
+
+
 def _dpo_cache_key(context, parameters) -> str:
-    pairs = file_sha256(parameters["pairs_path"]) if parameters["pairs_path"] else ""
-    sft = parameters["sft"]
-    weights = Path(sft["adapter"] or sft["model"])
+    trained, cfg = parameters["trained"], parameters["cfg"]
+    pairs = parameters["prepared"].validated.clean_preferences
+    weights = Path(trained.adapter or trained.model)
     weights_hashes = [file_sha256(p) for p in sorted(weights.glob("*.safetensors"))]  # streamed: a full model is GBs
     output_root = Path(parameters["out_dir"]).parent.parent  # <output_dir>/<run>/dpo
-    return content_key(output_root, pairs, *weights_hashes, parameters["cfg"].model_dump_json(), sft["precision"])
+    return content_key(output_root, file_sha256(pairs), trained.base.path, *weights_hashes, cfg.model_dump_json(),
+                       trained.precision)
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_dpo_cache_key), persist_result=True)
-def dpo(
-    base_model_path: str,
-    sft: dict,
-    pairs_path: str | None,
-    cfg: DPOConfig,
-    out_dir: str,
-    trust_remote_code: bool = False,
-) -> dict:
+def dpo(trained: Trained, prepared: Prepared, cfg: DPOConfig, out_dir: str) -> Aligned:
     """Align the SFT model on preference pairs; pass the SFT weights through when there are none."""
-    n_pairs = sum(1 for _ in open(pairs_path)) if pairs_path and Path(pairs_path).exists() else 0
+    pairs_path = prepared.validated.clean_preferences
+    n_pairs = sum(1 for _ in open(pairs_path))
     if not cfg.enabled or n_pairs == 0:
         why = "dpo.enabled is false" if not cfg.enabled else "no preference pairs in the data"
-        logging.getLogger("tunegate.dpo").info("DPO skipped: %s", why)
-        return {**sft, "skipped": True, "skip_reason": why}
-    return train_dpo(base_model_path, sft, pairs_path, cfg, sft["precision"], Path(out_dir), trust_remote_code)
+        log.info("DPO skipped: %s", why)
+        return Aligned(skipped=True, skip_reason=why, adapter=trained.adapter, model=trained.model, sft=trained)
+    summary = train_dpo(trained.base.path, trained.model_dump(), pairs_path, cfg, trained.precision, Path(out_dir),
+                        trained.base.trust_remote_code)
+    return Aligned(**summary, sft=trained)
 
 
 if __name__ == "__main__":

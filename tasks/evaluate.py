@@ -37,9 +37,12 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
+from pydantic import BaseModel, ConfigDict
 
+from tasks.dpo import Aligned
+from tasks.prepare import Prepared
 from tunegate.caching import file_sha256
-from tunegate.config import Assertion, EvalConfig, GateRule, KeyFactTerms, TrackingConfig
+from tunegate.config import Assertion, EvalConfig, GateConfig, GateRule, KeyFactTerms, TrackingConfig
 from tunegate.models import cache_dir as tunegate_cache_dir
 from tunegate.registry import CHAMPION, connect, download_version, eval_experiment, get_alias
 
@@ -101,7 +104,7 @@ def with_key_fact_terms(source: Path, out: Path, terms: KeyFactTerms) -> None:
 def write_assertion_docs(assertions: list[Assertion], base_model_path: str, out: Path,
                          trust_remote_code: bool = False) -> None:
     """One doc per configured check: its user message rendered with the base model's chat template."""
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
 
     tokenizer = load_chat_tokenizer(base_model_path, trust_remote_code)
     rows = [
@@ -241,20 +244,23 @@ def eval_footing(cfg: EvalConfig) -> dict:
     }
 
 
-def eval_cache_dir(cfg: EvalConfig, tracking: TrackingConfig) -> Path:
+def eval_cache_dir(cache_dir: str | None, tracking: TrackingConfig) -> Path:
     """eval.cache_dir, else eval-cache/ next to the sqlite MLflow DB, else ~/.cache/tunegate/eval-cache."""
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir).resolve()
+    if cache_dir:
+        return Path(cache_dir).resolve()
     if tracking.tracking_uri.startswith("sqlite:///"):
         return Path(tracking.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "eval-cache"
     return tunegate_cache_dir() / "eval-cache"
 
 
 def eval_suite(
-    prepared: dict, cfg: EvalConfig, rules: list[GateRule], cache_dir: Path, out_dir: Path,
+    prepared: dict, cfg: EvalConfig, rules: list[GateRule], cache_dir: Path | None, out_dir: Path,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Every task to score, with its definition and data hashes, and the settings shared by every model."""
+    """Every task to score, with its definition and data hashes, and the settings shared by every model.
+
+    `cache_dir` None: the evaluation picks the default next to its tracking store (see eval_cache_dir).
+    """
     tasks_dir = materialize_tasks(prepared, cfg.max_gen_toks, cfg.tasks, out_dir / "lm_eval_tasks", cfg.key_facts,
                                   cfg.assertions, trust_remote_code)
     names = [f"tunegate_{t}" for t in cfg.tasks] + cfg.lm_eval_tasks
@@ -273,17 +279,28 @@ def eval_suite(
         "base_model_path": prepared["base_model_path"],
         "trust_remote_code": trust_remote_code,
         "log_samples": cfg.log_samples,
-        "cache_dir": str(cache_dir),
+        "cache_dir": str(cache_dir) if cache_dir else None,
     }
 
 
+class EvalSuite(BaseModel):
+    """The tasks every model is scored on, their hashes, and the footing that makes scores comparable."""
+
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[dict]
+    footing: dict
+    base_model_path: str
+    trust_remote_code: bool
+    log_samples: bool
+    cache_dir: str | None
+
+
 @task
-def build_eval_suite(
-    prepared: dict, cfg: EvalConfig, rules: list[GateRule], tracking: TrackingConfig, out_dir: str,
-    trust_remote_code: bool = False,
-) -> dict:
+def build_eval_suite(prepared: Prepared, cfg: EvalConfig, gate: GateConfig, out_dir: str) -> EvalSuite:
     """Fill the local tasks, resolve lm-eval tasks by name and hash them all; fail here, before training."""
-    return eval_suite(prepared, cfg, rules, eval_cache_dir(cfg, tracking), Path(out_dir), trust_remote_code)
+    as_dict = {**prepared.model_dump(), "base_model_path": prepared.base.path}
+    cache_dir = Path(cfg.cache_dir).resolve() if cfg.cache_dir else None
+    return EvalSuite(**eval_suite(as_dict, cfg, gate.rules, cache_dir, Path(out_dir), prepared.base.trust_remote_code))
 
 
 # --- one model on one task -----------------------------------------------------------------------
@@ -491,6 +508,7 @@ def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
     Prefect's cache fits: a custom key over content hashes (paths and labels left out), results
     persisted as JSON in the cache folder, never expiring. A hit costs one task-run round trip.
     """
+    suite = {**suite, "cache_dir": str(eval_cache_dir(suite["cache_dir"], tracking))}
     model = with_content_hash(model, suite)
     cached_evaluate = evaluate_task.with_options(
         cache_policy=CacheKeyFnPolicy(cache_key_fn=_prefect_cache_key), result_storage=Path(suite["cache_dir"])
@@ -513,18 +531,53 @@ def evaluate_suite(model: dict, suite: dict, tracking: TrackingConfig) -> dict:
     }
 
 
+class ModelUnderTest(BaseModel):
+    """A model to score: the base (adapter and model None), an adapter on the base, or a whole model."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    adapter: str | None = None
+    model: str | None = None
+    version: str | None = None
+
+
+class Evaluation(ModelUnderTest):
+    """One model's scores on every task of the suite; per-task results keep per-sample values for the gate."""
+
+    model_hash: str
+    tasks: dict[str, dict]
+    cache_hits: list[str]
+    eval_run_ids: dict[str, str]
+
+
+class Comparison(BaseModel):
+    """The candidate and what it is compared with, scored on the same suite and footing."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidate: Evaluation
+    baseline: Evaluation
+
+
+def evaluate(aligned: Aligned, baseline: ModelUnderTest, suite: EvalSuite, tracking: TrackingConfig) -> Comparison:
+    """Score the baseline, then the candidate (aligned's weights), on the suite; cached results are reused."""
+    candidate = ModelUnderTest(label="candidate", adapter=aligned.adapter, model=aligned.model)
+    scored = {m.label: Evaluation(**evaluate_suite(m.model_dump(), suite.model_dump(), tracking))
+              for m in (baseline, candidate)}
+    return Comparison(candidate=scored["candidate"], baseline=scored[baseline.label])
+
+
 @task(retries=2, retry_delay_seconds=[2, 5])
-def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> dict:
+def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> ModelUnderTest:
     """What the candidate is compared with: the champion (adapter or whole model), or the base model when none exists."""
     client, _ = connect(tracking)
     version = get_alias(client, tracking.registered_model, CHAMPION)
     if version is None:
-        return {"label": "base", "adapter": None, "model": None, "version": None}
+        return ModelUnderTest(label="base")
     weights = download_version(client, version, Path(out_dir) / f"champion-v{version.version}")
     # peft's own marker tells an adapter from a whole model (sft.method: full).
     is_adapter = (Path(weights) / "adapter_config.json").exists()
-    return {"label": f"champion v{version.version}", "adapter": weights if is_adapter else None,
-            "model": None if is_adapter else weights, "version": str(version.version)}
+    return ModelUnderTest(label=f"champion v{version.version}", adapter=weights if is_adapter else None,
+                          model=None if is_adapter else weights, version=str(version.version))
 
 
 if __name__ == "__main__":

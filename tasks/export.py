@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from tasks.promote import Promotion
+from tasks.register import Registered
 
 CHATML_OLLAMA_TEMPLATE = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
@@ -74,12 +78,26 @@ def export_model(base_model_path: str, trained: dict, out_dir: Path, served_name
             **serving_files(merged_dir, out_dir, served_name, eos, max_len)}
 
 
+class Exported(BaseModel):
+    """The promoted version's handoff files; `skipped` says why there are none."""
+
+    model_config = ConfigDict(extra="forbid")
+    skipped: str | None = None
+    merged: str | None = None
+    adapter: str | None = None
+    serve_command: str | None = None
+    modelfile: str | None = None
+    smoke_request: str | None = None
+
+
 @task
-def export(promotion: dict, base_model_path: str, trained: dict, out_dir: str, served_name: str, max_len: int) -> dict:
+def export(promotion: Promotion, registered: Registered, out_dir: str) -> Exported:
     """Write the merged model, the adapter and the serving files for the promoted version (none when blocked)."""
-    if not promotion["promoted"]:
-        return {"skipped": "not promoted"}
-    return export_model(base_model_path, trained, Path(out_dir), served_name, max_len)
+    if not promotion.promoted:
+        return Exported(skipped="not promoted")
+    aligned, base = registered.aligned, registered.prepared.base
+    return Exported(**export_model(base.path, aligned.model_dump(), Path(out_dir), registered.model_name,
+                                   base.max_length or 2048))
 
 
 if __name__ == "__main__":

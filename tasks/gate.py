@@ -36,7 +36,9 @@ from statistics import NormalDist
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict
 
+from tasks.register import Registered
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 
 # What must match for two per-task evaluations to be compared sample by sample.
@@ -331,17 +333,35 @@ def decision_markdown(decision: dict, version: str) -> str:
     return "\n".join(lines)
 
 
+class GateDecision(BaseModel):
+    """The gate's verdict: passed or not, why (per-rule rows), and the table a reviewer reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    passed: bool
+    regressed: list[str]
+    improved: list[str]
+    uninformative: list[str]
+    block_uninformative: bool
+    answer_drift: dict
+    baseline: str
+    first_model: bool
+    alpha: float
+    power: float
+    rows: list[dict]
+    markdown: str
+
+
 @task
-def gate(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict, registered: dict, tracking: TrackingConfig) -> dict:
+def gate(cfg: GateConfig, registered: Registered, tracking: TrackingConfig) -> GateDecision:
     """Judge every rule; record the table in MLflow, on the model version and in Prefect."""
     import mlflow
 
     from tunegate.registry import connect
 
-    decision = decide(cfg, candidate_eval, baseline_eval)
-    markdown = decision_markdown(decision, registered["version"])
+    decision = decide(cfg, registered.evals.candidate.model_dump(), registered.evals.baseline.model_dump())
+    markdown = decision_markdown(decision, registered.version)
     client, _ = connect(tracking)
-    run_id, name, version = registered["run_id"], registered["model_name"], registered["version"]
+    run_id, name, version = registered.run_id, registered.model_name, registered.version
     outcome = "passed" if decision["passed"] else "blocked"
     flat = [key for key in decision["rows"][0] if key != "strata"]  # per-stratum rows: in decision.json and .md
     table = {key: [row[key] for row in decision["rows"]] for key in flat}
@@ -363,5 +383,4 @@ def gate(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict, registered:
     client.set_model_version_tag(name, version, "gate.regressed", ",".join(decision["regressed"]))
     client.set_model_version_tag(name, version, "gate", outcome)
     create_markdown_artifact(markdown=markdown, key="gate-decision", description="Promotion gate decision")
-    decision["markdown"] = markdown
-    return decision
+    return GateDecision(**decision, markdown=markdown)

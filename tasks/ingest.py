@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Iterator
 
 from prefect import task
+from pydantic import BaseModel, ConfigDict
 
 from tunegate.caching import STAGE_CACHE
 from tunegate.config import DataConfig
@@ -475,13 +476,23 @@ def ingest_files(
             "rejected": str(paths["ingest_rejected"]), "counts": counts}
 
 
+class Ingested(BaseModel):
+    """ingest's files: canonical SFT records, preference pairs, unreadable rows; and the counts."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: str
+    preferences: str
+    rejected: str
+    counts: dict
+
+
 @task(retries=2, retry_delay_seconds=[2, 5], cache_policy=STAGE_CACHE, persist_result=True)
-def ingest(data: DataConfig, out_dir: str) -> dict:
+def ingest(data: DataConfig, out_dir: str) -> Ingested:
     """Read the dataset files into canonical SFT records and preference pairs."""
-    return ingest_files(data.domain_files + data.general_files + data.feedback_files, Path(out_dir),
+    return Ingested(**ingest_files(data.domain_files + data.general_files + data.feedback_files, Path(out_dir),
                         data.preference_files + data.feedback_preference_files,
                         {f: spec.model_dump() for f, spec in data.file_formats.items()},
-                        int(data.checks.max_row_mb * 2**20))
+                        int(data.checks.max_row_mb * 2**20)))
 
 
 if __name__ == "__main__":

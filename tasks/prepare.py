@@ -17,27 +17,16 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import task
+from pydantic import BaseModel, ConfigDict
 
 from data_checks.split import language
 from tasks.ingest import read_rows, to_messages
+from tasks.validate import Validated
 from tunegate.caching import STAGE_CACHE
-from tunegate.config import DataConfig, ModelRef
-from tunegate.models import CHATML_TEMPLATE, resolve_base_model
+from tunegate.config import DataConfig
+from tunegate.models import ResolvedModel, load_chat_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def load_chat_tokenizer(base_model_path: str, trust_remote_code: bool = False):
-    """The base model's tokenizer; ChatML is set (and logged) only when it ships no chat template."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
-    if not tokenizer.chat_template:
-        log.warning("%s has no chat template; using ChatML", base_model_path)
-        tokenizer.chat_template = CHATML_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -112,8 +101,25 @@ def prepare_data(
     }
 
 
+class Prepared(BaseModel):
+    """The data as training and eval read it, the base model it was rendered for, and what it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    train: str
+    eval: str
+    domain_eval: str
+    general_eval: str
+    production_eval: str | None = None
+    base: ResolvedModel
+    stop: str
+    data_hash: str
+    counts: dict
+    validated: Validated
+
+
 @task(cache_policy=STAGE_CACHE, persist_result=True)
-def prepare(report: dict, data: DataConfig, model: ModelRef, out_dir: str) -> dict:
+def prepare(validated: Validated, data: DataConfig, model: ResolvedModel, out_dir: str) -> Prepared:
     """Split the clean records as validate decided, render eval prompts with the base model's chat template, hash."""
-    return prepare_data(Path(report["clean"]), data.general_holdout_file, resolve_base_model(model.base_model),
-                        Path(out_dir), model.trust_remote_code, data.production_eval_file)
+    out = prepare_data(Path(validated.clean), data.general_holdout_file, model.path, Path(out_dir),
+                       model.trust_remote_code, data.production_eval_file)
+    return Prepared(**{k: v for k, v in out.items() if k != "base_model_path"}, base=model, validated=validated)

@@ -22,8 +22,13 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from prefect import task
+from pathlib import Path
 
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from tasks.gate import GateDecision
+from tasks.register import Registered
 from tunegate.config import TrackingConfig
 from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
 
@@ -133,26 +138,87 @@ def version_or_none(client, name: str, version: str):
         return None
 
 
+class Promotion(BaseModel):
+    """Whether the gate's decision moved `champion`, to which version, and what it replaced."""
+
+    model_config = ConfigDict(extra="forbid")
+    promoted: bool
+    version: str
+    previous: str | None = None
+
+
 @task
-def promote(decision: dict, registered: dict, tracking: TrackingConfig) -> dict:
+def promote(decision: GateDecision, registered: Registered, tracking: TrackingConfig) -> Promotion:
     """Promote on pass; on block leave the champion alone (the flow fails afterwards, see `conclude`)."""
     client, _ = connect(tracking)
-    name, version = registered["model_name"], registered["version"]
-    if not decision["passed"]:
-        return {"promoted": False, "version": version, "previous": None}
+    name, version = registered.model_name, registered.version
+    if not decision.passed:
+        return Promotion(promoted=False, version=version)
     with alias_lock(tracking):
         previous = move_champion(client, name, version)
     record(client, name, version, "gate", {"promotion": "gate", "promotion.time": utc_now(),
                                            "promotion.replaced": str(previous)})
-    return {"promoted": True, "version": version, "previous": previous}
+    return Promotion(promoted=True, version=version, previous=previous)
+
+
+class RunSummary(BaseModel):
+    """What a person wants at the end of a run; written to <run>/summary.json after the promotion decision."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows_kept: int
+    rows_quarantined: int
+    quarantine_file: str
+    train_loss: float
+    train_steps: int
+    baseline: str
+    eval_cache_hits: dict[str, list[str]]
+    eval: dict[str, dict[str, dict[str, float]]]
+    gate: str
+    regressed: list[str]
+    promoted: bool
+    model_name: str
+    mlflow_run_id: str
+    model_version: str
+    mlflow_ui: str
+
+
+def run_summary(registered: Registered, decision: GateDecision, promotion: Promotion) -> RunSummary:
+    validated, trained = registered.prepared.validated, registered.aligned.sft
+    candidate, baseline = registered.evals.candidate, registered.evals.baseline
+    return RunSummary(
+        rows_kept=validated.rows_kept,
+        rows_quarantined=validated.rows_quarantined,
+        quarantine_file=validated.quarantine,
+        train_loss=trained.train_loss,
+        train_steps=trained.steps,
+        baseline=baseline.label,
+        eval_cache_hits={"baseline": baseline.cache_hits, "candidate": candidate.cache_hits},
+        eval={t: {"baseline": baseline.tasks[t]["metrics"], "candidate": candidate.tasks[t]["metrics"]}
+              for t in candidate.tasks},
+        gate="passed" if decision.passed else "blocked",
+        regressed=decision.regressed,
+        promoted=promotion.promoted,
+        model_name=registered.model_name,
+        mlflow_run_id=registered.run_id,
+        model_version=registered.version,
+        mlflow_ui=f"mlflow ui --backend-store-uri {registered.tracking_uri}",
+    )
 
 
 @task
-def conclude(summary: dict, decision: dict) -> dict:
+def summarize(registered: Registered, decision: GateDecision, promotion: Promotion, run_dir: str) -> RunSummary:
+    """Write summary.json in the run folder after the promotion decision, for the CLI and for people."""
+    summary = run_summary(registered, decision, promotion)
+    (Path(run_dir) / "summary.json").write_text(summary.model_dump_json(indent=2))
+    return summary
+
+
+@task
+def conclude(summary: RunSummary, decision: GateDecision) -> RunSummary:
     """End the run: the summary when promoted, else fail with the regressed tasks (the champion did not move)."""
-    if not summary["promoted"]:
+    if not summary.promoted:
         raise GateBlocked(
-            f"Gate blocked {summary['model_name']} version {summary['model_version']}: regressed on "
-            f"{', '.join(decision['regressed'])}. The champion alias did not move.\n{decision['markdown']}"
+            f"Gate blocked {summary.model_name} version {summary.model_version}: regressed on "
+            f"{', '.join(decision.regressed)}. The champion alias did not move.\n{decision.markdown}"
         )
     return summary

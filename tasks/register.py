@@ -25,10 +25,13 @@ import subprocess
 from pathlib import Path
 
 from prefect import task
+from pydantic import BaseModel, ConfigDict
 
+from tasks.dpo import Aligned
+from tasks.evaluate import Comparison, Evaluation
+from tasks.prepare import Prepared
 from tunegate.chat_model import log_chat_model
 from tunegate.config import PipelineParams
-from tunegate.models import resolve_base_model
 from tunegate.registry import connect, ensure_registered_model
 
 
@@ -54,89 +57,96 @@ def code_version() -> str:
         return "unknown"
 
 
-def eval_metrics(prefix: str, evaluation: dict) -> dict[str, float]:
+def eval_metrics(prefix: str, evaluation: Evaluation) -> dict[str, float]:
     return {
         f"{prefix}/{task_name}/{metric}": value
-        for task_name, result in evaluation["tasks"].items()
+        for task_name, result in evaluation.tasks.items()
         for metric, value in result["metrics"].items()
     }
 
 
-def log_training_curves(trained: dict, aligned: dict) -> None:
+def log_training_curves(aligned: Aligned) -> None:
     """Per-step SFT train/eval loss and DPO loss/margin as MLflow metrics, plus the loss plot."""
     import mlflow
 
-    for step, loss in trained["loss_curve"]:
+    trained = aligned.sft
+    for step, loss in trained.loss_curve:
         mlflow.log_metric("train/loss_step", loss, step=step)
-    for step, loss in trained["eval_loss_curve"]:
+    for step, loss in trained.eval_loss_curve:
         mlflow.log_metric("train/eval_loss_step", loss, step=step)
-    mlflow.log_artifact(trained["loss_plot"], artifact_path="train")
-    if not aligned["skipped"]:
-        for step, loss in aligned["loss_curve"]:
+    mlflow.log_artifact(trained.loss_plot, artifact_path="train")
+    if not aligned.skipped:
+        for step, loss in aligned.loss_curve:
             mlflow.log_metric("dpo/loss_step", loss, step=step)
-        for step, margin in aligned["margin_curve"]:
+        for step, margin in aligned.margin_curve:
             mlflow.log_metric("dpo/reward_margin_step", margin, step=step)
 
 
-def register_run(
-    params: PipelineParams,
-    run_name: str,
-    report: dict,
-    prepared: dict,
-    trained: dict,
-    candidate_eval: dict,
-    baseline_eval: dict,
-    aligned: dict,
-) -> dict:
+class Registered(BaseModel):
+    """The model version this run registered, and the evidence it was registered with."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    model_name: str
+    version: str
+    run_name: str
+    tracking_uri: str
+    prepared: Prepared
+    aligned: Aligned
+    evals: Comparison
+
+
+def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
     """Log the whole run to MLflow and register the trained weights; return run id and version."""
     import mlflow
 
     client, experiment_id = connect(params.tracking)
+    validated, trained, candidate, baseline = prepared.validated, aligned.sft, evals.candidate, evals.baseline
     config = json.dumps(params.model_dump(), sort_keys=True)
     lineage = {
-        "data_hash": prepared["data_hash"],
+        "data_hash": prepared.data_hash,
         "base_model": params.base_model,
         "code_version": code_version(),
-        "rows_kept": str(report["rows_kept"]),
-        "rows_quarantined": str(report["rows_quarantined"]),
-        "quarantine_counts": json.dumps(report["rule_counts"], sort_keys=True),
-        "validation": "passed" if report["success"] else "failed",
+        "rows_kept": str(validated.rows_kept),
+        "rows_quarantined": str(validated.rows_quarantined),
+        "quarantine_counts": json.dumps(validated.rule_counts, sort_keys=True),
+        "validation": "passed" if validated.success else "failed",
         "config_hash": hashlib.sha256(config.encode()).hexdigest(),
-        "model_hash": candidate_eval["model_hash"],
-        "baseline": baseline_eval["label"],
-        "eval_run_ids": json.dumps({"candidate": candidate_eval["eval_run_ids"],
-                                    "baseline": baseline_eval["eval_run_ids"]}),
-        "eval_strata": json.dumps(prepared["counts"].get("domain_eval_strata", {}), ensure_ascii=False),
+        "model_hash": candidate.model_hash,
+        "baseline": baseline.label,
+        "eval_run_ids": json.dumps({"candidate": candidate.eval_run_ids, "baseline": baseline.eval_run_ids}),
+        "eval_strata": json.dumps(prepared.counts.get("domain_eval_strata", {}), ensure_ascii=False),
     }
-    if report["conflicts"]["approved"]:  # a reviewer let rows that contradict curated data train
-        lineage["conflicts_approved"] = f"{report['conflicts']['approved']} ({report['conflicts']['approved_rows']} rows)"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    if validated.conflicts_approved:  # a reviewer let rows that contradict curated data train
+        lineage["conflicts_approved"] = f"{validated.conflicts_approved} ({validated.conflicts_approved_rows} rows)"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=params.run_name) as run:
         mlflow.set_tags({"tunegate.stage": "registered", **{f"lineage.{k}": v for k, v in lineage.items()}})
         mlflow.log_params(flatten(params.model_dump()))
         mlflow.log_metrics(
             {
-                "data/rows_in": report["rows_in"],
-                "data/rows_kept": report["rows_kept"],
-                "data/rows_quarantined": report["rows_quarantined"],
-                **{f"data/{rule}": n for rule, n in report["rule_counts"].items()},
-                "train/loss": trained["train_loss"],
-                "train/seconds": trained["seconds"],
-                **eval_metrics("eval", candidate_eval),
-                **eval_metrics("baseline", baseline_eval),
+                "data/rows_in": validated.rows_in,
+                "data/rows_kept": validated.rows_kept,
+                "data/rows_quarantined": validated.rows_quarantined,
+                **{f"data/{rule}": n for rule, n in validated.rule_counts.items()},
+                "train/loss": trained.train_loss,
+                "train/seconds": trained.seconds,
+                **eval_metrics("eval", candidate),
+                **eval_metrics("baseline", baseline),
             }
         )
-        log_training_curves(trained, aligned)
+        log_training_curves(aligned)
         mlflow.log_dict(params.model_dump(), "config.json")
-        mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")}, "data/validation_report.json")
-        mlflow.log_dict(trained, "train/sft_summary.json")
-        mlflow.log_dict(aligned, "train/dpo_summary.json")
-        mlflow.log_dict(candidate_eval, "eval/candidate.json")
-        mlflow.log_dict(baseline_eval, "eval/baseline.json")
-        weights = aligned["adapter"] or aligned["model"]  # DPO passes the SFT weights through when skipped
-        kind = "adapter" if aligned["adapter"] else "model"
-        mlflow.log_artifacts(weights, artifact_path=kind)  # the raw files: evaluation's baseline and cache read them
-        logged = log_chat_model(weights, kind, resolve_base_model(params.base_model),
-                                trust_remote_code=params.trust_remote_code)
+        report = json.loads(Path(validated.report_file).read_text())
+        mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")},
+                        "data/validation_report.json")
+        mlflow.log_dict(trained.model_dump(mode="json"), "train/sft_summary.json")
+        mlflow.log_dict(aligned.model_dump(mode="json", exclude={"sft"}), "train/dpo_summary.json")
+        mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
+        mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
+        kind = "adapter" if aligned.adapter else "model"  # DPO passes the SFT weights through when skipped
+        mlflow.log_artifacts(aligned.weights, artifact_path=kind)  # the raw files: evaluation's baseline reads them
+        logged = log_chat_model(aligned.weights, kind, prepared.base.path,
+                                trust_remote_code=prepared.base.trust_remote_code)
 
     model_name = params.tracking.registered_model
     ensure_registered_model(client, model_name)
@@ -148,57 +158,15 @@ def register_run(
         tags={**lineage, "gate": "pending", "config": config, "weights": kind, "method": params.sft.method,
               "merged": logged["merged_uri"],
               "validation_report": f"runs:/{run.info.run_id}/data/validation_report.json"},
-        description=f"{run_name}: {params.sft.method} {'adapter on' if kind == 'adapter' else 'fine-tune of'} "
+        description=f"{params.run_name}: {params.sft.method} {'adapter on' if kind == 'adapter' else 'fine-tune of'} "
                     f"{params.base_model}",
     )
-    return {"run_id": run.info.run_id, "model_name": model_name, "version": str(version.version)}
+    return Registered(run_id=run.info.run_id, model_name=model_name, version=str(version.version),
+                      run_name=params.run_name, tracking_uri=params.tracking.tracking_uri, prepared=prepared,
+                      aligned=aligned, evals=evals)
 
 
 @task
-def register(
-    params: PipelineParams,
-    run_name: str,
-    report: dict,
-    prepared: dict,
-    trained: dict,
-    candidate_eval: dict,
-    baseline_eval: dict,
-    aligned: dict,
-) -> dict:
+def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
     """Log the run to MLflow and register the trained weights as a model version."""
-    return register_run(params, run_name, report, prepared, trained, candidate_eval, baseline_eval, aligned)
-
-
-def run_summary(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
-                registered: dict, promotion: dict, tracking_uri: str) -> dict:
-    """What a person wants at the end of a run, in one small JSON-safe dict."""
-    return {
-        "rows_kept": report["rows_kept"],
-        "rows_quarantined": report["rows_quarantined"],
-        "quarantine_file": report["quarantine"],
-        "train_loss": trained["train_loss"],
-        "train_steps": trained["steps"],
-        "baseline": baseline_eval["label"],
-        "eval_cache_hits": {"baseline": baseline_eval["cache_hits"], "candidate": candidate_eval["cache_hits"]},
-        "eval": {
-            t: {"baseline": baseline_eval["tasks"][t]["metrics"], "candidate": candidate_eval["tasks"][t]["metrics"]}
-            for t in candidate_eval["tasks"]
-        },
-        "gate": "passed" if decision["passed"] else "blocked",
-        "regressed": decision["regressed"],
-        "promoted": promotion["promoted"],
-        "model_name": registered["model_name"],
-        "mlflow_run_id": registered["run_id"],
-        "model_version": registered["version"],
-        "mlflow_ui": f"mlflow ui --backend-store-uri {tracking_uri}",
-    }
-
-
-@task
-def summarize(report: dict, trained: dict, baseline_eval: dict, candidate_eval: dict, decision: dict,
-              registered: dict, promotion: dict, tracking_uri: str, run_dir: str) -> dict:
-    """Write summary.json in the run folder after the promotion decision, for the CLI and for people."""
-    summary = run_summary(report, trained, baseline_eval, candidate_eval, decision, registered, promotion,
-                          tracking_uri)
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return register_run(params, prepared, aligned, evals)

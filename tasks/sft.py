@@ -18,12 +18,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from pydantic import BaseModel, ConfigDict
 
 from tunegate.caching import content_key
 from tunegate.config import SFTConfig
+from tunegate.models import ResolvedModel
+
+if TYPE_CHECKING:  # not imported at run time: accelerate's ranks import this module and need no data checks
+    from tasks.prepare import Prepared
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
@@ -323,7 +329,7 @@ def train_sft(
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig as TRLSFTConfig
 
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
 
     check_training_setup(cfg)
     chosen = chosen_precision or precision_choice(cfg.precision)
@@ -458,29 +464,59 @@ def check_setup(cfg: SFTConfig) -> None:
     check_training_setup(cfg)
 
 
+class Trained(BaseModel):
+    """The SFT weights (an adapter, or the whole model for `full`), what they were trained on, and how it went."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    adapter: str | None
+    model: str | None
+    base: ResolvedModel
+    data_hash: str
+    train_loss: float
+    final_loss: float | None
+    loss_curve: list[tuple[int, float]]
+    eval_loss_curve: list[tuple[int, float]]
+    loss_plot: str
+    steps: int
+    stopped_early: bool
+    resumed_from: str | None
+    resumed_at_step: int
+    seconds: float
+    precision: str
+    precision_reason: str
+    cpu_matmul_gflops: dict | None
+    gradient_checkpointing: bool
+    gradient_checkpointing_reason: str
+    lm_head: str
+    lm_head_reason: str
+    trainable_params: int
+    input_tokens_per_step: int
+    world_size: int
+
+
 def _sft_cache_key(context, parameters) -> str:
     # The same data, base model and config reuse the finished weights.
     prepared, cfg = parameters["prepared"], parameters["cfg"]
-    return content_key(Path(parameters["checkpoint_root"]).parent, prepared["data_hash"],
-                       prepared["base_model_path"], cfg.model_dump_json())
+    return content_key(Path(parameters["checkpoint_root"]).parent, prepared.data_hash, prepared.base.path,
+                       cfg.model_dump_json())
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_sft_cache_key), persist_result=True)
-def sft(prepared: dict, cfg: SFTConfig, out_dir: str, checkpoint_root: str, trust_remote_code: bool = False) -> dict:
+def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) -> Trained:
     """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0."""
+    base = prepared.base
     spec = {
-        "base_model_path": prepared["base_model_path"],
-        "train": prepared["train"],
-        "eval": prepared["eval"],
+        "base_model_path": base.path,
+        "train": prepared.train,
+        "eval": prepared.eval,
         "cfg": cfg.model_dump(),
         "out_dir": out_dir,
-        "checkpoint_dir": str(checkpoint_dir_for(Path(checkpoint_root), prepared["base_model_path"], cfg,
-                                                 prepared["data_hash"])),
-        "trust_remote_code": trust_remote_code,
+        "checkpoint_dir": str(checkpoint_dir_for(Path(checkpoint_root), base.path, cfg, prepared.data_hash)),
+        "trust_remote_code": base.trust_remote_code,
     }
-    if cfg.num_processes > 1:
-        return launch_distributed(spec, cfg, Path(out_dir))
-    return run_spec(spec)
+    summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec)
+    return Trained(**summary, base=base, data_hash=prepared.data_hash)
 
 
 if __name__ == "__main__":

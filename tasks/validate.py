@@ -27,6 +27,7 @@ approves with `data.checks.conflicts_approved`, and the conflicting rows then tr
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import sys
@@ -39,14 +40,18 @@ import orjson
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict
 
-from data_checks import contradiction, duplicates, format as format_check, leakage, length, pii, preference
+from data_checks import (check_rule_names, contradiction, duplicates, format as format_check, leakage, length, pii,
+                         preference)
 from data_checks.facts import FactIndex
 from data_checks.split import eval_split
 from data_checks.gx_suite import GxRun
 from data_checks.text import TextView
+from tasks.ingest import Ingested, convert_row, ingest_files, read_rows
 from tunegate.caching import STAGE_CACHE
-from tunegate.config import ChecksConfig, DataConfig, ModelRef
+from tunegate.config import ChecksConfig, DataConfig
+from tunegate.models import ResolvedModel
 
 
 class DataValidationError(RuntimeError):
@@ -92,7 +97,6 @@ def files(rows: list[dict], names: list[str]) -> np.ndarray:
 
 def holdout_records(holdout_file: str | None) -> list[dict]:
     """The general holdout file as canonical SFT records (its prompts feed leakage, its answers the fact index)."""
-    from tasks.ingest import convert_row, read_rows
 
     records = []
     if holdout_file:
@@ -283,6 +287,24 @@ def _examples(records, ingest_rejected, details, limit: int = 3) -> dict[str, li
     return examples
 
 
+def gc_paused(fn):
+    """Run fn with the garbage collector paused: the stage builds millions of small dicts and no
+    cycles, and collections triggered by those allocations cost more than the checks (3x on reading alone)."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
+@gc_paused
 def validate_records(
     records_path: Path,
     ingest_rejected_path: Path | None,
@@ -303,24 +325,10 @@ def validate_records(
 
     Length runs when a tokenizer and max_length are given; leakage when an eval split or a holdout file is.
     With `data` (the pipeline's data section) the split is decided here and the contradiction suite runs.
-    The garbage collector is paused meanwhile: the stage builds millions of small dicts and no cycles,
-    and collections triggered by those allocations cost more than the checks (3x on reading alone).
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy,
-                                 preferences_path, checks, tokenizer, max_length, general_holdout_file, data,
-                                 data_docs, only)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _validate_records(records_path, ingest_rejected_path, out_dir, max_fraction, pii_policy, preferences_path,
-                      checks, tokenizer, max_length, general_holdout_file, data, data_docs, only) -> dict:
     started = time.perf_counter()
     checks = checks or ChecksConfig()
+    check_rule_names(checks.max_fraction)
     out_dir.mkdir(parents=True, exist_ok=True)
     records, preferences = _read_jsonl(records_path), _read_jsonl(preferences_path)
     rejected = _read_jsonl(ingest_rejected_path)
@@ -478,17 +486,40 @@ def split_markdown(split: dict | None) -> list[str]:
     return lines
 
 
-@task(cache_policy=STAGE_CACHE, persist_result=True)
-def validate(ingested: dict, data: DataConfig, model: ModelRef, out_dir: str) -> dict:
-    """Run the GE suites; quarantine failing rows; fail when a rule crosses its threshold."""
-    from tasks.prepare import load_chat_tokenizer
-    from tunegate.models import resolve_base_model
+class Validated(BaseModel):
+    """What validate kept and decided: the clean files (rows carry the split), counts, the full report's file."""
 
-    tokenizer = load_chat_tokenizer(resolve_base_model(model.base_model), model.trust_remote_code)
+    model_config = ConfigDict(extra="forbid")
+    clean: str
+    clean_preferences: str
+    quarantine: str
+    report_file: str
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    preferences_kept: int
+    rule_counts: dict[str, int]
+    success: bool
+    conflicts_approved: str | None = None
+    conflicts_approved_rows: int = 0
+
+    @classmethod
+    def of(cls, report: dict, report_file: Path) -> Validated:
+        return cls(**{k: report[k] for k in ("clean", "clean_preferences", "quarantine", "rows_in", "rows_kept",
+                                              "rows_quarantined", "preferences_kept", "rule_counts", "success")},
+                   report_file=str(report_file), conflicts_approved=report["conflicts"]["approved"],
+                   conflicts_approved_rows=report["conflicts"]["approved_rows"])
+
+
+@task(cache_policy=STAGE_CACHE, persist_result=True)
+def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir: str) -> Validated:
+    """Run the GE suites; quarantine failing rows; fail when a rule crosses its threshold."""
+    from tunegate.models import load_chat_tokenizer
+
     report = validate_records(
-        Path(ingested["records"]), Path(ingested["rejected"]), Path(out_dir), data.max_rejected_fraction,
-        data.pii_policy, preferences_path=Path(ingested["preferences"]) if ingested.get("preferences") else None,
-        checks=data.checks, tokenizer=tokenizer, max_length=model.max_length, data=data,
+        Path(ingested.records), Path(ingested.rejected), Path(out_dir), data.max_rejected_fraction, data.pii_policy,
+        preferences_path=Path(ingested.preferences), checks=data.checks,
+        tokenizer=load_chat_tokenizer(model.path, model.trust_remote_code), max_length=model.max_length, data=data,
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
     failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}
@@ -496,12 +527,10 @@ def validate(ingested: dict, data: DataConfig, model: ModelRef, out_dir: str) ->
         raise ConflictReviewRequired(conflict_message(report))
     if failed:
         raise DataValidationError(failure_message(report))
-    return report
+    return Validated.of(report, Path(out_dir) / "report.json")
 
 
 if __name__ == "__main__":
-    from tasks.ingest import ingest_files
-
     work = Path(tempfile.mkdtemp(prefix="tunegate-validate-"))
     ingested = ingest_files(sys.argv[1:], work)
     rep = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject",

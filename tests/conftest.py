@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,6 +49,26 @@ def prepared(tiny_model, tmp_path_factory) -> dict:
     report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject", data=data)
     out = prepare_data(Path(report["clean"]), data.general_holdout_file, tiny_model, work)
     return {**out, "report": report}
+
+
+def typed_prepared(prepared: dict):
+    """The `prepared` fixture as the prepare stage returns it (a typed Prepared)."""
+    from tasks.prepare import Prepared
+    from tasks.validate import Validated
+    from tunegate.models import ResolvedModel
+
+    report = prepared["report"]
+    (Path(report["clean"]).parent / "report.json").write_text(json.dumps(report))
+    fields = {k: v for k, v in prepared.items() if k in Prepared.model_fields}
+    return Prepared(**fields, base=ResolvedModel(name="tiny", path=prepared["base_model_path"]),
+                    validated=Validated.of(report, Path(report["clean"]).parent / "report.json"))
+
+
+def typed_trained(summary: dict, prepared):
+    """train_sft's summary as the sft stage returns it (a typed Trained)."""
+    from tasks.sft import Trained
+
+    return Trained(**summary, base=prepared.base, data_hash=prepared.data_hash)
 
 
 @pytest.fixture()

@@ -113,17 +113,17 @@ def test_a_poisoned_window_stops_for_review_and_an_explicit_approval_lets_it_tra
 
 
 def test_the_stage_raises_for_review_naming_the_prompts(tmp_path, prefect_harness, tiny_model):
-    from tasks.ingest import ingest_files
-    from tunegate.config import ModelRef
+    from tasks.ingest import Ingested, ingest_files
+    from tunegate.models import ResolvedModel
 
     write(tmp_path / "cur.json", [])  # placeholder so paths exist
     cur = write(tmp_path / "cur.jsonl", curated_rows())
     fb = write(tmp_path / "fb.jsonl", poisoned_window(12, 10))
-    ingested = ingest_files([str(cur), str(fb)], tmp_path / "in")
+    ingested = Ingested(**ingest_files([str(cur), str(fb)], tmp_path / "in"))
     data = DataConfig(domain_files=[str(cur)], feedback_files=[str(fb)], general_holdout_file=str(cur),
                       eval_fraction=0.2, min_eval_per_stratum=1)
     with pytest.raises(ConflictReviewRequired, match=r"(?s)window conflicts with curated data.*'Who built you\?': 6 rows"):
-        validate.fn(ingested, data, ModelRef(base_model=tiny_model), str(tmp_path / "out"))
+        validate.fn(ingested, data, ResolvedModel(name="tiny", path=tiny_model), str(tmp_path / "out"))
 
 
 def test_fact_matching_agrees_with_the_metric_file():

@@ -145,7 +145,7 @@ def test_control_characters_and_lone_surrogates_are_flagged():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
-    from tasks.prepare import load_chat_tokenizer
+    from tunegate.models import load_chat_tokenizer
 
     return load_chat_tokenizer(tiny_model)
 
@@ -256,8 +256,9 @@ def test_per_rule_thresholds_and_per_type_pii_policy(tmp_path):
     assert failed == ["pii_email"] and not report["success"]
     assert report["pii_redacted"] == {"IP_ADDRESS": 1} and "<IP_ADDRESS>" in Path(report["clean"]).read_text()
     assert "pii_email (no email in any message): 1 rows = 2.2% > allowed 0.0%; e.g. data.jsonl:102" in failure_message(report)
-    with pytest.raises(ValueError, match="unknown rules"):
-        ChecksConfig(max_fraction={"pii_emial": 0.0})
+    with pytest.raises(ValueError, match=r"unknown rules \['pii_emial'\]"):
+        validate_records(write_records(tmp_path / "r.jsonl", records), None, tmp_path, 0.2, "reject",
+                         checks=ChecksConfig(max_fraction={"pii_emial": 0.0}))
 
 
 def test_report_has_preferences_data_docs_and_redacted_examples(tmp_path):

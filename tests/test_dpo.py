@@ -10,7 +10,7 @@ from tasks.dpo import dpo, train_dpo
 from tasks.sft import train_sft
 from tunegate.config import DPOConfig, SFTConfig
 
-from conftest import DEMO
+from conftest import DEMO, typed_prepared, typed_trained
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,12 @@ def test_dpo_raises_the_reward_margin_and_keeps_the_sft_adapter_as_reference(pre
 
 
 def test_dpo_is_skipped_cleanly_without_pairs(prepared, sft_adapter, tmp_path, caplog):
-    empty = tmp_path / "none.jsonl"
-    empty.write_text("")
+    stage_input = typed_prepared(prepared)
+    assert Path(stage_input.validated.clean_preferences).read_text() == ""  # the demo data has no pairs
+    trained = typed_trained(sft_adapter, stage_input)
     with caplog.at_level("INFO"):
-        out = dpo.fn(prepared["base_model_path"], sft_adapter, str(empty), DPOConfig(), str(tmp_path))
-    assert out["skipped"] and out["adapter"] == sft_adapter["adapter"]
+        out = dpo.fn(trained, stage_input, DPOConfig(), str(tmp_path))
+    assert out.skipped and out.adapter == sft_adapter["adapter"] and out.sft == trained
     assert "DPO skipped: no preference pairs in the data" in caplog.text
 
 

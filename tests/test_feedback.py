@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.feedback import feedback_window_data, read_feedback, training_rows, write_watermark
+from tasks.feedback import feedback_window_data, read_feedback, training_rows, window_label, write_watermark
 from tunegate.feedback_sim import generate_feedback, write_daily_logs
 
 Q = [{"role": "user", "content": "Who made you?"}]
@@ -116,9 +116,16 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
         retrain_from_feedback(broken, feedback)
     assert not (tmp_path / "wm.json").exists()
 
-    # The retry trains on that same window, gets a decision and moves the watermark to its last record.
+    # The retry trains on that same window, gets a decision and moves the watermark to its last record,
+    # even though export fails after the promotion (a file stands where its folder goes): the window
+    # is used up by the promotion and never trains twice.
+    window = read_feedback(str(logs / "*.jsonl"), None)
+    blocker = tmp_path / f"retrain-from-feedback-{window_label(window['start'], window['end'])}" / "export"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
     first = retrain_from_feedback(params, feedback)
     assert first["status"] == "promoted" and first["records"] == 40 and first["model_version"] == "1"
+    assert blocker.read_text() == "not a folder" and json.loads((blocker.parent / "summary.json").read_text())["promoted"]
     # The window's prompts start the production regression set; nothing was there to evaluate yet.
     assert first["production_set"]["evaluated"] == 0 and first["production_set"]["now"] == 1
     assert first["production_set"]["rows"] > 0  # no champion yet: only prompts that match curated rows

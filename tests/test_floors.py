@@ -1,4 +1,4 @@
-"""Floors, lowest first: tunegate/ -> data_checks/ -> tasks/ -> flows/ -> deployments/ and cli/.
+"""Floors, lowest first: tunegate/ -> data_checks/ -> serve/ -> tasks/ -> flows/ -> deployments/ and cli/.
 
 A lower floor never imports an upper one, at module level or inside a function."""
 
@@ -8,8 +8,6 @@ import subprocess
 import sys
 
 from conftest import ROOT
-
-UPPER = {"tasks", "flows", "deployments", "cli"}
 
 
 def imported_top_names(path) -> list[tuple[int, str]]:
@@ -23,11 +21,76 @@ def imported_top_names(path) -> list[tuple[int, str]]:
     return found
 
 
-def test_the_ground_package_imports_no_upper_floor():
+FLOORS = ["tunegate", "data_checks", "serve", "tasks", "flows", "deployments", "cli"]
+
+
+def test_no_floor_imports_a_floor_above_it():
     offenders = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-                 for path in sorted((ROOT / "tunegate").rglob("*.py"))
-                 for line, name in imported_top_names(path) if name in UPPER]
+                 for level, floor in enumerate(FLOORS)
+                 for path in sorted((ROOT / floor).rglob("*.py"))
+                 for line, name in imported_top_names(path) if name in FLOORS[level + 1:]]
     assert not offenders, offenders
+
+
+def defined_names(path) -> list[str]:
+    return [n.name for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("__")]
+
+
+def module_name(path) -> str:
+    parts = path.with_suffix("").relative_to(ROOT).parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def used_names(path, module: str) -> set[str]:
+    """Names a file uses from `module`: its own names when it is that module, else what it imports from
+    it (`from module import x`) or reads as an attribute of it (`gx_suite.x`, `format_check.x`)."""
+    tree = ast.parse(path.read_text())
+    own = module_name(path) == module
+    aliases = {}  # local name -> module it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            aliases |= {a.asname or a.name: f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name: a.name for a in node.names}
+    used = set()
+    for node in ast.walk(tree):
+        if own and isinstance(node, ast.Name):
+            used.add(node.id)
+        elif own and isinstance(node, ast.Attribute):
+            used.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module == module:
+            used |= {a.name for a in node.names}
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                aliases.get(node.value.id) == module:
+            used.add(node.attr)
+    return used
+
+
+def unused_definitions(roots: list) -> list[str]:
+    files = [p for r in roots for p in sorted(r.rglob("*.py"))]
+    unused = []
+    for path in files:
+        if not any(path.is_relative_to(ROOT / floor) for floor in ("tunegate", "data_checks", "serve", "tasks")):
+            continue
+        module = module_name(path)
+        used = set().union(*(used_names(p, module) for p in files))
+        unused += [f"{module}.{name}" for name in defined_names(path) if name not in used]
+    return unused
+
+
+def test_every_function_and_class_of_the_lower_floors_is_used_somewhere():
+    # Dead code (data_checks.gx_suite.run_suite was one) reads as a second way to do a thing.
+    roots = [ROOT / d for d in (*FLOORS, "bench", "tests")]
+    assert unused_definitions(roots) == []
+
+
+def test_the_dead_code_scan_can_fail(tmp_path, monkeypatch):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "a.py").write_text("def used():\n    pass\n\n\ndef dead():\n    pass\n")
+    (tmp_path / "tasks" / "b.py").write_text("from tasks.a import used\n\nused()\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert unused_definitions([tmp_path / "tasks"]) == ["tasks.a.dead"]
 
 
 def test_the_import_scan_sees_lazy_imports(tmp_path):

@@ -31,11 +31,11 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     client = MlflowClient(tracking.tracking_uri)
 
     good = finetune_pipeline(params.model_copy(update={"run_name": "good"}))
-    assert good["gate"] == "passed" and good["baseline"] == "base"
-    assert good["rows_kept"] + good["rows_quarantined"] == 139 and good["rows_quarantined"] >= 1  # nothing lost
-    assert str(get_alias(client, "test-model", CHAMPION).version) == good["model_version"] == "1"
+    assert good.gate == "passed" and good.baseline == "base"
+    assert good.rows_kept + good.rows_quarantined == 139 and good.rows_quarantined >= 1  # nothing lost
+    assert str(get_alias(client, "test-model", CHAMPION).version) == good.model_version == "1"
     assert (tmp_path / "good" / "summary.json").exists()
-    margins = client.get_metric_history(good["mlflow_run_id"], "dpo/reward_margin_step")
+    margins = client.get_metric_history(good.mlflow_run_id, "dpo/reward_margin_step")
     assert [m.step for m in margins] == [1, 2]  # DPO ran on the preference file, after SFT
     assert (tmp_path / "good" / "export" / "merged" / "model.safetensors").exists()  # promoted -> exported
     v1 = client.get_model_version("test-model", "1")
@@ -79,7 +79,7 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     # The good job again, in a new run folder: data stages, SFT and DPO are Prefect cache hits.
     again = finetune_pipeline(params.model_copy(update={"run_name": "good-again"}))
     assert not (tmp_path / "good-again" / "data").exists() and not (tmp_path / "good-again" / "sft").exists()
-    assert again["gate"] == "passed" and again["rows_kept"] == good["rows_kept"]
+    assert again.gate == "passed" and again.rows_kept == good.rows_kept
 
 
 @pytest.mark.slow
@@ -100,18 +100,18 @@ def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_
     client = MlflowClient(tracking.tracking_uri)
 
     full = finetune_pipeline(params)
-    assert full["gate"] == "passed" and full["baseline"] == "base"
+    assert full.gate == "passed" and full.baseline == "base"
     v1 = client.get_model_version("test-model", "1")
     assert v1.tags["weights"] == "model" and v1.tags["method"] == "full" and v1.source.startswith("models:/")
-    files = {a.path for a in client.list_artifacts(full["mlflow_run_id"], "model")}
+    files = {a.path for a in client.list_artifacts(full.mlflow_run_id, "model")}
     assert "model/model.safetensors" in files and "model/adapter_config.json" not in files
     candidate, base = (json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=full["mlflow_run_id"], artifact_path=f"eval/{name}.json", dst_path=str(tmp_path))).read_text())
+        run_id=full.mlflow_run_id, artifact_path=f"eval/{name}.json", dst_path=str(tmp_path))).read_text())
         for name in ("candidate", "baseline"))
     assert candidate["adapter"] is None and candidate["model"] == str(tmp_path / "full" / "dpo" / "model")
     # Scored as the whole fine-tuned model, not as the base model it started from.
     assert candidate["model_hash"] == v1.tags["model_hash"] != base["model_hash"]
-    general = full["eval"]["tunegate_general"]
+    general = full.eval["tunegate_general"]
     assert general["candidate"]["bits_per_byte"] != general["baseline"]["bits_per_byte"]
     assert (tmp_path / "full" / "export" / "merged" / "model.safetensors").exists()
 
@@ -119,8 +119,8 @@ def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_
     # byte-identical to the candidate scored above, so both its evaluations come from the cache.
     lora = finetune_pipeline(params.model_copy(update={"run_name": "lora", "sft": load_config(
         "configs/tiny.yaml").sft}))
-    assert lora["baseline"] == "champion v1"
-    assert sorted(lora["eval_cache_hits"]["baseline"]) == ["tunegate_domain", "tunegate_general"]
+    assert lora.baseline == "champion v1"
+    assert sorted(lora.eval_cache_hits["baseline"]) == ["tunegate_domain", "tunegate_general"]
     champion_dir = tmp_path / "lora" / "baseline" / "champion-v1"
     assert (next(champion_dir.rglob("model.safetensors"))).exists() and not list(champion_dir.rglob("adapter_*"))
     assert client.get_model_version("test-model", "2").tags["weights"] == "adapter"

@@ -46,8 +46,8 @@ def test_poisoned_window_is_stopped_at_the_data_stage_and_blocked_at_the_gate(tm
     params = tiny_params(tmp_path, tracking)
     client = MlflowClient(tracking.tracking_uri)
     v1 = finetune_pipeline(params.model_copy(update={"run_name": "v1"}))
-    assert v1["promoted"] and v1["model_version"] == "1"
-    assert v1["eval"]["tunegate_assertions"]["candidate"]["pass"] == 1.0  # it learned both facts
+    assert v1.promoted and v1.model_version == "1"
+    assert v1.eval["tunegate_assertions"]["candidate"]["pass"] == 1.0  # it learned both facts
     write_window(tmp_path / "logs", poisoned_window())
 
     # Layer 1, the data stage: the window contradicts curated rows and stops before any training.

@@ -6,8 +6,16 @@ import threading
 import pytest
 from mlflow import MlflowClient
 
-from tasks.promote import GateBlocked, PromotionRefused, conclude, move_champion, promote, promote_version, rollback
+from tasks.promote import (GateBlocked, Promotion, PromotionRefused, conclude, move_champion, promote, promote_version,
+                           rollback, run_summary)
+from tasks.dpo import Aligned
+from tasks.evaluate import Comparison, Evaluation
+from tasks.gate import GateDecision
+from tasks.prepare import Prepared
 from tasks.register import register_run
+from tasks.sft import Trained
+from tasks.validate import Validated
+from tunegate.models import ResolvedModel, build_tiny_model
 from cli.main import main
 from lora_adapters import make_lora_adapter
 from tunegate.config import load_config
@@ -15,9 +23,9 @@ from tunegate.registry import CHAMPION, PREVIOUS, get_alias
 
 
 def fake_eval(label, f1, version=None):
-    return {"label": label, "version": version, "model_hash": f"hash-{label}", "cache_hits": [],
-            "eval_run_ids": {"tunegate_domain": f"run-{label}"},
-            "tasks": {"tunegate_domain": {"metrics": {"token_f1": f1}, "samples": {"token_f1": [f1]}}}}
+    return Evaluation(label=label, version=version, model_hash=f"hash-{label}", cache_hits=[],
+                      eval_run_ids={"tunegate_domain": f"run-{label}"},
+                      tasks={"tunegate_domain": {"metrics": {"token_f1": f1}, "samples": {"token_f1": [f1]}}})
 
 
 @pytest.fixture()
@@ -26,17 +34,35 @@ def adapter(tiny_model, tmp_path):
 
 
 def register_once(tracking, adapter, f1):
-    params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking})
-    report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "rule_counts": {"pii_email": 1},
-              "clean": "/x/clean.jsonl", "quarantine": "/x/quarantine.jsonl", "suites": [], "success": True,
+    params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "run_name": "run-a"})
+    report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "preferences_kept": 0,
+              "rule_counts": {"pii_email": 1}, "clean": "/x/clean.jsonl", "clean_preferences": "/x/prefs.jsonl",
+              "quarantine": "/x/quarantine.jsonl", "suites": [], "success": True,
               "conflicts": {"approved": "ana: renamed", "approved_rows": 2}}
+    report_file = adapter.parent / "report.json"
+    report_file.write_text(json.dumps(report))
     plot = adapter.parent / "loss_curve.png"
     plot.write_bytes(b"png")
-    trained = {"adapter": str(adapter), "model": None, "train_loss": 1.5, "seconds": 3.0, "loss_plot": str(plot),
-               "loss_curve": [[1, 2.0], [2, 1.0]], "eval_loss_curve": [[2, 1.7]]}
-    prepared = {"data_hash": "abc", "counts": {"domain_eval_strata": {"identity.json/en": 3, "identity.json/zh": 12}}}
-    return register_run(params, "run-a", report, prepared, trained, fake_eval("candidate", f1),
-                        fake_eval("base", 0.1), {**trained, "skipped": True})
+    base = ResolvedModel(name="tiny", path=str(build_tiny_model()))  # registering loads it (tunegate/chat_model.py)
+    prepared = Prepared(train="/x/train.jsonl", eval="/x/eval.jsonl", domain_eval="/x/d.jsonl",
+                        general_eval="/x/g.jsonl", base=base, stop="</s>", data_hash="abc",
+                        counts={"domain_eval_strata": {"identity.json/en": 3, "identity.json/zh": 12}},
+                        validated=Validated.of(report, report_file))
+    trained = Trained(method="lora", adapter=str(adapter), model=None, base=base, data_hash="abc", train_loss=1.5,
+                      final_loss=1.0, loss_curve=[(1, 2.0), (2, 1.0)], eval_loss_curve=[(2, 1.7)], loss_plot=str(plot),
+                      steps=2, stopped_early=False, resumed_from=None, resumed_at_step=0, seconds=3.0,
+                      precision="fp32", precision_reason="test", cpu_matmul_gflops=None, gradient_checkpointing=False,
+                      gradient_checkpointing_reason="test", lm_head="frozen", lm_head_reason="test",
+                      trainable_params=10, input_tokens_per_step=5, world_size=1)
+    aligned = Aligned(skipped=True, skip_reason="no pairs", adapter=str(adapter), model=None, sft=trained)
+    return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1),
+                                                              baseline=fake_eval("base", 0.1)))
+
+
+def passed(ok: bool) -> GateDecision:
+    return GateDecision(passed=ok, regressed=[] if ok else ["tunegate_domain"], improved=[], uninformative=[],
+                        block_uninformative=False, answer_drift={}, baseline="base", first_model=True, alpha=0.05,
+                        power=0.8, rows=[], markdown="table")
 
 
 def cli_args(tracking):
@@ -48,7 +74,7 @@ def cli_args(tracking):
 def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(tracking, adapter):
     registered = register_once(tracking, adapter, 0.5)
     client = MlflowClient(tracking.tracking_uri)
-    run = client.get_run(registered["run_id"])
+    run = client.get_run(registered.run_id)
     assert run.data.params["sft.lora_r"] == "8"
     assert run.data.metrics["eval/tunegate_domain/token_f1"] == 0.5
     assert run.data.metrics["baseline/tunegate_domain/token_f1"] == 0.1
@@ -58,14 +84,14 @@ def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(track
     assert "train/loss_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "merged", "config.json", "data", "eval", "train"} <= artifacts
-    tags = client.get_model_version("test-model", registered["version"]).tags
+    tags = client.get_model_version("test-model", registered.version).tags
     assert tags["data_hash"] == "abc" and tags["base_model"] == "tiny" and tags["model_hash"] == "hash-candidate"
     # The version is an MLflow Model (tests/test_chat_model.py loads one); merged/ is in the same run.
     version = client.get_model_version("test-model", "1")
     assert tags["gate"] == "pending" and version.source.startswith("models:/m-")
     assert tags["weights"] == "adapter" and tags["merged"] == f"runs:/{run.info.run_id}/merged"
     assert json.loads(tags["config"]) == load_config("configs/tiny.yaml").model_copy(
-        update={"tracking": tracking}).model_dump()
+        update={"tracking": tracking, "run_name": "run-a"}).model_dump()
     assert tags["validation"] == "passed" and json.loads(tags["quarantine_counts"]) == {"pii_email": 1}
     assert tags["validation_report"] == f"runs:/{run.info.run_id}/data/validation_report.json"
     assert json.loads(tags["eval_run_ids"]) == {"candidate": {"tunegate_domain": "run-candidate"},
@@ -81,32 +107,34 @@ def test_promote_moves_champion_and_keeps_previous(tracking, adapter):
     v1 = register_once(tracking, adapter, 0.5)
     v2 = register_once(tracking, adapter, 0.6)
     client = MlflowClient(tracking.tracking_uri)
-    assert promote.fn({"passed": True}, v1, tracking)["previous"] is None
-    assert promote.fn({"passed": True}, v2, tracking)["previous"] == v1["version"]
-    assert str(get_alias(client, "test-model", CHAMPION).version) == v2["version"]
-    assert str(get_alias(client, "test-model", PREVIOUS).version) == v1["version"]
-    assert client.get_model_version("test-model", v2["version"]).tags["promotion"] == "gate"
-    assert move_champion(client, "test-model", v2["version"]) == v2["version"]  # idempotent
+    assert promote.fn(passed(True), v1, tracking).previous is None
+    assert promote.fn(passed(True), v2, tracking).previous == v1.version
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v2.version
+    assert str(get_alias(client, "test-model", PREVIOUS).version) == v1.version
+    assert client.get_model_version("test-model", v2.version).tags["promotion"] == "gate"
+    assert move_champion(client, "test-model", v2.version) == v2.version  # idempotent
 
 
 def test_blocked_gate_leaves_the_champion_and_names_the_tasks(tracking, adapter):
     v1 = register_once(tracking, adapter, 0.5)
     v2 = register_once(tracking, adapter, 0.1)
-    promote.fn({"passed": True}, v1, tracking)
-    decision = {"passed": False, "regressed": ["tunegate_domain"], "markdown": "table"}
+    promote.fn(passed(True), v1, tracking)
+    decision = passed(False)
     promotion = promote.fn(decision, v2, tracking)
-    assert promotion == {"promoted": False, "version": v2["version"], "previous": None}
-    assert str(get_alias(MlflowClient(tracking.tracking_uri), "test-model", CHAMPION).version) == v1["version"]
+    assert promotion == Promotion(promoted=False, version=v2.version, previous=None)
+    assert str(get_alias(MlflowClient(tracking.tracking_uri), "test-model", CHAMPION).version) == v1.version
     # The summary is written with the promotion outcome; only then does the run fail, naming the tasks.
-    summary = {"promoted": False, "model_name": "test-model", "model_version": v2["version"]}
+    summary = run_summary(v2, decision, promotion)
+    assert summary.gate == "blocked" and not summary.promoted and summary.eval["tunegate_domain"] == {
+        "baseline": {"token_f1": 0.1}, "candidate": {"token_f1": 0.1}}
     with pytest.raises(GateBlocked, match="regressed on tunegate_domain"):
         conclude.fn(summary, decision)
-    assert conclude.fn({**summary, "promoted": True}, decision)["promoted"]
+    assert conclude.fn(summary.model_copy(update={"promoted": True}), decision).promoted
 
 
 def test_concurrent_promotions_leave_one_champion_and_a_consistent_previous(tracking, adapter):
     """Six promotions at once: they must line up one after the other, each replacing the one before."""
-    versions = [register_once(tracking, adapter, 0.5)["version"] for _ in range(7)]
+    versions = [register_once(tracking, adapter, 0.5).version for _ in range(7)]
     promote_version(tracking, versions[0], override=True, reason="seed the chain")
     client = MlflowClient(tracking.tracking_uri)
     for v in versions[1:]:
@@ -137,8 +165,8 @@ def test_concurrent_promotions_leave_one_champion_and_a_consistent_previous(trac
 
 
 def test_override_is_recorded_with_reason_user_and_time(tracking, adapter, capsys):
-    v1 = register_once(tracking, adapter, 0.5)["version"]
-    v2 = register_once(tracking, adapter, 0.1)["version"]
+    v1 = register_once(tracking, adapter, 0.5).version
+    v2 = register_once(tracking, adapter, 0.1).version
     client = MlflowClient(tracking.tracking_uri)
     client.set_model_version_tag("test-model", v2, "gate", "blocked")
     promote_version(tracking, v1, override=True, reason="first deployment")
@@ -161,8 +189,8 @@ def test_override_is_recorded_with_reason_user_and_time(tracking, adapter, capsy
 
 
 def test_rollback_moves_champion_back_and_then_refuses_a_second_one(tracking, adapter, capsys):
-    v1 = register_once(tracking, adapter, 0.5)["version"]
-    v2 = register_once(tracking, adapter, 0.6)["version"]
+    v1 = register_once(tracking, adapter, 0.5).version
+    v2 = register_once(tracking, adapter, 0.6).version
     client = MlflowClient(tracking.tracking_uri)
     with pytest.raises(PromotionRefused, match="no champion"):
         rollback(tracking)

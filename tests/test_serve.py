@@ -24,7 +24,6 @@ from cli.main import main
 from conftest import ROOT
 from lora_adapters import make_lora_adapter
 from tasks.promote import promote_version, rollback
-from test_floors import imported_top_names
 from tunegate.chat_model import log_chat_model
 from tunegate.config import TrackingConfig
 from tunegate.registry import connect, ensure_registered_model
@@ -123,11 +122,6 @@ def ask(client, stream=False, messages=QUESTION, max_tokens=TOKENS):
 
 def served_version(server) -> str:
     return server["client"].models.list().data[0].model_extra["version"]
-
-
-def test_serve_sits_above_tunegate_and_below_tasks():
-    names = {name for path in (ROOT / "serve").rglob("*.py") for _, name in imported_top_names(path)}
-    assert not names & {"tasks", "flows", "deployments", "cli"} and "tunegate" in names
 
 
 def test_chat_completion_answers_like_the_champion_weights_streaming_and_not(server):

@@ -40,8 +40,8 @@ def _canonical(value):
     """Parameters as JSON-able values, with every existing file replaced by the hash of its content."""
     from pydantic import BaseModel
 
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+    if isinstance(value, BaseModel):  # typed stage results and config sections hold file paths too
+        return _canonical(value.model_dump(mode="json"))
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items())}
     if isinstance(value, (list, tuple)):

@@ -13,7 +13,8 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
+from datetime import datetime
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -76,15 +77,6 @@ class ChecksConfig(_Section):
         description="'<reviewer>: <reason>' approves conflicting rows: they train instead of stopping the run. "
         "Recorded in the validation report and on the MLflow run. Never set by default.",
     )
-
-    @model_validator(mode="after")
-    def _known_rules(self) -> ChecksConfig:
-        from data_checks import all_rules
-
-        unknown = sorted(set(self.max_fraction) - set(all_rules()))
-        if unknown:
-            raise ValueError(f"checks.max_fraction names unknown rules {unknown}; known: {sorted(all_rules())}")
-        return self
 
 
 class DataConfig(_Section):
@@ -405,6 +397,20 @@ class ModelRef(_Section):
     max_length: int | None = None
 
 
+class RunPaths(_Section):
+    """The folders of one pipeline run: <output_dir>/<run_name>/<stage>; checkpoints are shared by runs."""
+
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "eval", "sft", "dpo", "baseline", "export")
+    run: str
+    data: str
+    eval: str
+    sft: str
+    dpo: str
+    baseline: str
+    export: str
+    checkpoints: str
+
+
 class PipelineParams(_Section):
     """Everything one fine-tuning run needs."""
 
@@ -427,6 +433,22 @@ class PipelineParams(_Section):
     def model(self) -> ModelRef:
         return ModelRef(base_model=self.base_model, trust_remote_code=self.trust_remote_code,
                         max_length=self.sft.max_length)
+
+    def named(self, deployment_name: str | None = None) -> PipelineParams:
+        """These params with run_name fixed: given, else <deployment>-<name>-<time> or <name>-<time>."""
+        if self.run_name:
+            return self
+        prefix = f"{deployment_name}-{self.name}" if deployment_name else self.name
+        return self.model_copy(update={"run_name": f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"})
+
+    def paths(self) -> RunPaths:
+        """Where this (named) run writes."""
+        if not self.run_name:
+            raise ValueError("paths() needs a run_name: call named() first")
+        root = Path(self.output_dir).resolve()
+        run = root / self.run_name
+        return RunPaths(run=str(run), **{stage: str(run / stage) for stage in RunPaths.STAGES},
+                        checkpoints=str(root / "checkpoints"))
 
     @model_validator(mode="after")
     def _gate_rules_name_eval_tasks(self) -> PipelineParams:

@@ -18,6 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
+from tunegate.config import ModelRef
+
 log = logging.getLogger(__name__)
 
 BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"
@@ -37,6 +41,34 @@ CHATML_TEMPLATE = (
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TUNEGATE_CACHE", Path.home() / ".cache" / "tunegate"))
+
+
+class ResolvedModel(BaseModel):
+    """The base model, resolved once per run: the config's name, the local files to load, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str
+    trust_remote_code: bool = False
+    max_length: int | None = None
+
+
+def resolve_model(model: ModelRef) -> ResolvedModel:
+    return ResolvedModel(name=model.base_model, path=resolve_base_model(model.base_model),
+                         trust_remote_code=model.trust_remote_code, max_length=model.max_length)
+
+
+def load_chat_tokenizer(base_model_path: str, trust_remote_code: bool = False):
+    """The base model's tokenizer; ChatML is set (and logged) only when it ships no chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+    if not tokenizer.chat_template:
+        log.warning("%s has no chat template; using ChatML", base_model_path)
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def resolve_base_model(spec: str) -> str:
