@@ -281,3 +281,22 @@ def test_the_server_log_holds_no_request_or_answer_text(server):
     log = server["log"].read_text()
     assert "serving serve-test version" in log  # the log is there, and it names versions
     assert "Give three tips" not in log and "tips tips" not in log and server["answers"][server["v1"]] not in log
+
+
+def test_without_a_champion_the_server_answers_503_and_lists_no_model(tmp_path):
+    """Started before anything was promoted: it says so, and keeps polling (nothing loaded, no model needed)."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import build_app
+    from serve.champion import ChampionFollower
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "a"),
+                              experiment="empty", registered_model="nothing-yet")
+    client, _ = connect(tracking)
+    follower = ChampionFollower(client, "nothing-yet")
+    assert follower.check_once() is False and follower.current is None
+    with TestClient(build_app(follower, "nothing-yet")) as http:
+        assert http.get("/health").status_code == 503
+        assert http.get("/v1/models").json() == {"object": "list", "data": []}
+        r = http.post("/v1/chat/completions", json={"model": "nothing-yet", "messages": QUESTION})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_champion"
