@@ -97,6 +97,20 @@ def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
     return summarize([r[0] for r in results], sum(r[1] for r in results), wall)
 
 
+def wait_health(url: str, seconds: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/health did not answer 200 within {seconds:.0f} s")
+
+
 def raw_generate(merged_dir: str, max_tokens: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,9 +135,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, for the server and raw alike")
     parser.add_argument("--poll-seconds", type=float, default=0.5)
+    parser.add_argument("--transformers-serve", action="store_true",
+                        help="also measure `transformers serve` on the same merged weights")
     args = parser.parse_args()
 
-    import httpx
     import mlflow
     import torch
     from openai import OpenAI
@@ -161,12 +176,7 @@ def main() -> None:
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_health(url)
         client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=600)
 
         def served(prompt: str) -> int:
@@ -185,10 +195,31 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
+
+    if args.transformers_serve:  # the alternative: `transformers serve` on the same merged weights
+        tport = port + 1
+        other = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", merged, "--host",
+                                  "127.0.0.1", "--port", str(tport), "--device", "cpu"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        try:
+            wait_health(f"http://127.0.0.1:{tport}")
+            tclient = OpenAI(base_url=f"http://127.0.0.1:{tport}/v1", api_key="-", max_retries=0, timeout=600)
+
+            def transformers_served(prompt: str) -> int:
+                r = tclient.chat.completions.create(model=merged, max_tokens=args.max_tokens,
+                                                    messages=[{"role": "user", "content": prompt}])
+                return r.usage.completion_tokens
+
+            transformers_served(prompts[0])
+            results |= {("transformers", c): run_concurrent(transformers_served, prompts, c) for c in (1, 8)}
+        finally:
+            other.terminate()
+            other.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} "
-          f"--prompts {args.prompts} --threads {args.threads}`\n")
+          f"--prompts {args.prompts} --threads {args.threads}{' --transformers-serve' * args.transformers_serve}`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads {args.threads}\n")
     print("| concurrency | raw tok/s | server tok/s | server/raw | raw p50 / p95 s | server p50 / p95 s |")
     print("|---|---|---|---|---|---|")
@@ -196,6 +227,12 @@ def main() -> None:
         r, s = results[("raw", c)], results[("server", c)]
         print(f"| {c} | {r['tok_s']:.1f} | {s['tok_s']:.1f} | {s['tok_s'] / r['tok_s']:.2f} | "
               f"{r['p50']:.2f} / {r['p95']:.2f} | {s['p50']:.2f} / {s['p95']:.2f} |")
+    if args.transformers_serve:
+        print("\n| concurrency | `transformers serve` tok/s | its /raw | p50 / p95 s |")
+        print("|---|---|---|---|")
+        for c in (1, 8):
+            r, t = results[("raw", c)], results[("transformers", c)]
+            print(f"| {c} | {t['tok_s']:.1f} | {t['tok_s'] / r['tok_s']:.2f} | {t['p50']:.2f} / {t['p95']:.2f} |")
     print(f"\nSwitch on promotion (alias moved -> first answer from the new version): {switch:.2f} s, "
           f"poll interval {args.poll_seconds} s included.")
 
