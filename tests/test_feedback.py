@@ -121,7 +121,7 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     # is used up by the promotion and never trains twice.
     window = read_feedback(str(logs / "*.jsonl"), None)
     blocker = tmp_path / f"retrain-from-feedback-{window_label(window['start'], window['end'])}" / "export"
-    blocker.parent.mkdir(parents=True)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     first = retrain_from_feedback(params, feedback)
     assert first["status"] == "promoted" and first["records"] == 40 and first["model_version"] == "1"

@@ -122,3 +122,12 @@ def test_readme_layout_lists_every_top_level_folder_once():
     folders = {path.split("/")[0] for path in tracked.splitlines() if "/" in path}
     assert sorted(listed) == sorted(set(listed)), "a folder is listed twice"
     assert set(listed) == folders
+
+
+def test_flows_read_as_stage_calls_with_at_most_four_arguments():
+    # A stage takes its config section and typed results, not the section's fields one by one.
+    flow = next(n for n in ast.parse((ROOT / "flows" / "finetune.py").read_text()).body
+                if isinstance(n, ast.FunctionDef) and n.name == "finetune_pipeline")
+    calls = [c for c in ast.walk(flow) if isinstance(c, ast.Call)]
+    assert len(calls) >= 14  # every stage, called from the flow body
+    assert max(len(c.args) + len(c.keywords) for c in calls) <= 4
