@@ -3,10 +3,10 @@
     tunegate run configs/demo.yaml [--set sft.max_steps=3 ...]   # run the gated pipeline
     tunegate validate FILE [FILE ...] [--preferences FILE ...]   # data checks only (suites: tasks/validate.py)
     tunegate promote VERSION [--override --reason "..."]          # make a version the champion
-    tunegate rollback [--reason "..."]                            # champion <- previous
+    tunegate rollback [--to VERSION] [--reason "..."]             # champion <- previous (or VERSION)
+    tunegate serve-model [--config CFG] [--port 8000]            # OpenAI-compatible server on the champion
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune + retrain-from-feedback deployments
-    tunegate smoke outputs/RUN/export                            # answer the bundle's smoke request with transformers
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -129,12 +129,25 @@ def cmd_rollback(args) -> int:
 
     tracking = load_config(args.config, args.set).tracking
     try:
-        out = rollback(tracking, args.reason)
+        out = rollback(tracking, args.reason, to=args.to)
     except PromotionRefused as err:
         print(f"tunegate: rollback refused: {err}", file=sys.stderr)
         return 1
     print(f"{tracking.registered_model}: champion -> version {out['champion']} "
           f"(rolled back from {out['rolled_back']}; no previous until the next promotion)")
+    return 0
+
+
+def cmd_serve_model(args) -> int:
+    import logging
+
+    from serve.server import serve_champion
+    from tunegate.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracking = load_config(args.config, args.set).tracking
+    serve_champion(tracking, args.host, args.port, args.poll_seconds, args.served_name, args.max_tokens,
+                   args.threads)
     return 0
 
 
@@ -224,13 +237,6 @@ def cmd_ui(args) -> int:
     return 0
 
 
-def cmd_smoke(args) -> int:
-    from tasks.export import answer_smoke_request
-
-    print(json.dumps(answer_smoke_request(Path(args.bundle)), indent=2))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunegate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("version", help="registered model version, e.g. 7")
             cmd.add_argument("--override", action="store_true",
                              help="promote although the gate did not pass (needs --reason)")
+        else:
+            cmd.add_argument("--to", metavar="VERSION", help="roll back to this version instead of `previous`")
         cmd.add_argument("--reason", help="why; recorded on the version with your user name and the time")
         cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -271,6 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--watermark-file", default="outputs/feedback/watermark.json")
     srv.add_argument("--feedback-work-dir", default="outputs/feedback")
     srv.set_defaults(func=cmd_serve)
+    sm = sub.add_parser("serve-model", help="OpenAI-compatible server on models:/NAME@champion; follows the alias")
+    sm.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
+    sm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    sm.add_argument("--host", default="127.0.0.1")
+    sm.add_argument("--port", type=int, default=8000)
+    sm.add_argument("--poll-seconds", type=float, default=2.0, help="how often the champion alias is read")
+    sm.add_argument("--served-name", help="the `model` clients ask for (default: the registered model name)")
+    sm.add_argument("--max-tokens", type=int, default=256, help="answer length when a request sets none")
+    sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    sm.set_defaults(func=cmd_serve_model)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
     ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
     ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")
@@ -278,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--prefect-port", type=int, default=4200)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
-    smoke = sub.add_parser("smoke", help="load an export bundle with transformers and answer its smoke request")
-    smoke.add_argument("bundle", help="export folder with merged/ and smoke_request.json")
-    smoke.set_defaults(func=cmd_smoke)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -3,7 +3,9 @@
     python -m tasks.export BASE_DIR ADAPTER_DIR OUT_DIR
 
 Writes OUT_DIR/merged (plain transformers loads it: no peft needed), OUT_DIR/adapter,
-OUT_DIR/serve.sh (the `vllm serve` command) and OUT_DIR/Modelfile (Ollama). Runs after promotion.
+OUT_DIR/serve.sh (the `vllm serve` command), OUT_DIR/Modelfile (Ollama) and smoke_request.json (an
+OpenAI chat request to send them): handoffs for other machines. Runs after promotion. Serving here
+is `tunegate serve-model` (serve/), on the registry's merged weights, not on this folder.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def serving_files(model_dir: Path, out_dir: Path, served_name: str, eos_token: s
         "#!/usr/bin/env bash\n# OpenAI-compatible server on :8000 (needs a GPU and `pip install vllm`).\n"
         f"vllm serve {shlex.quote(str(model_dir.resolve()))} --served-model-name {shlex.quote(served_name)} "
         f"--dtype auto --max-model-len {max_len}\n"
+        "# Not run where it was written: vLLM is not installed on these CPU machines. There, "
+        "`tunegate serve-model` serves the champion.\n"
     )
     serve.chmod(0o755)
     lines = [f"FROM {model_dir.resolve()}"]
@@ -55,7 +59,7 @@ def serving_files(model_dir: Path, out_dir: Path, served_name: str, eos_token: s
     request = {"model": served_name, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 48,
                "temperature": 0}
     (out_dir / "smoke_request.json").write_text(json.dumps(request, indent=2))
-    return {"serve_command": serve.read_text().splitlines()[-1], "modelfile": str(out_dir / "Modelfile"),
+    return {"serve_command": serve.read_text().splitlines()[2], "modelfile": str(out_dir / "Modelfile"),
             "smoke_request": str(out_dir / "smoke_request.json")}
 
 
@@ -72,36 +76,6 @@ def export_model(base_model_path: str, trained: dict, out_dir: Path, served_name
     eos = AutoTokenizer.from_pretrained(merged_dir).eos_token
     return {"merged": str(merged_dir), "adapter": str(out_dir / "adapter") if trained["adapter"] else None,
             **serving_files(merged_dir, out_dir, served_name, eos, max_len)}
-
-
-def answer_smoke_request(bundle: Path) -> dict:
-    """The serving handoff check: plain transformers loads bundle/merged and answers smoke_request.json.
-
-    Greedy decoding (the request asks for temperature 0), so the answer is what vLLM should return too.
-    The reply is an OpenAI chat.completion object.
-    """
-    import time
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    request = json.loads((bundle / "smoke_request.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(bundle / "merged")
-    model = AutoModelForCausalLM.from_pretrained(bundle / "merged", dtype=torch.float32).eval()
-    inputs = tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=request.get("max_tokens", 48), do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    new = out[0, inputs["input_ids"].shape[1]:]
-    finished = bool(len(new)) and new[-1].item() == tokenizer.eos_token_id
-    return {
-        "id": "chatcmpl-smoke", "object": "chat.completion", "created": int(time.time()), "model": request["model"],
-        "choices": [{"index": 0, "finish_reason": "stop" if finished else "length",
-                     "message": {"role": "assistant", "content": tokenizer.decode(new, skip_special_tokens=True)}}],
-        "usage": {"prompt_tokens": inputs["input_ids"].shape[1], "completion_tokens": len(new),
-                  "total_tokens": inputs["input_ids"].shape[1] + len(new)},
-    }
 
 
 class Exported(BaseModel):

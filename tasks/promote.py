@@ -2,14 +2,16 @@
 
     tunegate promote 7 --override --reason "eval set is stale; verified by hand"   # see cli/main.py
     tunegate rollback --reason "bad answers in production"
+    tunegate rollback --to 3 --reason "back to the last version users liked"
 
 On pass, the old champion becomes `previous` and `champion` moves to the new version, both under
 one lock (tunegate.registry.alias_lock), so concurrent promotions leave one champion and a
 `previous` that really was the champion it replaced. On a block, nothing moves and the stage
 raises GateBlocked, so the flow run ends Failed with the regressed tasks in its message.
 
-Rollback points `champion` back at `previous` and removes `previous`: a second rollback then
-refuses instead of flipping back to the version just rolled back. Who did what, when and why is
+Rollback points `champion` back at `previous` (or at the version given with --to) and removes
+`previous`: a second plain rollback then refuses instead of flipping back to the version just
+rolled back. Who did what, when and why is
 kept in tags on the versions (promotion.*, override.*, rollback.*), visible in the registry.
 """
 
@@ -100,25 +102,40 @@ def promote_version(tracking: TrackingConfig, version: str, override: bool = Fal
     return {"promoted": True, "version": version, "previous": previous, "override": override}
 
 
-def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | None = None) -> dict:
-    """Point `champion` back at `previous`; `previous` is removed, so rollbacks never ping-pong."""
+def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | None = None,
+             to: str | None = None) -> dict:
+    """Point `champion` back at `previous` (or at version `to`); `previous` is removed, so rollbacks never ping-pong."""
     client, _ = connect(tracking)
     name = tracking.registered_model
     with alias_lock(tracking):
-        champion, previous = get_alias(client, name, CHAMPION), get_alias(client, name, PREVIOUS)
-        if champion is None or previous is None:
+        champion = get_alias(client, name, CHAMPION)
+        target = get_alias(client, name, PREVIOUS) if to is None else version_or_none(client, name, str(to))
+        if champion is None or target is None:
+            missing = "champion" if champion is None else "previous" if to is None else f"version {to}"
             raise PromotionRefused(
-                f"{name} has no {'champion' if champion is None else 'previous'} version to roll back "
-                "(a rollback removes `previous`; use `tunegate promote VERSION` to pick a version)"
+                f"{name} has no {missing} version to roll back "
+                "(a rollback removes `previous`; use `tunegate rollback --to VERSION` or `tunegate promote VERSION`)"
             )
-        client.set_registered_model_alias(name, CHAMPION, str(previous.version))
-        client.delete_registered_model_alias(name, PREVIOUS)
+        if str(target.version) == str(champion.version):
+            raise PromotionRefused(f"{name} version {target.version} is already the champion")
+        client.set_registered_model_alias(name, CHAMPION, str(target.version))
+        if get_alias(client, name, PREVIOUS) is not None:
+            client.delete_registered_model_alias(name, PREVIOUS)
     when, who = utc_now(), user or current_user()
     record(client, name, str(champion.version), "rolled-back", {"rollback.time": when, "rollback.user": who,
-                                                 "rollback.reason": reason or "", "rollback.to": str(previous.version)})
-    record(client, name, str(previous.version), "rollback", {"promotion": "rollback", "promotion.time": when,
-                                                 "promotion.user": who, "promotion.replaced": str(champion.version)})
-    return {"champion": str(previous.version), "rolled_back": str(champion.version)}
+                                                 "rollback.reason": reason or "", "rollback.to": str(target.version)})
+    record(client, name, str(target.version), "rollback", {"promotion": "rollback", "promotion.time": when,
+                                               "promotion.user": who, "promotion.replaced": str(champion.version)})
+    return {"champion": str(target.version), "rolled_back": str(champion.version)}
+
+
+def version_or_none(client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException:
+        return None
 
 
 class Promotion(BaseModel):

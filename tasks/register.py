@@ -1,7 +1,10 @@
 """Stage 7, register: one MLflow run with params, metrics and artifacts; the weights as a model version.
 
 The weights are the adapter (LoRA, DoRA, QLoRA), or the whole model for `sft.method: full`; the
-version's `weights` tag says which, and so does peft's adapter_config.json in the files.
+version's `weights` tag says which, and so does peft's adapter_config.json in the run's `adapter/`
+or `model/` folder. The version's source is an MLflow Model with a chat task (tunegate/chat_model.py):
+`mlflow.pyfunc.load_model("models:/NAME@champion").predict({"messages": [...]})` answers. The run's
+`merged/` (tag `merged`) is the standalone safetensors model that serve/ loads.
 
 Metric names are the same in every run (`eval/<task>/<metric>` for the candidate,
 `baseline/<task>/<metric>` for what it was compared with), so MLflow's compare view lines them up.
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.dpo import Aligned
 from tasks.evaluate import Comparison, Evaluation
 from tasks.prepare import Prepared
+from tunegate.chat_model import log_chat_model
 from tunegate.config import PipelineParams
 from tunegate.registry import connect, ensure_registered_model
 
@@ -140,16 +144,19 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
         mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
         mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
         kind = "adapter" if aligned.adapter else "model"  # DPO passes the SFT weights through when skipped
-        mlflow.log_artifacts(aligned.weights, artifact_path=kind)
-        artifact_uri = run.info.artifact_uri
+        mlflow.log_artifacts(aligned.weights, artifact_path=kind)  # the raw files: evaluation's baseline reads them
+        logged = log_chat_model(aligned.weights, kind, prepared.base.path,
+                                trust_remote_code=prepared.base.trust_remote_code)
 
     model_name = params.tracking.registered_model
     ensure_registered_model(client, model_name)
     version = client.create_model_version(
         model_name,
-        source=f"{artifact_uri}/{kind}",
+        source=logged["model_uri"],  # an MLflow Model (MLmodel, transformers flavor, task llm/v1/chat)
         run_id=run.info.run_id,
+        model_id=logged["model_id"],
         tags={**lineage, "gate": "pending", "config": config, "weights": kind, "method": params.sft.method,
+              "merged": logged["merged_uri"],
               "validation_report": f"runs:/{run.info.run_id}/data/validation_report.json"},
         description=f"{params.run_name}: {params.sft.method} {'adapter on' if kind == 'adapter' else 'fine-tune of'} "
                     f"{params.base_model}",

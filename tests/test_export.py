@@ -33,37 +33,3 @@ def test_merged_export_loads_in_a_plain_pipeline_and_matches_the_adapter(prepare
     assert out["serve_command"].startswith("vllm serve ") and "--served-model-name tiny-test" in out["serve_command"]
     modelfile = (tmp_path / "export" / "Modelfile").read_text()
     assert modelfile.startswith(f"FROM {out['merged']}") and 'PARAMETER stop "<|im_end|>"' in modelfile
-
-
-def test_bundle_answers_its_smoke_request_with_plain_transformers(prepared, tmp_path):
-    """The serving handoff: the bundle alone (no peft, no tunegate state) answers the OpenAI request."""
-    import json
-    import shutil
-
-    from tasks.export import answer_smoke_request
-    from cli.main import main
-
-    cfg = SFTConfig(max_steps=5, batch_size=8, learning_rate=2e-3, warmup_steps=2, lora_r=8, save_steps=100)
-    trained = train_sft(prepared["base_model_path"], prepared["train"], None, cfg, tmp_path / "sft", tmp_path / "ck")
-    export_model(prepared["base_model_path"], trained, tmp_path / "export", "tiny-test", 256)
-    bundle = tmp_path / "moved"  # the handoff copies the folder elsewhere; nothing may point back
-    shutil.copytree(tmp_path / "export", bundle)
-    shutil.rmtree(tmp_path / "sft")
-
-    reply = answer_smoke_request(bundle)
-    answer = reply["choices"][0]["message"]["content"]
-    assert reply["object"] == "chat.completion" and reply["model"] == "tiny-test"
-    assert 0 < reply["usage"]["completion_tokens"] <= 48 and len(answer.split()) >= 3
-    # what base + adapter (the model the gate approved) says greedily to the same templated request
-    from peft import PeftModel
-
-    tok = AutoTokenizer.from_pretrained(bundle / "adapter")
-    ids = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
-    approved = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(prepared["base_model_path"]),
-                                         bundle / "adapter")
-    with torch.no_grad():
-        want = approved.generate(**ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.eos_token_id)
-    assert answer == tok.decode(want[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    assert main(["smoke", str(bundle)]) == 0

@@ -102,7 +102,7 @@ def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_
     full = finetune_pipeline(params)
     assert full.gate == "passed" and full.baseline == "base"
     v1 = client.get_model_version("test-model", "1")
-    assert v1.tags["weights"] == "model" and v1.tags["method"] == "full" and v1.source.endswith("/model")
+    assert v1.tags["weights"] == "model" and v1.tags["method"] == "full" and v1.source.startswith("models:/")
     files = {a.path for a in client.list_artifacts(full.mlflow_run_id, "model")}
     assert "model/model.safetensors" in files and "model/adapter_config.json" not in files
     candidate, base = (json.loads(Path(mlflow.artifacts.download_artifacts(
@@ -124,3 +124,9 @@ def test_full_fine_tune_is_evaluated_registered_promoted_and_then_serves_as_the_
     champion_dir = tmp_path / "lora" / "baseline" / "champion-v1"
     assert (next(champion_dir.rglob("model.safetensors"))).exists() and not list(champion_dir.rglob("adapter_*"))
     assert client.get_model_version("test-model", "2").tags["weights"] == "adapter"
+    # Both versions the flow registered are MLflow Models that answer an OpenAI-style chat request.
+    for version in ("1", "2"):
+        reply = mlflow.pyfunc.load_model(f"models:/test-model/{version}").predict(
+            {"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 8})[0]
+        assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
+        assert reply["choices"][0]["message"]["role"] == "assistant"

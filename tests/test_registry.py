@@ -15,8 +15,9 @@ from tasks.prepare import Prepared
 from tasks.register import register_run
 from tasks.sft import Trained
 from tasks.validate import Validated
-from tunegate.models import ResolvedModel
+from tunegate.models import ResolvedModel, build_tiny_model
 from cli.main import main
+from lora_adapters import make_lora_adapter
 from tunegate.config import load_config
 from tunegate.registry import CHAMPION, PREVIOUS, get_alias
 
@@ -28,12 +29,8 @@ def fake_eval(label, f1, version=None):
 
 
 @pytest.fixture()
-def adapter(tmp_path):
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
-    (folder / "adapter_model.safetensors").write_bytes(b"not read by these tests")
-    return folder
+def adapter(tiny_model, tmp_path):
+    return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
 def register_once(tracking, adapter, f1):
@@ -46,7 +43,7 @@ def register_once(tracking, adapter, f1):
     report_file.write_text(json.dumps(report))
     plot = adapter.parent / "loss_curve.png"
     plot.write_bytes(b"png")
-    base = ResolvedModel(name="tiny", path="/x/tiny")
+    base = ResolvedModel(name="tiny", path=str(build_tiny_model()))  # registering loads it (tunegate/chat_model.py)
     prepared = Prepared(train="/x/train.jsonl", eval="/x/eval.jsonl", domain_eval="/x/d.jsonl",
                         general_eval="/x/g.jsonl", base=base, stop="</s>", data_hash="abc",
                         counts={"domain_eval_strata": {"identity.json/en": 3, "identity.json/zh": 12}},
@@ -86,10 +83,13 @@ def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(track
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/eval_loss_step")] == [2]
     assert "train/loss_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id, "train")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"adapter", "config.json", "data", "eval", "train"} <= artifacts
+    assert {"adapter", "merged", "config.json", "data", "eval", "train"} <= artifacts
     tags = client.get_model_version("test-model", registered.version).tags
     assert tags["data_hash"] == "abc" and tags["base_model"] == "tiny" and tags["model_hash"] == "hash-candidate"
-    assert tags["gate"] == "pending" and client.get_model_version("test-model", "1").source.endswith("/adapter")
+    # The version is an MLflow Model (tests/test_chat_model.py loads one); merged/ is in the same run.
+    version = client.get_model_version("test-model", "1")
+    assert tags["gate"] == "pending" and version.source.startswith("models:/m-")
+    assert tags["weights"] == "adapter" and tags["merged"] == f"runs:/{run.info.run_id}/merged"
     assert json.loads(tags["config"]) == load_config("configs/tiny.yaml").model_copy(
         update={"tracking": tracking, "run_name": "run-a"}).model_dump()
     assert tags["validation"] == "passed" and json.loads(tags["quarantine_counts"]) == {"pii_email": 1}
@@ -205,3 +205,12 @@ def test_rollback_moves_champion_back_and_then_refuses_a_second_one(tracking, ad
     assert client.get_model_version("test-model", v1).tags["promotion"] == "rollback"
     assert main(["rollback", *cli_args(tracking)]) == 1
     assert "no previous" in capsys.readouterr().err
+
+    # --to picks the version: allowed without `previous`, refused onto the champion or a missing version.
+    assert main(["rollback", "--to", v2, "--reason", "v2 was fine after all", *cli_args(tracking)]) == 0
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v2
+    assert client.get_model_version("test-model", v1).tags["rollback.to"] == v2
+    assert main(["rollback", "--to", v2, *cli_args(tracking)]) == 1
+    assert "already the champion" in capsys.readouterr().err
+    with pytest.raises(PromotionRefused, match="no version 99"):
+        rollback(tracking, to="99")

@@ -101,8 +101,13 @@ def ensure_registered_model(client, model_name: str) -> None:
 
 
 def download_version(client, version, dst: Path) -> str:
-    """Download a version's weights (an adapter, or a whole model); return the local folder."""
+    """Download a version's raw weights (the run's adapter/ or model/ folder); return the local folder.
+
+    The version's source is the MLflow Model (MLmodel + flavor files); the raw files, byte for byte
+    what was evaluated, are the run artifact named by the `weights` tag.
+    """
     import mlflow
 
     dst.mkdir(parents=True, exist_ok=True)
-    return mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst))
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{version.run_id}/{version.tags['weights']}",
+                                               dst_path=str(dst))

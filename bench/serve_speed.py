@@ -1,0 +1,241 @@
+"""Serving speed: `tunegate serve-model` against raw `model.generate` on the same prompts, in one run.
+
+    python bench/serve_speed.py --base tiny --max-tokens 32 --threads 2
+    python bench/serve_speed.py --base bundled:smollm2-135m-instruct --max-tokens 24 --threads 2
+
+Two LoRA versions with random weights (so answers run to the token budget) are registered on the
+base model in a temporary MLflow store, as tasks/register.py does. The server is started on the
+first (a subprocess, `--threads` torch threads), and the benchmark process loads the same merged
+weights with the same thread count for the raw baseline; the two never run at the same time. For
+concurrency 1 and 8, the same prompts (the demo's general holdout instructions) are answered
+greedily: raw by `model.generate` called from that many threads at once (what the server does per
+request), served through the official `openai` client (non-streaming). Reported: completion tokens
+per second, p50/p95 request latency, and server/raw ratios. Then the second version is promoted and
+the time until the server answers with it is measured (poll interval included). The CPU model and
+flags and the load average are printed: other jobs share this machine. Prints a markdown section
+for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def cpu() -> str:
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.+)", info)
+    flags = re.search(r"Flags:\s*(.+)", info)
+    wanted = [f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx", "fma"))]
+    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(wanted)}"
+
+
+def random_lora(base_dir: str, out: Path, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                      init_lora_weights=False))
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def register(tracking, base_dir: str, work: Path, seed: int) -> str:
+    import mlflow
+
+    from tunegate.chat_model import log_chat_model
+    from tunegate.registry import connect, ensure_registered_model
+
+    adapter = random_lora(base_dir, work / f"adapter-{seed}", seed)
+    client, experiment_id = connect(tracking)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        logged = log_chat_model(str(adapter), "adapter", base_dir)
+    ensure_registered_model(client, tracking.registered_model)
+    return str(client.create_model_version(
+        tracking.registered_model, source=logged["model_uri"], run_id=run.info.run_id, model_id=logged["model_id"],
+        tags={"weights": "adapter", "merged": logged["merged_uri"], "gate": "passed"}).version)
+
+
+def summarize(latencies: list[float], tokens: int, wall: float) -> dict:
+    q = statistics.quantiles(latencies, n=20, method="inclusive")
+    return {"tok_s": tokens / wall, "p50": statistics.median(latencies), "p95": q[18], "tokens": tokens}
+
+
+def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
+    """Answer every prompt with `concurrency` at once; fn(prompt) -> completion tokens."""
+    def timed(prompt):
+        start = time.perf_counter()
+        n = fn(prompt)
+        return time.perf_counter() - start, n
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(timed, prompts))
+    wall = time.perf_counter() - start
+    return summarize([r[0] for r in results], sum(r[1] for r in results), wall)
+
+
+def wait_health(url: str, seconds: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/health did not answer 200 within {seconds:.0f} s")
+
+
+def raw_generate(merged_dir: str, max_tokens: int):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+
+    def answer(prompt: str) -> int:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        return out.shape[1] - ids["input_ids"].shape[1]
+
+    return answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=16, help="requests per concurrency level")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, for the server and raw alike")
+    parser.add_argument("--poll-seconds", type=float, default=0.5)
+    parser.add_argument("--transformers-serve", action="store_true",
+                        help="also measure `transformers serve` on the same merged weights")
+    args = parser.parse_args()
+
+    import mlflow
+    import torch
+    from openai import OpenAI
+
+    from tasks.promote import promote_version
+    from tunegate.config import TrackingConfig
+    from tunegate.models import resolve_base_model
+
+    load_before = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    base_dir = resolve_base_model(args.base)
+    holdout = json.loads((ROOT / "data" / "demo" / "general_holdout.json").read_text())
+    prompts = [row["instruction"] for row in holdout][: args.prompts]
+    work = Path(tempfile.mkdtemp(prefix="serve-speed-"))  # removed at the end: merged copies are large
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{work}/mlflow.db", artifact_root=str(work / "artifacts"),
+                              experiment="bench", registered_model="bench-model")
+    v1, v2 = register(tracking, base_dir, work, 1), register(tracking, base_dir, work, 2)
+    promote_version(tracking, v1)
+
+    merged = mlflow.artifacts.download_artifacts(
+        artifact_uri=mlflow.MlflowClient(tracking.tracking_uri).get_model_version("bench-model", v1).tags["merged"],
+        dst_path=str(work / "raw"))
+    raw = raw_generate(merged, args.max_tokens)
+    raw(prompts[0])  # warm-up
+    results = {("raw", c): run_concurrent(raw, prompts, c) for c in (1, 8)}
+    del raw
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "cli", "serve-model", "--config", "configs/tiny.yaml",
+           "--set", f"tracking.tracking_uri={tracking.tracking_uri}", "--set", f"tracking.artifact_root={work}/artifacts",
+           "--set", "tracking.experiment=bench", "--set", "tracking.registered_model=bench-model",
+           "--port", str(port), "--threads", str(args.threads), "--poll-seconds", str(args.poll_seconds)]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url)
+        client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=600)
+
+        def served(prompt: str) -> int:
+            r = client.chat.completions.create(model="bench-model", max_tokens=args.max_tokens,
+                                               messages=[{"role": "user", "content": prompt}])
+            return r.usage.completion_tokens
+
+        served(prompts[0])  # warm-up
+        results |= {("server", c): run_concurrent(served, prompts, c) for c in (1, 8)}
+
+        start = time.perf_counter()
+        promote_version(tracking, v2, override=True, reason="benchmark: switch time")
+        while client.models.list().data[0].model_extra["version"] != v2:
+            time.sleep(0.05)
+        switch = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    if args.transformers_serve:  # the alternative: `transformers serve` on the same merged weights
+        tport = port + 1
+        other = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", merged, "--host",
+                                  "127.0.0.1", "--port", str(tport), "--device", "cpu"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        try:
+            wait_health(f"http://127.0.0.1:{tport}")
+            tclient = OpenAI(base_url=f"http://127.0.0.1:{tport}/v1", api_key="-", max_retries=0, timeout=600)
+
+            def transformers_served(prompt: str) -> int:
+                r = tclient.chat.completions.create(model=merged, max_tokens=args.max_tokens,
+                                                    messages=[{"role": "user", "content": prompt}])
+                return r.usage.completion_tokens
+
+            transformers_served(prompts[0])
+            results |= {("transformers", c): run_concurrent(transformers_served, prompts, c) for c in (1, 8)}
+        finally:
+            other.terminate()
+            other.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} "
+          f"--prompts {args.prompts} --threads {args.threads}{' --transformers-serve' * args.transformers_serve}`\n")
+    print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads {args.threads}\n")
+    print("| concurrency | raw tok/s | server tok/s | server/raw | raw p50 / p95 s | server p50 / p95 s |")
+    print("|---|---|---|---|---|---|")
+    for c in (1, 8):
+        r, s = results[("raw", c)], results[("server", c)]
+        print(f"| {c} | {r['tok_s']:.1f} | {s['tok_s']:.1f} | {s['tok_s'] / r['tok_s']:.2f} | "
+              f"{r['p50']:.2f} / {r['p95']:.2f} | {s['p50']:.2f} / {s['p95']:.2f} |")
+    if args.transformers_serve:
+        print("\n| concurrency | `transformers serve` tok/s | its /raw | p50 / p95 s |")
+        print("|---|---|---|---|")
+        for c in (1, 8):
+            r, t = results[("raw", c)], results[("transformers", c)]
+            print(f"| {c} | {t['tok_s']:.1f} | {t['tok_s'] / r['tok_s']:.2f} | {t['p50']:.2f} / {t['p95']:.2f} |")
+    print(f"\nSwitch on promotion (alias moved -> first answer from the new version): {switch:.2f} s, "
+          f"poll interval {args.poll_seconds} s included.")
+
+
+if __name__ == "__main__":
+    main()

