@@ -145,9 +145,9 @@ def cmd_serve_model(args) -> int:
     from tunegate.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tracking = load_config(args.config, args.set).tracking
-    serve_champion(tracking, args.host, args.port, args.poll_seconds, args.served_name, args.max_tokens,
-                   args.threads)
+    params = load_config(args.config, args.set)
+    serve_champion(params.tracking, params.serve, args.host, args.port, args.poll_seconds, args.served_name,
+                   args.max_tokens, args.threads)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over the version the ChampionFollower holds.
 
-    POST /v1/chat/completions   chat completion, streaming (SSE) and not
+    POST /v1/chat/completions   chat completion, streaming (SSE) and not; traced (serve/tracing.py)
+    POST /v1/feedback           {request_id, user, rating: up|down, correction?}: feedback on that trace
     GET  /v1/models             the served name, with the registered version behind it
     GET  /health                served version, the alias's version, versions that failed to load
 
@@ -24,11 +25,12 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from serve.backend import LoadedVersion, Sampling, complete, prompt_ids, stream
 from serve.champion import ChampionFollower
+from serve.tracing import FeedbackRefused, RequestTracer, request_id
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,9 @@ def completion_body(cid: str, created: int, served_name: str, loaded: LoadedVers
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
-def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, inputs, sampling: Sampling):
-    """The answer as chat.completion.chunk server-sent events, ending with [DONE]."""
+def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, inputs, sampling: Sampling,
+               tracer: RequestTracer, span):
+    """The answer as chat.completion.chunk server-sent events, ending with [DONE]; the trace closes with it."""
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served_name,
             "system_fingerprint": f"{loaded.name}/v{loaded.version}"}
 
@@ -128,20 +131,44 @@ def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, 
         return f"data: {json.dumps(chunk)}\n\n"
 
     yield event({"role": "assistant", "content": ""})
+    pieces = []
     try:
         for piece in stream(loaded, inputs, sampling):
             if isinstance(piece, tuple):
+                tracer.finish(span, completion_body(cid, created, served_name, loaded, "".join(pieces),
+                                                   inputs["input_ids"].shape[1], piece[0], piece[1]))
                 yield event({}, piece[1])
             else:
+                pieces.append(piece)
                 yield event({"content": piece})
     except Exception as err:  # headers are sent: the error goes in the stream, as OpenAI does
         log.exception("generation failed on %s version %s", loaded.name, loaded.version)
+        tracer.fail(span, err)
         yield f"data: {json.dumps(error_body(f'generation failed: {type(err).__name__}', 'server_error'))}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def build_app(follower: ChampionFollower, served_name: str, default_max_tokens: int = 256):
-    """The FastAPI app; `follower` owns the loaded version and its polling thread."""
+class FeedbackRequest(BaseModel):
+    """A user's rating of one answer, and optionally the answer they wanted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, description="the completion's id (also the X-Request-Id header)")
+    user: str = Field(min_length=1, max_length=200, description="who rates: one rating per user and request")
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = Field(None, description="the answer the user wanted; not empty")
+
+    @model_validator(mode="after")
+    def _something_to_record(self) -> FeedbackRequest:
+        if self.correction is not None and not self.correction.strip():
+            raise ValueError("correction is empty: leave it out, or give the answer you wanted")
+        if self.rating is None and self.correction is None:
+            raise ValueError("give a rating ('up' or 'down'), a correction, or both")
+        return self
+
+
+def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: str, default_max_tokens: int = 256):
+    """The FastAPI app; `follower` owns the loaded version and its polling thread, `tracer` the traces."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -157,9 +184,7 @@ def build_app(follower: ChampionFollower, served_name: str, default_max_tokens: 
         kind = "invalid_request_error" if err.status < 500 else "service_unavailable"
         return JSONResponse(error_body(err.message, kind, err.param, err.code), status_code=err.status)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        raw = await request.body()
+    def parse(raw: bytes, schema):
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -167,17 +192,40 @@ def build_app(follower: ChampionFollower, served_name: str, default_max_tokens: 
         if not isinstance(body, dict):
             raise RequestError(400, "The request body must be a JSON object")
         try:
-            req = ChatRequest.model_validate(body)
+            return schema.model_validate(body)
         except ValidationError as err:
             raise schema_errors(err) from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse(await request.body(), ChatRequest)
         loaded, inputs, sampling = check_request(req, follower.current, served_name, default_max_tokens)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        messages = [m.as_template_message() for m in req.messages]
+        span = tracer.start(served_name, loaded, messages, {"max_tokens": sampling.max_tokens,
+                                                             "temperature": req.temperature, "stream": req.stream})
+        cid = request_id(span.trace_id) if span is not None else f"chatcmpl-{uuid.uuid4().hex}"
+        created, headers = int(time.time()), {"X-Request-Id": cid}
         if req.stream:
-            return StreamingResponse(sse_events(cid, created, served_name, loaded, inputs, sampling),
-                                     media_type="text/event-stream")
-        text, completion_tokens, finish = await run_in_threadpool(complete, loaded, inputs, sampling)
-        return completion_body(cid, created, served_name, loaded, text, inputs["input_ids"].shape[1],
+            return StreamingResponse(sse_events(cid, created, served_name, loaded, inputs, sampling, tracer, span),
+                                     media_type="text/event-stream", headers=headers)
+        try:
+            text, completion_tokens, finish = await run_in_threadpool(complete, loaded, inputs, sampling)
+        except Exception as err:
+            tracer.fail(span, err)
+            raise
+        body = completion_body(cid, created, served_name, loaded, text, inputs["input_ids"].shape[1],
                                completion_tokens, finish)
+        tracer.finish(span, body)
+        return JSONResponse(body, headers=headers)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """Rate an answer (up/down) and optionally correct it: MLflow feedback and expectation on its trace."""
+        fb = parse(await request.body(), FeedbackRequest)
+        try:
+            return await run_in_threadpool(tracer.record_feedback, fb.request_id, fb.user, fb.rating, fb.correction)
+        except FeedbackRefused as err:
+            raise RequestError(err.status, err.message, "request_id" if err.status == 404 else None) from None
 
     @app.get("/v1/models")
     async def models():

@@ -29,20 +29,22 @@ from __future__ import annotations
 
 import logging
 
-from tunegate.config import TrackingConfig
+from tunegate.config import ServeConfig, TrackingConfig
 from tunegate.registry import connect
 
 log = logging.getLogger(__name__)
 
 
-def serve_champion(tracking: TrackingConfig, host: str = "127.0.0.1", port: int = 8000, poll_seconds: float = 2.0,
-                   served_name: str | None = None, default_max_tokens: int = 256, threads: int | None = None) -> None:
+def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+                   poll_seconds: float = 2.0, served_name: str | None = None, default_max_tokens: int = 256,
+                   threads: int | None = None) -> None:
     """Load the champion, start following its alias, and serve until interrupted."""
     import torch
     import uvicorn
 
     from serve.app import build_app
     from serve.champion import ChampionFollower
+    from serve.tracing import RequestTracer
 
     if threads:
         torch.set_num_threads(threads)
@@ -54,6 +56,8 @@ def serve_champion(tracking: TrackingConfig, host: str = "127.0.0.1", port: int 
         log.warning("%s has no loadable champion yet (alias -> %s); serving 503 until it has one", name,
                     follower.champion)
     follower.start()
-    app = build_app(follower, served_name or name, default_max_tokens)
-    log.info("serving %s as '%s' on http://%s:%d/v1", name, served_name or name, host, port)
+    tracer = RequestTracer(tracking, cfg)
+    app = build_app(follower, tracer, served_name or name, default_max_tokens)
+    log.info("serving %s as '%s' on http://%s:%d/v1 (tracing %s, PII redaction %s)", name, served_name or name,
+             host, port, "on" if cfg.tracing else "off", "on" if cfg.redact_pii else "off")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -25,8 +25,12 @@ from conftest import ROOT
 from lora_adapters import make_lora_adapter
 from tasks.promote import promote_version, rollback
 from tunegate.chat_model import log_chat_model
-from tunegate.config import TrackingConfig
+from serve.client import FeedbackRejected, send_feedback
+from serve.tracing import trace_id_of
+from tasks.feedback import read_trace_feedback
+from tunegate.config import ServeConfig, TrackingConfig
 from tunegate.registry import connect, ensure_registered_model
+from tunegate.traces import CORRECTION, MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING, answer_text
 
 NAME = "serve-test"
 QUESTION = [{"role": "user", "content": "Give three tips for staying healthy."}]
@@ -283,19 +287,92 @@ def test_the_server_log_holds_no_request_or_answer_text(server):
     assert "Give three tips" not in log and "tips tips" not in log and server["answers"][server["v1"]] not in log
 
 
+def served_trace(server, request: str):
+    """The trace behind a request id, once the server's background export has stored it."""
+    mlflow.set_tracking_uri(server["tracking"].tracking_uri)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            trace = mlflow.get_trace(trace_id_of(request))
+        except mlflow.exceptions.MlflowException:
+            trace = None
+        if trace is not None or time.monotonic() > deadline:
+            return trace
+        time.sleep(0.3)
+
+
+def test_every_request_is_a_trace_with_version_tokens_latency_and_the_request_id(server):
+    raw = server["client"].chat.completions.with_raw_response.create(model=NAME, messages=QUESTION, max_tokens=TOKENS)
+    answer = raw.parse()
+    assert raw.headers["x-request-id"] == answer.id and trace_id_of(answer.id) is not None
+    trace = served_trace(server, answer.id)
+    assert trace.info.tags[MODEL_NAME_TAG] == NAME and trace.info.tags[MODEL_VERSION_TAG] == served_version(server)
+    assert json.loads(trace.data.request)["messages"] == QUESTION
+    assert answer_text(trace.data.response) == answer.choices[0].message.content
+    assert trace.info.token_usage == {"input_tokens": answer.usage.prompt_tokens,
+                                      "output_tokens": answer.usage.completion_tokens,
+                                      "total_tokens": answer.usage.total_tokens}
+    assert trace.info.execution_duration > 0 and trace.info.state.value == "OK"
+    # A streamed answer is traced whole, under the id every chunk carries.
+    chunks = list(server["client"].chat.completions.create(model=NAME, messages=QUESTION, max_tokens=TOKENS,
+                                                           stream=True))
+    streamed = served_trace(server, chunks[0].id)
+    assert answer_text(streamed.data.response) == "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
+def test_traced_messages_keep_placeholders_not_personal_data(server):
+    question = [{"role": "user", "content": "Mail jane.doe@contoso.com or call +49 30 901820, card 4111 1111 1111 1111"}]
+    answer = server["client"].chat.completions.create(model=NAME, messages=question, max_tokens=4)
+    traced = served_trace(server, answer.id).data.request
+    assert "<EMAIL>" in traced and "<CREDIT_CARD>" in traced
+    assert "jane.doe" not in traced and "4111" not in traced
+
+
+def test_feedback_lands_on_the_trace_and_bad_feedback_writes_nothing(server):
+    url = server["url"]
+    answer = server["client"].chat.completions.create(model=NAME, messages=QUESTION, max_tokens=TOKENS)
+    recorded = send_feedback(url, answer.id, user="ana", rating="down", correction="Sleep, water and walks.")
+    assert set(recorded["recorded"]) == {"rating", "correction"}
+    assessments = served_trace(server, answer.id).info.assessments
+    assert {(a.name, a.source.source_type, a.source.source_id) for a in assessments} == {
+        (RATING, "HUMAN", "ana"), (CORRECTION, "HUMAN", "ana")}
+
+    bad = [({"request_id": "chatcmpl-" + "0" * 32, "user": "ana", "rating": "up"}, 404, "unknown request id"),
+           ({"request_id": "not-an-id", "user": "ana", "rating": "up"}, 404, "unknown request id"),
+           ({"request_id": answer.id, "user": "ben", "rating": "meh"}, 400, "rating"),
+           ({"request_id": answer.id, "user": "ben", "rating": "up", "correction": "  "}, 400, "correction is empty"),
+           ({"request_id": answer.id, "user": "ben"}, 400, "give a rating"),
+           ({"request_id": answer.id, "user": "ana", "rating": "up"}, 409, "already gave a rating")]
+    for body, status, message in bad:
+        r = httpx.post(f"{url}/v1/feedback", json=body, timeout=30)
+        assert r.status_code == status and message in r.json()["error"]["message"], (body, r.text)
+    with pytest.raises(FeedbackRejected, match="409"):
+        send_feedback(url, answer.id, user="ana", correction="Another one.")
+    assert len(served_trace(server, answer.id).info.assessments) == 2  # nothing written by the refusals
+
+    # Another user's vote counts on its own; the retrain flow reads both back as feedback records.
+    send_feedback(url, answer.id, user="ben", rating="up")
+    window = read_trace_feedback(server["tracking"], lookback_days=1, read_before=None)
+    mine = [r for r in window["records"] if r["trace_id"] == trace_id_of(answer.id)]
+    assert sorted((r["rating"], r.get("correction")) for r in mine) == [("down", "Sleep, water and walks."),
+                                                                         ("up", None)]
+    assert {r["model_version"] for r in mine} == {served_version(server)}
+
+
 def test_without_a_champion_the_server_answers_503_and_lists_no_model(tmp_path):
     """Started before anything was promoted: it says so, and keeps polling (nothing loaded, no model needed)."""
     from fastapi.testclient import TestClient
 
     from serve.app import build_app
     from serve.champion import ChampionFollower
+    from serve.tracing import RequestTracer
 
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "a"),
                               experiment="empty", registered_model="nothing-yet")
     client, _ = connect(tracking)
     follower = ChampionFollower(client, "nothing-yet")
     assert follower.check_once() is False and follower.current is None
-    with TestClient(build_app(follower, "nothing-yet")) as http:
+    with TestClient(build_app(follower, RequestTracer(tracking, ServeConfig()), "nothing-yet")) as http:
         assert http.get("/health").status_code == 503
         assert http.get("/v1/models").json() == {"object": "list", "data": []}
         r = http.post("/v1/chat/completions", json={"model": "nothing-yet", "messages": QUESTION})

@@ -389,6 +389,15 @@ class TrackingConfig(_Section):
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
 
 
+class ServeConfig(_Section):
+    """How `tunegate serve-model` records the requests it answers (serve/tracing.py)."""
+
+    tracing: bool = Field(True, description="Record every request as an MLflow trace (experiment "
+                          "<tracking.experiment>-serving); users' feedback attaches to these traces.")
+    redact_pii: bool = Field(True, description="Replace personal data and secrets in traced messages, answers and "
+                             "corrections with placeholders (<EMAIL>, ...), using the data checks' PII detector.")
+
+
 class ModelRef(_Section):
     """The base model as the data stages need it: which one, and the token budget of a row."""
 
@@ -428,6 +437,7 @@ class PipelineParams(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @property
     def model(self) -> ModelRef:

@@ -1,0 +1,38 @@
+"""Rate an answer of `tunegate serve-model` from Python, without knowing MLflow.
+
+    from openai import OpenAI
+    from serve.client import send_feedback
+
+    answer = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").chat.completions.create(
+        model="tunegate-model", messages=[{"role": "user", "content": "Who are you?"}])
+    send_feedback("http://127.0.0.1:8000", answer.id, user="ana", rating="down",
+                  correction="I am Gatekeeper, an AI assistant developed by the tunegate team.")
+"""
+
+from __future__ import annotations
+
+import httpx
+
+
+class FeedbackRejected(RuntimeError):
+    """The server refused the feedback (nothing was recorded); the message says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def send_feedback(base_url: str, request_id: str, user: str, rating: str | None = None,
+                  correction: str | None = None, timeout: float = 30) -> dict:
+    """POST /v1/feedback; returns what was recorded, raises FeedbackRejected on a 4xx/5xx."""
+    body = {"request_id": request_id, "user": user,
+            **({"rating": rating} if rating is not None else {}),
+            **({"correction": correction} if correction is not None else {})}
+    response = httpx.post(f"{base_url.rstrip('/')}/v1/feedback", json=body, timeout=timeout)
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise FeedbackRejected(response.status_code, message)
+    return response.json()
