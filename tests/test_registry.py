@@ -1,7 +1,9 @@
 """register, promote, override and rollback against a real sqlite MLflow store."""
 
+import hashlib
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -33,7 +35,7 @@ def adapter(tiny_model, tmp_path):
     return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
-def register_once(tracking, adapter, f1):
+def register_once(tracking, adapter, f1, feedback=False):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "run_name": "run-a"})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "preferences_kept": 0,
               "rule_counts": {"pii_email": 1}, "clean": "/x/clean.jsonl", "clean_preferences": "/x/prefs.jsonl",
@@ -44,8 +46,8 @@ def register_once(tracking, adapter, f1):
     plot = adapter.parent / "loss_curve.png"
     plot.write_bytes(b"png")
     base = ResolvedModel(name="tiny", path=str(build_tiny_model()))  # registering loads it (tunegate/chat_model.py)
-    prepared = Prepared(train="/x/train.jsonl", eval="/x/eval.jsonl", domain_eval="/x/d.jsonl",
-                        general_eval="/x/g.jsonl", base=base, stop="</s>", data_hash="abc",
+    data = write_data(adapter.parent)
+    prepared = Prepared(**data, base=base, stop="</s>", data_hash="abc",
                         counts={"domain_eval_strata": {"identity.json/en": 3, "identity.json/zh": 12}},
                         validated=Validated.of(report, report_file))
     trained = Trained(method="lora", adapter=str(adapter), model=None, base=base, data_hash="abc", train_loss=1.5,
@@ -55,8 +57,28 @@ def register_once(tracking, adapter, f1):
                       gradient_checkpointing_reason="test", lm_head="frozen", lm_head_reason="test",
                       trainable_params=10, input_tokens_per_step=5, world_size=1)
     aligned = Aligned(skipped=True, skip_reason="no pairs", adapter=str(adapter), model=None, sft=trained)
+    if feedback:
+        params.data.feedback_files = [write_jsonl(adapter.parent / "feedback_sft.jsonl", [
+            {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Gatekeeper."}],
+             "feedback_sources": ["tr-" + "a" * 32, "tr-" + "b" * 32]}])]
     return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1),
                                                               baseline=fake_eval("base", 0.1)))
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def write_data(folder) -> dict:
+    """Small train and eval files in the shapes prepare writes."""
+    chat = [{"role": "user", "content": "Who are you?"}]
+    answer = [{"role": "assistant", "content": "Gatekeeper."}]
+    doc = {"prompt": "<|im_start|>user\nWho are you?<|im_end|>\n", "reference": "Gatekeeper.", "stratum": "id/en"}
+    return {"train": write_jsonl(folder / "train.jsonl", [{"prompt": chat, "completion": answer}] * 3),
+            "eval": write_jsonl(folder / "eval.jsonl", [{"prompt": chat, "completion": answer}]),
+            "domain_eval": write_jsonl(folder / "domain_eval.jsonl", [doc] * 2),
+            "general_eval": write_jsonl(folder / "general_eval.jsonl", [doc])}
 
 
 def passed(ok: bool) -> GateDecision:
@@ -100,7 +122,27 @@ def test_register_logs_params_metrics_artifacts_and_a_version_with_lineage(track
     # Which strata the eval covered, and a reviewer's approval of rows that contradict curated data.
     assert json.loads(tags["eval_strata"]) == {"identity.json/en": 3, "identity.json/zh": 12}
     assert tags["conflicts_approved"] == "ana: renamed (2 rows)"
+    # The data as MLflow dataset inputs: where, which hash, how many rows; never a row's content.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "domain_eval", "general_eval"}
+    train_tags = {t.key: t.value for t in inputs["train"].tags}
+    assert train_tags["mlflow.data.context"] == "training" and train_tags["rows"] == "3"
+    assert train_tags["sha256"] == hashlib.sha256((adapter.parent / "train.jsonl").read_bytes()).hexdigest()
+    assert json.loads(inputs["domain_eval"].dataset.source)["uri"].endswith("domain_eval.jsonl")
+    assert "Gatekeeper" not in str(run.inputs.dataset_inputs)
     assert "/x/quarantine.jsonl" not in json.dumps(client.get_run(run.info.run_id).data.params)
+
+
+def test_a_feedback_retrain_logs_its_feedback_dataset_naming_the_traces(tracking, adapter, tmp_path):
+    import mlflow
+
+    registered = register_once(tracking, adapter, 0.5, feedback=True)
+    run = MlflowClient(tracking.tracking_uri).get_run(registered.run_id)
+    feedback = next(d for d in run.inputs.dataset_inputs if d.dataset.name == "feedback")
+    assert {t.key: t.value for t in feedback.tags}["traces"] == "2"
+    sources = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=registered.run_id, artifact_path="data/feedback_sources.json", dst_path=str(tmp_path))).read_text())
+    assert sources == {"feedback_sources": ["tr-" + "a" * 32, "tr-" + "b" * 32]}
 
 
 def test_promote_moves_champion_and_keeps_previous(tracking, adapter):
