@@ -5,6 +5,7 @@
     tunegate promote VERSION [--override --reason "..."]          # make a version the champion
     tunegate rollback [--to VERSION] [--reason "..."]             # champion <- previous (or VERSION)
     tunegate serve-model [--config CFG] [--port 8000]            # OpenAI-compatible server on the champion
+    tunegate traffic [--url http://127.0.0.1:8000]               # simulated users rate the server's real answers
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune + retrain-from-feedback deployments
 
@@ -151,6 +152,14 @@ def cmd_serve_model(args) -> int:
     return 0
 
 
+def cmd_traffic(args) -> int:
+    from serve.traffic import IDENTITY, general_topics, simulate_users
+
+    print(json.dumps(simulate_users(args.url, args.model, [IDENTITY, *general_topics()], args.requests, args.seed),
+                     indent=2))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from deployments.serve import serve_deployments
     from tunegate.config import FeedbackConfig
@@ -289,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--max-tokens", type=int, default=256, help="answer length when a request sets none")
     sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sm.set_defaults(func=cmd_serve_model)
+    tr = sub.add_parser("traffic", help="simulated users: real requests to serve-model, ratings via /v1/feedback")
+    tr.add_argument("--url", default="http://127.0.0.1:8000", help="the server of `tunegate serve-model`")
+    tr.add_argument("--model", default="tunegate-model", help="served model name")
+    tr.add_argument("--requests", type=int, default=60)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=cmd_traffic)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
     ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
     ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.feedback import feedback_window_data, read_feedback, training_rows, window_label, write_watermark
-from tunegate.feedback_sim import generate_feedback, write_daily_logs
+from feedback_logs import generate_feedback, write_daily_logs
 
 Q = [{"role": "user", "content": "Who made you?"}]
 

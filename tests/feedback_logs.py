@@ -1,18 +1,15 @@
-"""Realistic production feedback for the demo and the tests (what a chat frontend would log).
+"""JSONL feedback logs, as a chat frontend that logs its own exchanges would write them: test fixtures for
+the second feedback source (tasks/feedback.py). The served model's real traffic comes from serve/traffic.py.
 
-    python -m tunegate.feedback_sim data/feedback --days 3 --per-day 40 --start 2026-11-18 --seed 0
-
-Users ask the served model who it is and general questions. The deployed model sometimes forgets
-its identity (claims another name or maker) or gives a short, unhelpful answer: users downvote
-those and some type a correction. Good answers get upvotes. One JSONL file per day.
+Users ask who the assistant is and general questions; some answers forget the identity or are cut
+short, and get downvotes and sometimes a correction. One JSONL file per day.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,17 +85,3 @@ def write_daily_logs(rows: list[dict], out_dir: Path) -> list[Path]:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         files[path] = True
     return list(files)
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--days", type=int, default=3)
-    ap.add_argument("--per-day", type=int, default=40)
-    ap.add_argument("--start", default="2026-11-18", help="first day (UTC), YYYY-MM-DD")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model-version", default="1")
-    a = ap.parse_args()
-    start = datetime.fromisoformat(a.start).replace(tzinfo=timezone.utc)
-    for path in write_daily_logs(generate_feedback(start, a.days, a.per_day, a.seed, a.model_version), Path(a.out_dir)):
-        print(path)
