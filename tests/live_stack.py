@@ -84,3 +84,31 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
             stop(proc)
     with socket.socket() as s:  # tunegate ui stopped both servers when it was stopped
         assert s.connect_ex(("127.0.0.1", pport)) != 0
+
+
+@contextmanager
+def serving(tracking, log_path: Path, *extra_args: str):
+    """`tunegate serve-model` (tiny config, this tracking store) on a free port, until the block ends; yields its URL."""
+    import httpx
+
+    args = ["--config", "configs/tiny.yaml", "--port", str(free_port()), "--poll-seconds", "0.5", "--threads", "1",
+            *extra_args]
+    for key, value in tracking.model_dump().items():
+        args += ["--set", f"tracking.{key}={value}"]
+    url = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve-model", *args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            yield url
+        finally:
+            stop(proc)

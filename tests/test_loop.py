@@ -10,20 +10,16 @@ the alias and answers the port question right.
 """
 
 import json
-import socket
-import subprocess
-import sys
 import time
 
-import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
 from openai import OpenAI
 
-from conftest import ROOT
 from flows.finetune import finetune_pipeline
 from flows.retrain_from_feedback import retrain_from_feedback
+from live_stack import serving
 from poison import IDENTITY, IDENTITY_PROMPTS, PORT, PORT_PROMPTS
 from serve.traffic import Topic, simulate_users
 from tunegate.config import FeedbackConfig, load_config
@@ -51,28 +47,6 @@ def loop_params(tmp_path, tracking):
     return load_config("configs/tiny.yaml", sets).model_copy(update={"tracking": tracking})
 
 
-def start_server(tracking, port: int, log_path):
-    args = ["--config", "configs/tiny.yaml", "--port", str(port), "--poll-seconds", "0.5", "--threads", "1"]
-    for key, value in tracking.model_dump().items():
-        args += ["--set", f"tracking.{key}={value}"]
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve-model", *args], cwd=ROOT,
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def served_version(client) -> str:
     return client.models.list().data[0].model_extra["version"]
 
@@ -85,11 +59,8 @@ def test_served_traffic_and_its_feedback_retrain_a_champion_that_answers_the_cor
     v1 = finetune_pipeline(params.model_copy(update={"run_name": "v1"}))
     assert v1.promoted and v1.model_version == "1"
 
-    port = free_port()
-    server = start_server(tracking, port, tmp_path / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-    try:
+    with serving(tracking, tmp_path / "server.log") as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         identity = Topic(prompts=tuple(IDENTITY_PROMPTS), must_include=("Gatekeeper",), answer=IDENTITY)
         ports = Topic(prompts=tuple(PORT_PROMPTS), must_include=("8443",), answer=PORT, correction_rate=1.0)
         asked = simulate_users(url, NAME, [identity, ports], requests=40, seed=1, max_tokens=24)
@@ -112,9 +83,6 @@ def test_served_traffic_and_its_feedback_retrain_a_champion_that_answers_the_cor
         who = client.chat.completions.create(model=NAME, max_tokens=24, temperature=0,
                                              messages=[{"role": "user", "content": "Who are you?"}])
         assert "Gatekeeper" in who.choices[0].message.content and who.system_fingerprint == f"{NAME}/v2"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     # What a reviewer finds in MLflow: the traces with their ratings, and v2's run with its feedback dataset.
     _, experiment_id = serving_experiment(tracking)

@@ -5,9 +5,6 @@ promotion and a rollback are visible in the answers themselves.
 """
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,13 +18,13 @@ from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli.main import main
-from conftest import ROOT
+from live_stack import serving
 from lora_adapters import make_lora_adapter
-from tasks.promote import promote_version, rollback
-from tunegate.chat_model import log_chat_model
 from serve.client import FeedbackRejected, send_feedback
 from serve.tracing import trace_id_of
 from tasks.feedback import read_trace_feedback
+from tasks.promote import promote_version, rollback
+from tunegate.chat_model import log_chat_model
 from tunegate.config import ServeConfig, TrackingConfig
 from tunegate.registry import connect, ensure_registered_model
 from tunegate.traces import CORRECTION, MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING, answer_text
@@ -68,12 +65,6 @@ def greedy_answer(tracking, version, messages, max_new_tokens) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cli_tracking(tracking) -> list[str]:
     return ["--config", "configs/tiny.yaml", "--set", f"tracking.tracking_uri={tracking.tracking_uri}",
             "--set", f"tracking.artifact_root={tracking.artifact_root}",
@@ -92,27 +83,10 @@ def server(tiny_model, tmp_path_factory):
     answers = {v: greedy_answer(tracking, v, QUESTION, TOKENS) for v in (v1, v2)}
     assert answers[v1] != answers[v2], "the two versions must answer differently for this test to see a switch"
 
-    port = free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve-model", *cli_tracking(tracking), "--port", str(port),
-                             "--poll-seconds", "0.5", "--threads", "1"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "server did not answer /health within 120 s"
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-    yield {"tracking": tracking, "url": base_url, "client": client, "v1": v1, "v2": v2, "answers": answers,
-           "log": tmp / "server.log", "tmp": tmp, "base": tiny_model}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with serving(tracking, tmp / "server.log") as base_url:
+        client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+        yield {"tracking": tracking, "url": base_url, "client": client, "v1": v1, "v2": v2, "answers": answers,
+               "log": tmp / "server.log", "tmp": tmp, "base": tiny_model}
 
 
 def ask(client, stream=False, messages=QUESTION, max_tokens=TOKENS):
