@@ -53,6 +53,7 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     out = capsys.readouterr()
     assert "Gate blocked test-model version 2: regressed on tunegate_general" in out.err
     assert "champion alias did not move" in out.err and "BLOCKED on tunegate_general" in out.out
+    assert "PASSED" not in out.out  # the summary is written after the promotion decision, never before
 
     assert str(get_alias(client, "test-model", CHAMPION).version) == "1"
     v2 = client.get_model_version("test-model", "2")
