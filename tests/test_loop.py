@@ -69,9 +69,15 @@ def test_served_traffic_and_its_feedback_retrain_a_champion_that_answers_the_cor
 
         feedback = FeedbackConfig(logs=str(tmp_path / "no-logs" / "*.jsonl"), watermark_file=str(tmp_path / "wm.json"),
                                   work_dir=str(tmp_path / "fb"))
+        # A run that crashes before its gate decision leaves the traces' read position alone: the retry
+        # gets every rating again, and the one after it none.
+        broken = params.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
+        with pytest.raises(RuntimeError, match="watermark kept at None"):
+            retrain_from_feedback(broken, feedback)
         result = retrain_from_feedback(params, feedback)
         assert result["status"] == "promoted" and result["model_version"] == "2", result
         assert result["records"] == 40
+        assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
 
         deadline = time.monotonic() + 120
         while served_version(client) != "2":
