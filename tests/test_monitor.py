@@ -1,0 +1,99 @@
+"""Monitoring: exact per-version numbers from real traces with known times and ratings; runs a rerun updates."""
+
+import os
+from datetime import date, datetime, timedelta, timezone
+
+import mlflow
+import pytest
+
+from serve.tracing import RequestTracer, request_id
+from tasks.monitor import MonitorWindow, measure_serving
+from tunegate.config import ServeConfig
+from tunegate.registry import monitoring_experiment, serving_experiment
+from tunegate.traces import MODEL_NAME_TAG, MODEL_VERSION_TAG
+
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # a rating right after the request must find its trace
+
+DAY = date(2026, 11, 30)
+NOON = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+
+
+def request(tracking, version: str, at: datetime, ms: int, failed: bool = False) -> str:
+    """A served request as serve/tracing.py records it, started at `at`, lasting `ms`; returns its request id."""
+    _, experiment_id = serving_experiment(tracking)
+    start = int(at.timestamp() * 1e9)
+    span = mlflow.start_span_no_context(
+        name="chat.completions", span_type="CHAT_MODEL", experiment_id=experiment_id, start_time_ns=start,
+        inputs={"model": "m", "messages": [{"role": "user", "content": "Who are you?"}]},
+        tags={MODEL_NAME_TAG: tracking.registered_model, MODEL_VERSION_TAG: version})
+    if failed:
+        span.set_status("ERROR")
+    span.end(outputs={"choices": [{"message": {"role": "assistant", "content": "I am Gatekeeper."}}]},
+             end_time_ns=start + ms * 1_000_000)
+    return request_id(span.trace_id)
+
+
+def traffic(tracking) -> tuple[RequestTracer, list[str], list[str]]:
+    """v1: 4 requests of 100..400 ms; v2: 10 of 10..100 ms, the last failed; one request each side of the day."""
+    v1 = [request(tracking, "1", NOON + timedelta(minutes=i), 100 * (i + 1)) for i in range(4)]
+    v2 = [request(tracking, "2", NOON + timedelta(hours=1, minutes=i), 10 * (i + 1), failed=i == 9) for i in range(10)]
+    midnight = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    outside = [request(tracking, "1", midnight - timedelta(milliseconds=1), 5000),
+               request(tracking, "1", midnight + timedelta(days=1), 5000)]
+    feedback = RequestTracer(tracking, ServeConfig()).record_feedback  # the server's own feedback path
+    for req, user, rating in [(v1[0], "ana", "down"), (v1[0], "ben", "down"), (v1[1], "ana", "up"),
+                              (v1[1], "ben", "up"), (v1[3], "ana", "down"), (v2[0], "ana", "up"),
+                              (v2[1], "ben", "down"), *((o, "ana", "down") for o in outside)]:
+        feedback(req, user, rating, None)
+    feedback(v2[2], "cleo", None, "I am Gatekeeper, built by the tunegate team.")  # a correction is not a rating
+    return RequestTracer(tracking, ServeConfig()), v1, v2
+
+
+def test_each_version_gets_its_requests_feedback_and_downvote_rates_and_latency(tracking):
+    traffic(tracking)
+    report = measure_serving.fn(tracking, MonitorWindow.day(DAY))
+    assert report.window.label == "2026-11-30"
+    v1, v2 = report.versions
+    assert (v1.version, v1.model_name, v1.requests, v1.errors) == ("1", "test-model", 4, 0)
+    assert (v1.rated_requests, v1.ratings, v1.downvotes) == (3, 5, 3)
+    assert v1.feedback_rate == 0.75 and v1.downvote_rate == 0.6
+    assert v1.latency_p50_ms == 250.0 and v1.latency_p95_ms == pytest.approx(385.0)  # 100 + 0.95 * 3 * 100
+    assert (v2.version, v2.requests, v2.errors, v2.rated_requests, v2.ratings, v2.downvotes) == ("2", 10, 1, 2, 2, 1)
+    assert v2.feedback_rate == 0.2 and v2.downvote_rate == 0.5
+    assert v2.latency_p50_ms == 55.0 and v2.latency_p95_ms == pytest.approx(95.5)
+
+    # The day before holds exactly the request one millisecond before midnight: 5 s, rated down.
+    (before,) = measure_serving.fn(tracking, MonitorWindow.day(DAY - timedelta(days=1))).versions
+    assert (before.requests, before.downvote_rate, before.latency_p50_ms) == (1, 1.0, 5000.0)
+
+
+def test_unrated_version_has_no_downvote_rate_rather_than_zero(tracking):
+    request(tracking, "3", NOON, 40)
+    (v3,) = measure_serving.fn(tracking, MonitorWindow.day(DAY)).versions
+    assert (v3.requests, v3.feedback_rate, v3.downvote_rate) == (1, 0.0, None)
+    assert measure_serving.fn(tracking, MonitorWindow.day(DAY + timedelta(days=3))).versions == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_logs_one_run_per_version_and_day_and_a_rerun_picks_up_late_ratings(tracking):
+    from prefect.artifacts import Artifact
+
+    from flows.monitor_serving import monitor_serving
+
+    tracer, v1, v2 = traffic(tracking)
+    first = monitor_serving(tracking, DAY)
+    client, experiment_id = monitoring_experiment(tracking)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    assert set(runs) == {"test-model v1 2026-11-30", "test-model v2 2026-11-30"} == set(first.runs)
+    old, new = runs["test-model v1 2026-11-30"], runs["test-model v2 2026-11-30"]
+    assert old.data.metrics["downvote_rate"] == 0.6 and new.data.metrics["downvote_rate"] == 0.5
+    assert new.data.metrics["requests"] == 10 and new.data.metrics["latency_p95_ms"] == pytest.approx(95.5)
+    assert old.info.start_time == int(datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp() * 1000)
+    markdown = Artifact.get("serving-monitor").data
+    assert "| test-model | 1 | 4 | 0 | 75.0% (3/4) | 60.0% (3/5) | 250 / 385 |" in markdown
+
+    tracer.record_feedback(v2[5], "dan", "down", None)  # lands after the day's run
+    second = monitor_serving(tracking, DAY)
+    assert second.runs == first.runs  # the same runs, updated
+    updated = client.get_run(first.runs["test-model v2 2026-11-30"]).data.metrics
+    assert updated["downvote_rate"] == pytest.approx(2 / 3) and updated["feedback_rate"] == 0.3
