@@ -162,7 +162,7 @@ def report_markdown(report: ServingReport) -> str:
         down = "no ratings" if v.downvote_rate is None else f"{v.downvote_rate:.1%} ({v.downvotes}/{v.ratings})"
         lines.append(f"| {v.model_name} | {v.version} | {v.requests} | {v.errors} | "
                      f"{v.feedback_rate:.1%} ({v.rated_requests}/{v.requests}) | {down} | "
-                     f"{v.latency_p50_ms:.0f} / {v.latency_p95_ms:.0f} |")
+                     f"{v.latency_p50_ms:.1f} / {v.latency_p95_ms:.1f} |")
     return "\n".join(lines)
 
 

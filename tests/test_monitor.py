@@ -90,10 +90,23 @@ def test_the_flow_logs_one_run_per_version_and_day_and_a_rerun_picks_up_late_rat
     assert new.data.metrics["requests"] == 10 and new.data.metrics["latency_p95_ms"] == pytest.approx(95.5)
     assert old.info.start_time == int(datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp() * 1000)
     markdown = Artifact.get("serving-monitor").data
-    assert "| test-model | 1 | 4 | 0 | 75.0% (3/4) | 60.0% (3/5) | 250 / 385 |" in markdown
+    assert "| test-model | 1 | 4 | 0 | 75.0% (3/4) | 60.0% (3/5) | 250.0 / 385.0 |" in markdown
 
     tracer.record_feedback(v2[5], "dan", "down", None)  # lands after the day's run
     second = monitor_serving(tracking, DAY)
     assert second.runs == first.runs  # the same runs, updated
     updated = client.get_run(first.runs["test-model v2 2026-11-30"]).data.metrics
     assert updated["downvote_rate"] == pytest.approx(2 / 3) and updated["feedback_rate"] == 0.3
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_monitor_command_prints_the_day_and_names_the_runs(tracking, capsys):
+    from cli.main import main
+
+    traffic(tracking)
+    sets = [f"tracking.{k}={v}" for k, v in tracking.model_dump().items()]
+    assert main(["monitor", "--config", "configs/tiny.yaml", *(a for s in sets for a in ("--set", s)),
+                 "--day", "2026-11-30"]) == 0
+    out = capsys.readouterr().out
+    assert "| test-model | 2 | 10 | 1 | 20.0% (2/10) | 50.0% (1/2) | 55.0 / 95.5 |" in out
+    assert "experiment test-monitoring, runs test-model v1 2026-11-30, test-model v2 2026-11-30" in out
