@@ -1,4 +1,4 @@
-"""Served traffic with known times, durations and ratings, for the monitoring tests (test_monitor, test_browser_monitor).
+"""Served traffic with known times, durations and ratings, for test_monitor and test_browser_monitor.
 
 Traces are written as serve/tracing.py writes them, ratings go through the server's own feedback path.
 """

@@ -44,8 +44,9 @@ def test_the_mlflow_ui_shows_the_old_versions_downvote_rate_next_to_the_new_ones
 
     experiment_id = MlflowClient(tracking.tracking_uri).get_experiment_by_name("test-monitoring").experiment_id
     port = free_port()
-    ui = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", tracking.tracking_uri,
-                           "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True,
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    ui = subprocess.Popen([mlflow_cli, "ui", "--backend-store-uri", tracking.tracking_uri, "--host", "127.0.0.1",
+                           "--port", str(port)], env=env, start_new_session=True,
                           stdout=open(tmp_path / "mlflow-ui.log", "w"), stderr=subprocess.STDOUT)
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
