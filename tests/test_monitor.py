@@ -70,3 +70,23 @@ def test_monitor_command_prints_the_day_and_names_the_runs(tracking, capsys):
     out = capsys.readouterr().out
     assert "| test-model | 2 | 10 | 1 | 20.0% (2/10) | 50.0% (1/2) | 55.0 / 95.5 |" in out
     assert "experiment test-monitoring, runs test-model v1 2026-11-30, test-model v2 2026-11-30" in out
+
+
+def test_traces_as_the_server_writes_them_are_counted_for_the_version_that_answered(tracking):
+    from types import SimpleNamespace
+
+    from serve.tracing import RequestTracer
+    from tunegate.config import ServeConfig
+
+    tracer = RequestTracer(tracking, ServeConfig())  # serve/tracing.py, as `tunegate serve-model` uses it
+    loaded = SimpleNamespace(name="test-model", version="7")
+    answer = {"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    messages = [{"role": "user", "content": "Capital of France?"}]
+    tracer.finish(tracer.start("test-model", loaded, messages, {}), answer)
+    tracer.fail(tracer.start("test-model", loaded, messages, {}), RuntimeError("out of memory"))
+    now = datetime.now(timezone.utc)
+    hour = MonitorWindow(start=now - timedelta(hours=1), end=now + timedelta(hours=1))
+    (v7,) = measure_serving.fn(tracking, hour).versions
+    assert (v7.model_name, v7.version, v7.requests, v7.errors, v7.ratings) == ("test-model", "7", 2, 1, 0)
+    assert v7.latency_p95_ms >= v7.latency_p50_ms >= 0
