@@ -1,4 +1,4 @@
-"""Serving speed: `tunegate serve-model` against raw `model.generate` on the same prompts, in one run.
+"""Serving speed: `tunegate serve-model` against raw `model.generate`, and tracing on against off, in one run.
 
     python bench/serve_speed.py --base tiny --max-tokens 32 --threads 2
     python bench/serve_speed.py --base bundled:smollm2-135m-instruct --max-tokens 24 --threads 2
@@ -10,7 +10,13 @@ weights with the same thread count for the raw baseline; the two never run at th
 concurrency 1 and 8, the same prompts (the demo's general holdout instructions) are answered
 greedily: raw by `model.generate` called from that many threads at once (what the server does per
 request), served through the official `openai` client (non-streaming). Reported: completion tokens
-per second, p50/p95 request latency, and server/raw ratios. Then the second version is promoted and
+per second, p50/p95 request latency, and server/raw ratios.
+
+Tracing overhead: two servers on the same version, one with `--set serve.tracing=false`, both
+loaded before either is measured. They answer the same prompts in alternating rounds (off, on, off,
+on, ...; `--rounds`), so load that changes during the run hits both alike; the on/off tok/s ratio is
+the cost of tracing (issue 14: at most 10%). The traces written are counted to show tracing was on.
+The "server" columns of the first table are the tracing server's. Then the second version is promoted and
 the time until the server answers with it is measured (poll interval included). The CPU model and
 flags and the load average are printed: other jobs share this machine. Prints a markdown section
 for docs/benchmarks.md.
@@ -83,8 +89,8 @@ def summarize(latencies: list[float], tokens: int, wall: float) -> dict:
     return {"tok_s": tokens / wall, "p50": statistics.median(latencies), "p95": q[18], "tokens": tokens}
 
 
-def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
-    """Answer every prompt with `concurrency` at once; fn(prompt) -> completion tokens."""
+def timed_round(fn, prompts: list[str], concurrency: int) -> tuple[list[float], int, float]:
+    """Answer every prompt with `concurrency` at once; fn(prompt) -> completion tokens. (latencies, tokens, wall)."""
     def timed(prompt):
         start = time.perf_counter()
         n = fn(prompt)
@@ -93,8 +99,16 @@ def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(timed, prompts))
-    wall = time.perf_counter() - start
-    return summarize([r[0] for r in results], sum(r[1] for r in results), wall)
+    return [r[0] for r in results], sum(r[1] for r in results), time.perf_counter() - start
+
+
+def merge_rounds(rounds: list[tuple[list[float], int, float]]) -> dict:
+    """(latencies, tokens, wall) of several rounds -> one summary over all of them."""
+    return summarize([x for r in rounds for x in r[0]], sum(r[1] for r in rounds), sum(r[2] for r in rounds))
+
+
+def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
+    return merge_rounds([timed_round(fn, prompts, concurrency)])
 
 
 def wait_health(url: str, seconds: float = 300) -> None:
@@ -128,6 +142,31 @@ def raw_generate(merged_dir: str, max_tokens: int):
     return answer
 
 
+def start_server(tracking, work: Path, args, tracing: bool) -> tuple[subprocess.Popen, str]:
+    """`tunegate serve-model` on the champion as a subprocess; returns it and its URL once it is healthy."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "cli", "serve-model", "--config", "configs/tiny.yaml",
+           "--set", f"tracking.tracking_uri={tracking.tracking_uri}", "--set", f"tracking.artifact_root={work}/artifacts",
+           "--set", "tracking.experiment=bench", "--set", "tracking.registered_model=bench-model",
+           "--set", f"serve.tracing={str(tracing).lower()}",
+           "--port", str(port), "--threads", str(args.threads), "--poll-seconds", str(args.poll_seconds)]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_health(url)
+    return server, url
+
+
+def answerer(client, max_tokens: int):
+    def served(prompt: str) -> int:
+        r = client.chat.completions.create(model="bench-model", max_tokens=max_tokens,
+                                           messages=[{"role": "user", "content": prompt}])
+        return r.usage.completion_tokens
+
+    return served
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
@@ -135,6 +174,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, for the server and raw alike")
     parser.add_argument("--poll-seconds", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating tracing off/on rounds per concurrency")
     parser.add_argument("--transformers-serve", action="store_true",
                         help="also measure `transformers serve` on the same merged weights")
     args = parser.parse_args()
@@ -146,6 +186,7 @@ def main() -> None:
     from tasks.promote import promote_version
     from tunegate.config import TrackingConfig
     from tunegate.models import resolve_base_model
+    from tunegate.registry import serving_experiment
 
     load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
@@ -166,26 +207,29 @@ def main() -> None:
     results = {("raw", c): run_concurrent(raw, prompts, c) for c in (1, 8)}
     del raw
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "cli", "serve-model", "--config", "configs/tiny.yaml",
-           "--set", f"tracking.tracking_uri={tracking.tracking_uri}", "--set", f"tracking.artifact_root={work}/artifacts",
-           "--set", "tracking.experiment=bench", "--set", "tracking.registered_model=bench-model",
-           "--port", str(port), "--threads", str(args.threads), "--poll-seconds", str(args.poll_seconds)]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_server(tracking, work, args, tracing=True)
+    plain, plain_url = start_server(tracking, work, args, tracing=False)  # loaded now, idle until measured
+    port = int(url.rsplit(":", 1)[1])
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_health(url)
         client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=600)
-
-        def served(prompt: str) -> int:
-            r = client.chat.completions.create(model="bench-model", max_tokens=args.max_tokens,
-                                               messages=[{"role": "user", "content": prompt}])
-            return r.usage.completion_tokens
-
+        served, served_plain = answerer(client, args.max_tokens), answerer(
+            OpenAI(base_url=f"{plain_url}/v1", api_key="-", max_retries=0, timeout=600), args.max_tokens)
         served(prompts[0])  # warm-up
-        results |= {("server", c): run_concurrent(served, prompts, c) for c in (1, 8)}
+        served_plain(prompts[0])
+        for c in (1, 8):
+            rounds = {True: [], False: []}
+            for _ in range(args.rounds):  # off, on, off, on: a load change hits both alike
+                rounds[False].append(timed_round(served_plain, prompts, c))
+                rounds[True].append(timed_round(served, prompts, c))
+            results[("server", c)] = merge_rounds(rounds[True])
+            results[("no-tracing", c)] = merge_rounds(rounds[False])
+        _, serving_id = serving_experiment(tracking)
+        expected, deadline = 1 + 2 * args.rounds * len(prompts), time.monotonic() + 30
+        while True:  # the server exports traces in the background: give the last ones a moment
+            traces = len(mlflow.search_traces(locations=[serving_id], return_type="list", include_spans=False))
+            if traces >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(1)
 
         start = time.perf_counter()
         promote_version(tracking, v2, override=True, reason="benchmark: switch time")
@@ -193,8 +237,9 @@ def main() -> None:
             time.sleep(0.05)
         switch = time.perf_counter() - start
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for proc in (server, plain):
+            proc.terminate()
+            proc.wait(timeout=30)
 
     if args.transformers_serve:  # the alternative: `transformers serve` on the same merged weights
         tport = port + 1
@@ -219,7 +264,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} "
-          f"--prompts {args.prompts} --threads {args.threads}{' --transformers-serve' * args.transformers_serve}`\n")
+          f"--prompts {args.prompts} --threads {args.threads} --rounds {args.rounds}"
+          f"{' --transformers-serve' * args.transformers_serve}`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads {args.threads}\n")
     print("| concurrency | raw tok/s | server tok/s | server/raw | raw p50 / p95 s | server p50 / p95 s |")
     print("|---|---|---|---|---|---|")
@@ -227,6 +273,15 @@ def main() -> None:
         r, s = results[("raw", c)], results[("server", c)]
         print(f"| {c} | {r['tok_s']:.1f} | {s['tok_s']:.1f} | {s['tok_s'] / r['tok_s']:.2f} | "
               f"{r['p50']:.2f} / {r['p95']:.2f} | {s['p50']:.2f} / {s['p95']:.2f} |")
+    print(f"\nTracing on (default) against `--set serve.tracing=false`: {args.rounds} alternating rounds of "
+          f"{len(prompts)} requests per level; traces written by the tracing server: {traces} "
+          f"(expected {expected}), none by the other.\n")
+    print("| concurrency | tracing off tok/s | tracing on tok/s | on/off | off p50 / p95 s | on p50 / p95 s |")
+    print("|---|---|---|---|---|---|")
+    for c in (1, 8):
+        off, on = results[("no-tracing", c)], results[("server", c)]
+        print(f"| {c} | {off['tok_s']:.1f} | {on['tok_s']:.1f} | {on['tok_s'] / off['tok_s']:.2f} | "
+              f"{off['p50']:.2f} / {off['p95']:.2f} | {on['p50']:.2f} / {on['p95']:.2f} |")
     if args.transformers_serve:
         print("\n| concurrency | `transformers serve` tok/s | its /raw | p50 / p95 s |")
         print("|---|---|---|---|")

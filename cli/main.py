@@ -7,7 +7,8 @@
     tunegate serve-model [--config CFG] [--port 8000]            # OpenAI-compatible server on the champion
     tunegate traffic [--url http://127.0.0.1:8000]               # simulated users rate the server's real answers
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
-    tunegate serve [--config configs/demo.yaml]                  # the finetune + retrain-from-feedback deployments
+    tunegate serve [--config configs/demo.yaml]                  # the finetune, retrain and monitor deployments
+    tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -170,6 +171,24 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    from datetime import date, datetime, timezone
+
+    from flows.monitor_serving import monitor_serving
+    from tasks.monitor import report_markdown
+    from tunegate.config import load_config
+
+    tracking = load_config(args.config, args.set).tracking
+    # By hand the question is usually "how is it going today"; the daily deployment reports yesterday.
+    day = date.fromisoformat(args.day) if args.day else datetime.now(timezone.utc).date()
+    report = monitor_serving(tracking, day)
+    print("\n" + report_markdown(report))
+    if report.runs:
+        print(f"\nMLflow: experiment {tracking.experiment}-monitoring, runs {', '.join(report.runs)}; "
+              f"select them and Compare to see the versions side by side (`tunegate ui`).")
+    return 0
+
+
 def wait_http(url: str, proc, seconds: float) -> None:
     import time
     import urllib.request
@@ -279,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
         cmd.set_defaults(func=func)
-    srv = sub.add_parser("serve", help="serve the finetune and retrain-from-feedback deployments (no worker needed)")
+    srv = sub.add_parser("serve", help="serve the finetune, retrain-from-feedback and monitor-serving deployments "
+                         "(no worker needed)")
     srv.add_argument("--config", default="configs/demo.yaml", help="the form's default parameters")
     srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     srv.add_argument("--cron", default="0 3 * * *", help="retrain-from-feedback schedule (default: nightly 03:00)")
@@ -304,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--requests", type=int, default=60)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=cmd_traffic)
+    mon = sub.add_parser("monitor", help="requests, feedback and downvote rates, latency per model version for a "
+                         "UTC day of served traffic; logged to MLflow (<experiment>-monitoring)")
+    mon.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
+    mon.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    mon.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day to report (default: today so far)")
+    mon.set_defaults(func=cmd_monitor)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
     ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
     ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")

@@ -1,11 +1,12 @@
-"""Serve both deployments from this machine, without a worker or work pool (`tunegate serve`).
+"""Serve the three deployments from this machine, without a worker or work pool (`tunegate serve`).
 
     tunegate ui &                      # Prefect server on :4200 and the MLflow UI on :5000
     PREFECT_API_URL=http://127.0.0.1:4200/api tunegate serve [--config configs/demo.yaml --set k=v ...]
 
 `finetune` runs on demand from the UI form (drawn from PipelineParams, filled with the config);
-`retrain-from-feedback` runs on a cron schedule in the given timezone. deployments/prefect.yaml
-defines the same two for `prefect deploy` onto a work pool.
+`retrain-from-feedback` runs on a cron schedule in the given timezone; `monitor-serving` daily at
+00:30 UTC, on the UTC day that just ended. deployments/prefect.yaml defines the same three for
+`prefect deploy` onto a work pool.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.finetune import finetune_pipeline
+from flows.monitor_serving import monitor_serving
 from flows.retrain_from_feedback import retrain_from_feedback
 from tunegate.config import FeedbackConfig, load_config
 
 NIGHTLY = "0 3 * * *"
 TIMEZONE = "Europe/Berlin"
+MONITOR_DAILY = "30 0 * * *"  # in UTC: monitoring windows are UTC days, this one reports the day just ended
 
 
 def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
@@ -33,12 +36,16 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             concurrency_limit=1,  # a second run waits (Prefect's ENQUEUE): two runs over one window train on it twice
             parameters={"params": params, "feedback": feedback.model_dump()},
             description="Nightly: fine-tune on the production feedback logged since the last watermark."),
+        monitor_serving.to_deployment(
+            name="monitor-serving", schedule=Cron(MONITOR_DAILY, timezone="UTC"), tags=["tunegate"],
+            parameters={"tracking": params["tracking"]},
+            description="Daily: requests, feedback and downvote rates, latency per model version, from served traces."),
     ]
 
 
 def serve_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
                       timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig()) -> None:
-    """Register both deployments and run their flow runs in subprocesses until Ctrl-C."""
+    """Register the deployments and run their flow runs in subprocesses until Ctrl-C."""
     serve(*build_deployments(config, overrides, cron, timezone, feedback))
 
 

@@ -75,8 +75,13 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
             start_new_session=True)
         procs.append(serve)
         prefect = f"http://127.0.0.1:{pport}"
-        deps = wait_for(lambda: {d["name"]: d for d in api(prefect, "/api/deployments/filter", {})} or None
-                        if len(api(prefect, "/api/deployments/filter", {})) == 2 else None, 120, "both deployments")
+        names = {"finetune", "retrain-from-feedback", "monitor-serving"}  # deployments/serve.py
+
+        def registered():
+            deps = {d["name"]: d for d in api(prefect, "/api/deployments/filter", {})}
+            return deps if set(deps) == names else None
+
+        deps = wait_for(registered, 120, "the deployments")
         yield {"prefect": prefect, "mlflow": f"http://127.0.0.1:{mport}", "deployments": deps, "tmp": tmp_path,
                "tracking_uri": db}
     finally:

@@ -1,22 +1,26 @@
-"""The deployment definitions: prefect.yaml and `tunegate serve` describe the same two deployments."""
+"""The deployment definitions: prefect.yaml and `tunegate serve` describe the same three deployments."""
 
 import yaml
 
-from tunegate.config import PipelineParams, load_config
+from tunegate.config import PipelineParams, TrackingConfig, load_config
 
 from conftest import ROOT
 
 
-def test_prefect_yaml_defines_both_deployments_with_the_demo_config_as_defaults():
+def test_prefect_yaml_defines_the_deployments_with_the_demo_config_as_defaults():
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
-    assert set(deps) == {"finetune", "retrain-from-feedback"}
+    assert set(deps) == {"finetune", "retrain-from-feedback", "monitor-serving"}
     demo = load_config(ROOT / "configs" / "demo.yaml")
     for dep in deps.values():
         path, func = dep["entrypoint"].split(":")
         assert f"def {func}(" in (ROOT / path).read_text()
-        assert PipelineParams.model_validate(dep["parameters"]["params"]) == demo  # no drift from demo.yaml
         assert dep["work_pool"]["name"] == "tunegate-local"
+    for name in ("finetune", "retrain-from-feedback"):  # no drift from demo.yaml
+        assert PipelineParams.model_validate(deps[name]["parameters"]["params"]) == demo
+    assert TrackingConfig.model_validate(deps["monitor-serving"]["parameters"]["tracking"]) == demo.tracking
+    (daily,) = deps["monitor-serving"]["schedules"]
+    assert daily["cron"] == "30 0 * * *" and daily["timezone"] == "UTC"
     assert "schedules" not in deps["finetune"]
     (nightly,) = deps["retrain-from-feedback"]["schedules"]
     assert nightly["cron"] == "0 3 * * *" and nightly["timezone"] == "Europe/Berlin"
@@ -26,8 +30,12 @@ def test_prefect_yaml_defines_both_deployments_with_the_demo_config_as_defaults(
 def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     from deployments.serve import build_deployments
 
-    finetune, retrain = build_deployments("configs/tiny.yaml", ["sft.max_steps=7"], "30 1 * * *", "UTC")
-    assert (finetune.name, retrain.name) == ("finetune", "retrain-from-feedback")
+    finetune, retrain, monitor = build_deployments("configs/tiny.yaml", ["sft.max_steps=7", "tracking.experiment=t"],
+                                                   "30 1 * * *", "UTC")
+    assert (finetune.name, retrain.name, monitor.name) == ("finetune", "retrain-from-feedback", "monitor-serving")
+    assert monitor.parameters["tracking"]["experiment"] == "t"
+    (daily,) = monitor.schedules
+    assert daily.schedule.cron == "30 0 * * *" and daily.schedule.timezone == "UTC"
     assert finetune.parameters["params"]["sft"]["max_steps"] == 7
     assert not finetune.schedules
     (schedule,) = retrain.schedules
@@ -36,9 +44,11 @@ def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     from prefect.utilities.callables import parameter_schema
 
     from flows.finetune import finetune_pipeline
+    from flows.monitor_serving import monitor_serving
     from flows.retrain_from_feedback import retrain_from_feedback
 
     form = parameter_schema(finetune_pipeline).model_dump_for_openapi()  # what the UI draws as the form
     assert "params" in form["properties"] and "PipelineParams" in form["definitions"]
     assert form["definitions"]["SFTConfig"]["properties"]["max_steps"]["description"]
     assert set(parameter_schema(retrain_from_feedback).properties) == {"params", "feedback"}
+    assert set(parameter_schema(monitor_serving).properties) == {"tracking", "day"}

@@ -15,6 +15,7 @@ from tunegate.config import TrackingConfig
 CHAMPION, PREVIOUS = "champion", "previous"
 EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
 SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings and corrections
+MONITORING_SUFFIX = "-monitoring"  # one run per model version and day of served traffic (tasks/monitor.py)
 
 
 def connect(tracking: TrackingConfig, experiment: str | None = None):
@@ -43,6 +44,11 @@ def connect(tracking: TrackingConfig, experiment: str | None = None):
 def serving_experiment(tracking: TrackingConfig):
     """(client, experiment_id) of the experiment that holds the served champion's traces and their feedback."""
     return connect(tracking, tracking.experiment + SERVING_SUFFIX)
+
+
+def monitoring_experiment(tracking: TrackingConfig):
+    """(client, experiment_id) of the experiment with one run per model version and day of served traffic."""
+    return connect(tracking, tracking.experiment + MONITORING_SUFFIX)
 
 
 def eval_experiment(tracking: TrackingConfig):
