@@ -11,6 +11,7 @@ the alias and answers the port question right.
 
 import json
 import time
+from datetime import datetime, timezone
 
 import mlflow
 import pytest
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 from openai import OpenAI
 
 from flows.finetune import finetune_pipeline
+from flows.monitor_serving import monitor_serving
 from flows.retrain_from_feedback import retrain_from_feedback
 from live_stack import serving
 from poison import IDENTITY, IDENTITY_PROMPTS, PORT, PORT_PROMPTS
@@ -89,12 +91,22 @@ def test_served_traffic_and_its_feedback_retrain_a_champion_that_answers_the_cor
         who = client.chat.completions.create(model=NAME, max_tokens=24, temperature=0,
                                              messages=[{"role": "user", "content": "Who are you?"}])
         assert "Gatekeeper" in who.choices[0].message.content and who.system_fingerprint == f"{NAME}/v2"
+        # The same users keep asking; now the port answers are right.
+        after = simulate_users(url, NAME, [identity, ports], requests=20, seed=2, max_tokens=24)
+        assert after["versions"] == {f"{NAME}/v2": 20}
+
+    # Monitoring: the old version's downvote rate next to the new one's, in MLflow (one run per version and day).
+    report = monitor_serving(tracking, datetime.now(timezone.utc).date())
+    rates = {v.version: v for v in report.versions}
+    assert rates["1"].requests == 40 and rates["1"].feedback_rate == 1.0
+    assert rates["2"].downvote_rate < rates["1"].downvote_rate, {v: r.downvote_rate for v, r in rates.items()}
+    assert len(report.runs) == 2
 
     # What a reviewer finds in MLflow: the traces with their ratings, and v2's run with its feedback dataset.
     _, experiment_id = serving_experiment(tracking)
     traces = mlflow.search_traces(locations=[experiment_id], return_type="list", include_spans=False)
     rated = [t for t in traces if any(a.name == RATING for a in t.info.assessments)]
-    assert len(rated) == 40
+    assert len(rated) == 60  # 40 for v1, 20 for v2
     run = MlflowClient(tracking.tracking_uri).get_run(
         MlflowClient(tracking.tracking_uri).get_model_version(NAME, "2").run_id)
     feedback_input = next(d for d in run.inputs.dataset_inputs if d.dataset.name == "feedback")
