@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,15 +26,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import cpu  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def cpu() -> str:
-    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", info)
-    flags = re.search(r"Flags:\s*(.+)", info)
-    wanted = [f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx", "fma"))]
-    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(wanted)}"
 
 
 def plant(records: list[dict], n_curated: int, n_conflicts: int) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -45,13 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def cpu() -> str:
-    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", info)
-    flags = re.search(r"Flags:\s*(.+)", info)
-    wanted = [f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx", "fma"))]
-    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(wanted)}"
+from machine import cpu  # noqa: E402
 
 
 def random_lora(base_dir: str, out: Path, seed: int) -> Path:

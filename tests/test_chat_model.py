@@ -8,20 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_adapters import make_lora_adapter
+from lora_adapters import greedy_answer, make_lora_adapter
 from tunegate.chat_model import log_chat_model
 from tunegate.registry import connect, ensure_registered_model, get_alias
 
 QUESTION = [{"role": "user", "content": "Give three tips for staying healthy."}]
-
-
-def greedy_answer(model_dir, messages, max_new_tokens):
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @pytest.fixture()

@@ -12,14 +12,12 @@ import httpx
 import mlflow
 import openai
 import pytest
-import torch
 from mlflow import MlflowClient
 from openai import OpenAI
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli.main import main
 from live_stack import serving
-from lora_adapters import make_lora_adapter
+from lora_adapters import greedy_answer, make_lora_adapter
 from serve.client import FeedbackRejected, send_feedback
 from serve.tracing import trace_id_of
 from tasks.feedback import read_trace_feedback
@@ -53,16 +51,10 @@ def register_adapter(tracking, base, folder, seed, break_weights=False) -> str:
     return str(version.version)
 
 
-def greedy_answer(tracking, version, messages, max_new_tokens) -> str:
+def version_answer(tracking, version, messages, max_new_tokens) -> str:
     """What the version's merged weights answer greedily, computed here without the server."""
     mv = MlflowClient(tracking.tracking_uri).get_model_version(NAME, version)
-    folder = mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["merged"])
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return greedy_answer(mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["merged"]), messages, max_new_tokens)
 
 
 def cli_tracking(tracking) -> list[str]:
@@ -80,7 +72,7 @@ def server(tiny_model, tmp_path_factory):
     v1 = register_adapter(tracking, tiny_model, tmp / "a1", seed=1)
     v2 = register_adapter(tracking, tiny_model, tmp / "a2", seed=2)
     promote_version(tracking, v1)
-    answers = {v: greedy_answer(tracking, v, QUESTION, TOKENS) for v in (v1, v2)}
+    answers = {v: version_answer(tracking, v, QUESTION, TOKENS) for v in (v1, v2)}
     assert answers[v1] != answers[v2], "the two versions must answer differently for this test to see a switch"
 
     with serving(tracking, tmp / "server.log") as base_url:
@@ -138,8 +130,8 @@ def test_two_concurrent_requests_both_answer(server):
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert results["a"][0][0] == greedy_answer(server["tracking"], server["v1"], QUESTION, 24)
-    assert results["b"][0][0] == greedy_answer(server["tracking"], server["v1"], other, 24)
+    assert results["a"][0][0] == version_answer(server["tracking"], server["v1"], QUESTION, 24)
+    assert results["b"][0][0] == version_answer(server["tracking"], server["v1"], other, 24)
     assert max(results["a"][1], results["b"][1]) - begin < 120
 
 
