@@ -43,6 +43,7 @@ def test_the_mlflow_ui_shows_the_old_versions_downvote_rate_next_to_the_new_ones
     assert "| test-model | 1 | 4 | 0 | 75.0% (3/4) | 60.0% (3/5) | 250.0 / 385.0 |" in out.stdout
 
     experiment_id = MlflowClient(tracking.tracking_uri).get_experiment_by_name("test-monitoring").experiment_id
+    serving_id = MlflowClient(tracking.tracking_uri).get_experiment_by_name("test-serving").experiment_id
     port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     ui = subprocess.Popen([mlflow_cli, "ui", "--backend-store-uri", tracking.tracking_uri, "--host", "127.0.0.1",
@@ -82,6 +83,15 @@ def test_the_mlflow_ui_shows_the_old_versions_downvote_rate_next_to_the_new_ones
                 page.get_by_text("downvote_rate").first.wait_for(timeout=60_000)
                 page.wait_for_timeout(2000)
                 page.screenshot(path=str(SHOTS / "mlflow-monitoring-charts.png"))
+
+                # The served requests themselves: MLflow's trace view lists them with the users' ratings.
+                page.set_viewport_size({"width": 2200, "height": 1000})  # room for the assessment columns
+                page.goto(f"{url}/#/experiments/{serving_id}/traces")
+                page.get_by_text("user_rating").first.wait_for(timeout=60_000)
+                if page.get_by_role("button", name="Got it").count():  # MLflow's "Detect Issues" tip
+                    page.get_by_role("button", name="Got it").first.click()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(SHOTS / "mlflow-traces-feedback.png"))
             finally:
                 browser.close()
     finally:
