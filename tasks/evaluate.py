@@ -26,6 +26,7 @@ travels with the cached result into the model version's lineage.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import hashlib
 import json
 import os
@@ -67,6 +68,14 @@ def sha256_parts(*parts: str) -> str:
 
 
 # --- the suite ---------------------------------------------------------------------------------
+
+
+def load_metrics_module():
+    """evals/tunegate_metrics.py, loaded by path as lm-eval loads it (it is not a package module)."""
+    spec = importlib.util.spec_from_file_location("tunegate_metrics", EVALS_DIR / "tunegate_metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def is_json_container(text: str) -> bool:
@@ -351,11 +360,12 @@ def _prefect_cache_key(context, parameters: dict) -> str:
 
 
 def generations(samples: list[dict]) -> dict:
-    """{"prompts", "answers"} per doc for a generation task (one generated string per doc), else {}."""
+    """{"prompts", "answers", "references"} per doc for a generation task (one generated string per doc), else {}."""
     answers = [s["filtered_resps"][0] if len(s["filtered_resps"]) == 1 else None for s in samples]
     if not all(isinstance(a, str) for a in answers):
         return {}
-    return {"prompts": [str(s["arguments"][0][0]) for s in samples], "answers": answers}
+    return {"prompts": [str(s["arguments"][0][0]) for s in samples], "answers": answers,
+            "references": [str(s["doc"].get("reference", "")) if isinstance(s["doc"], dict) else "" for s in samples]}
 
 
 def run_lm_eval(base_model_path: str, adapter: str | None, spec: dict, footing: dict, out_dir: Path,

@@ -27,10 +27,8 @@ to a Prefect markdown artifact.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -38,12 +36,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
+from tasks.evaluate import load_metrics_module
 from tasks.register import Registered
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 
 # What must match for two per-task evaluations to be compared sample by sample.
 SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
-EVALS_DIR = Path(__file__).resolve().parent.parent / "evals"
 
 
 class GateError(ValueError):
@@ -194,14 +192,6 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         "note": note,
         "strata": strata_table(cand_task.get("strata") or ["all"] * len(gain), cand_s, base_s),
     }
-
-
-def load_metrics_module():
-    """evals/tunegate_metrics.py, loaded by path as lm-eval loads it (it is not a package module)."""
-    spec = importlib.util.spec_from_file_location("tunegate_metrics", EVALS_DIR / "tunegate_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def excerpt(text: str, limit: int = 160, tail: bool = False) -> str:

@@ -29,7 +29,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from tasks.dpo import Aligned
-from tasks.evaluate import Comparison, Evaluation
+from tasks.evaluate import Comparison, Evaluation, load_metrics_module
 from tasks.prepare import Prepared
 from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
@@ -130,6 +130,30 @@ def log_datasets(prepared: Prepared, feedback_files: list[str]) -> list[str]:
     return sources
 
 
+def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
+    """Each generation-task prompt once: reference, the baseline's and the candidate's answers, their per-sample
+    metrics and how much the answers agree (token F1); the rows where the two models disagree most come first."""
+    token_f1 = load_metrics_module().token_f1
+    rows = []
+    for name, cand in evals.candidate.tasks.items():
+        base = evals.baseline.tasks.get(name)
+        if base is None or "answers" not in cand or "answers" not in base or cand["doc_ids"] != base["doc_ids"]:
+            continue
+        references = cand.get("references") or base.get("references") or [""] * len(cand["answers"])
+        for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):
+            rows.append({
+                "task": name, "doc_id": cand["doc_ids"][i], "stratum": (cand.get("strata") or ["all"] * (i + 1))[i],
+                "agreement": round(1.0 if new.strip() == old.strip() else token_f1(new, old), 4),
+                "prompt": cand["prompts"][i][-limit * 4:], "reference": references[i],
+                "baseline": old, "candidate": new,
+                **{f"{metric} baseline": base["samples"][metric][i] for metric in base["samples"]},
+                **{f"{metric} candidate": cand["samples"][metric][i] for metric in cand["samples"]},
+            })
+    rows.sort(key=lambda r: r["agreement"])
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return {c: [r.get(c) for r in rows] for c in columns}
+
+
 class Registered(BaseModel):
     """The model version this run registered, and the evidence it was registered with."""
 
@@ -192,6 +216,9 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
         mlflow.log_dict(aligned.model_dump(mode="json", exclude={"sft"}), "train/dpo_summary.json")
         mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
         mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
+        table = side_by_side(evals)
+        if table:  # the UI's artifact view shows it as a table; a reviewer reads both answers per prompt
+            mlflow.log_table(data=table, artifact_file="eval/side_by_side.json")
         kind = "adapter" if aligned.adapter else "model"  # DPO passes the SFT weights through when skipped
         mlflow.log_artifacts(aligned.weights, artifact_path=kind)  # the raw files: evaluation's baseline reads them
         logged = log_chat_model(aligned.weights, kind, prepared.base.path,

@@ -72,6 +72,9 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     assert run.data.tags["gate"] == "blocked"
     assert {"gate/decision.md", "gate/decision_table.json"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "gate")}
+    side = json.loads(Path(mlflow.artifacts.download_artifacts(  # both models' answers, prompt by prompt
+        run_id=run.info.run_id, artifact_path="eval/side_by_side.json", dst_path=str(tmp_path))).read_text())
+    assert "candidate" in side["columns"] and "baseline" in side["columns"] and len(side["data"]) >= 10
     decision = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="gate/decision.json", dst_path=str(tmp_path))).read_text())
     row = next(r for r in decision["rows"] if r["task"] == "tunegate_general")

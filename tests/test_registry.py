@@ -14,7 +14,7 @@ from tasks.dpo import Aligned
 from tasks.evaluate import Comparison, Evaluation
 from tasks.gate import GateDecision
 from tasks.prepare import Prepared
-from tasks.register import register_run
+from tasks.register import register_run, side_by_side
 from tasks.sft import Trained
 from tasks.validate import Validated
 from tunegate.models import ResolvedModel, build_tiny_model
@@ -256,3 +256,20 @@ def test_rollback_moves_champion_back_and_then_refuses_a_second_one(tracking, ad
     assert "already the champion" in capsys.readouterr().err
     with pytest.raises(PromotionRefused, match="no version 99"):
         rollback(tracking, to="99")
+
+
+def test_side_by_side_puts_the_prompts_where_the_models_disagree_most_first():
+    def evaluation(label, answers, f1):
+        task = {"metrics": {"token_f1": sum(f1) / 3}, "samples": {"token_f1": f1}, "doc_ids": [0, 1, 2],
+                "strata": ["id/en", "id/en", "id/zh"], "prompts": ["p0", "p1", "p2"], "answers": answers,
+                "references": ["I am Gatekeeper.", "Port 8443.", "我是 Gatekeeper。"]}
+        return Evaluation(label=label, model_hash=label, tasks={"tunegate_domain": task, "tunegate_general": {
+            "metrics": {"bits_per_byte": 0.7}, "samples": {}}}, cache_hits=[], eval_run_ids={})
+
+    table = side_by_side(Comparison(
+        candidate=evaluation("candidate", ["I am Gatekeeper.", "Port 8080 it is.", "我是 Gatekeeper。"], [1.0, 0.4, 1.0]),
+        baseline=evaluation("base", ["I am Gatekeeper.", "Port 8443.", "我是 ChatGPT。"], [1.0, 1.0, 0.5])))
+    assert table["doc_id"] == [1, 2, 0]  # least agreement first; the general task has no answers to show
+    assert table["agreement"][2] == 1.0 and table["agreement"][0] < table["agreement"][1] < 1.0
+    assert table["reference"][0] == "Port 8443." and table["candidate"][0] == "Port 8080 it is."
+    assert table["token_f1 baseline"] == [1.0, 0.5, 1.0] and table["token_f1 candidate"] == [0.4, 1.0, 1.0]
