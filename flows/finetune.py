@@ -1,5 +1,5 @@
-"""The gated fine-tuning flow: ingest -> validate -> prepare -> sft -> dpo -> evaluate -> register -> gate ->
-promote -> export.
+"""The gated fine-tuning flow: ingest -> validate -> prepare -> sft -> dpo -> evaluate -> judge -> register ->
+gate -> promote -> export.
 
     tunegate run configs/demo.yaml                   # or: make demo
     python -m flows.finetune configs/tiny.yaml       # same flow, no CLI summary
@@ -21,6 +21,7 @@ from tasks.dpo import dpo
 from tasks.evaluate import build_eval_suite, evaluate, resolve_baseline
 from tasks.export import export
 from tasks.gate import gate
+from tasks.judge import judge
 from tasks.ingest import ingest
 from tasks.prepare import prepare
 from tasks.promote import RunSummary, conclude, promote, summarize
@@ -47,6 +48,7 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     aligned = dpo(trained, prepared, params.dpo, run.dpo)
     baseline = resolve_baseline(params.tracking, run.baseline)
     evals = evaluate(aligned, baseline, suite, params.tracking)
+    evals = judge(evals, params.judge)
     registered = register(params, prepared, aligned, evals)
     decision = gate(params.gate, registered, params.tracking)
     promotion = promote(decision, registered, params.tracking)

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.evaluate import load_metrics_module
 from tasks.register import Registered
 from tunegate.config import GateConfig, GateRule, TrackingConfig
+from tunegate.stats import mcnemar_exact, paired_bootstrap
 
 # What must match for two per-task evaluations to be compared sample by sample.
 SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
@@ -46,30 +47,6 @@ SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
 
 class GateError(ValueError):
     """The candidate and baseline evaluations cannot be compared under a rule."""
-
-
-def paired_bootstrap(gain: np.ndarray, n_resamples: int, seed: int, alpha: float) -> tuple[float, float, float]:
-    """Percentile interval of mean(gain), and the two-sided bootstrap p-value that the mean is 0."""
-    rng = np.random.default_rng(seed)
-    n = len(gain)
-    means = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // n)  # resample in blocks of ~2M indices (16 MB), whatever the eval size
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        means[start : start + size] = gain[rng.integers(0, n, size=(size, n))].mean(axis=1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    tail = min((means <= 0).sum(), (means >= 0).sum())
-    return float(low), float(high), min(1.0, 2 * (int(tail) + 1) / (n_resamples + 1))
-
-
-def mcnemar_exact(gain: np.ndarray) -> tuple[float, int, int]:
-    """Exact two-sided McNemar p-value from paired 0/1 outcomes; also (wins, losses) of the candidate."""
-    wins, losses = int((gain > 0).sum()), int((gain < 0).sum())
-    n = wins + losses
-    if n == 0:
-        return 1.0, 0, 0
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2**n), wins, losses
 
 
 def mcnemar_min_flips(alpha: float) -> int:
@@ -158,6 +135,8 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         reasons.append(f"score {cand:.4f} > maximum {rule.max_score}")
     if reasons:
         verdict, note = "regressed", "; ".join(reasons)
+    elif len(gain) == 0:
+        verdict, note = "uninformative", "no samples to compare (e.g. a judge that gave no verdict on any pair)"
     elif constant:
         seen = f"{float(cand_s[0]):g} on all {len(gain)} samples of both models: the comparison sees nothing"
         verdict, note = ("unchanged", f"{seen}; the absolute limit holds") if has_limit else ("uninformative", seen)

@@ -149,6 +149,11 @@ def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
                 **{f"{metric} baseline": base["samples"][metric][i] for metric in base["samples"]},
                 **{f"{metric} candidate": cand["samples"][metric][i] for metric in cand["samples"]},
             })
+    judged = {(v["task"], v["doc_id"]): v for v in evals.candidate.tasks.get("judge", {}).get("verdicts", [])}
+    for row in rows:  # the pairwise judge's call on this prompt, when a judge ran
+        if (row["task"], row["doc_id"]) in judged:
+            v = judged[(row["task"], row["doc_id"])]
+            row |= {"judge": v["outcome"], "judge reason": v["reason_a_first"] or v["reason_b_first"]}
     rows.sort(key=lambda r: r["agreement"])
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return {c: [r.get(c) for r in rows] for c in columns}

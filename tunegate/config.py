@@ -389,6 +389,21 @@ class TrackingConfig(_Section):
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
 
 
+class JudgeConfig(_Section):
+    """A pairwise LLM judge over any OpenAI-compatible endpoint (tasks/judge.py); off when the section is absent."""
+
+    base_url: str = Field(description="The endpoint's base URL, e.g. http://127.0.0.1:8000/v1 or a hosted API.")
+    model: str = Field(description="The judge model's name at that endpoint.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key; never the key.")
+    rubric: str = Field(
+        "You compare two answers by an AI assistant to the same question. Judge correctness first, then "
+        "helpfulness and clarity. Ignore length and the order in which the answers are shown.",
+        description="What the judge is told to judge by; part of the cache key.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Requests to the judge at once.")
+    timeout_s: float = Field(60, gt=0, description="Per request; a reply later than this counts as no verdict.")
+    max_tokens: int = Field(128, ge=16, description="Room for the judge's JSON reply.")
+
+
 class ServeConfig(_Section):
     """How `tunegate serve-model` records the requests it answers (serve/tracing.py)."""
 
@@ -438,6 +453,8 @@ class PipelineParams(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    judge: JudgeConfig | None = Field(None, description="Pairwise LLM judge of candidate vs champion answers; "
+                                      "gate on it with a rule {task: judge, metric: win_rate, ...}.")
 
     @property
     def model(self) -> ModelRef:
@@ -462,7 +479,8 @@ class PipelineParams(_Section):
 
     @model_validator(mode="after")
     def _gate_rules_name_eval_tasks(self) -> PipelineParams:
-        known = {f"tunegate_{t}" for t in self.eval.tasks} | set(self.eval.lm_eval_tasks)
+        known = {f"tunegate_{t}" for t in self.eval.tasks} | set(self.eval.lm_eval_tasks) | (
+            {"judge"} if self.judge is not None else set())
         unknown = [r.task for r in self.gate.rules if r.task not in known]
         if unknown:
             raise ValueError(f"gate.rules name tasks that eval.tasks does not run: {unknown}; known: {sorted(known)}")

@@ -1,0 +1,33 @@
+"""Paired tests shared by the gate (candidate vs champion per eval sample) and the judge (win/tie/loss per pair)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def paired_bootstrap(gain: np.ndarray, n_resamples: int, seed: int, alpha: float) -> tuple[float, float, float]:
+    """Percentile interval of mean(gain), and the two-sided bootstrap p-value that the mean is 0."""
+    rng = np.random.default_rng(seed)
+    n = len(gain)
+    if n == 0:  # nothing to resample (a judge that gave no verdict on any pair): no evidence either way
+        return 0.0, 0.0, 1.0
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // n)  # resample in blocks of ~2M indices (16 MB), whatever the eval size
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        means[start : start + size] = gain[rng.integers(0, n, size=(size, n))].mean(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    tail = min((means <= 0).sum(), (means >= 0).sum())
+    return float(low), float(high), min(1.0, 2 * (int(tail) + 1) / (n_resamples + 1))
+
+
+def mcnemar_exact(gain: np.ndarray) -> tuple[float, int, int]:
+    """Exact two-sided McNemar p-value from paired 0/1 outcomes; also (wins, losses) of the candidate."""
+    wins, losses = int((gain > 0).sum()), int((gain < 0).sum())
+    n = wins + losses
+    if n == 0:
+        return 1.0, 0, 0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2**n), wins, losses
