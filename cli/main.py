@@ -52,7 +52,8 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
     for task, scores in s["eval"].items():
         for metric, cand in scores["candidate"].items():
             lines.append(f"          {task}/{metric}: {scores['baseline'][metric]:.4f} -> {cand:.4f}")
-    verdict = "PASSED: promoted to champion" if s["gate"] == "passed" else f"BLOCKED on {', '.join(s['regressed'])}"
+    verdict = {"passed": "PASSED: promoted to champion", "needs_review": "NEEDS REVIEW: not promoted, a person decides",
+               "blocked": f"BLOCKED on {', '.join(s['regressed'])}"}[s["gate"]]
     lines += [
         f"  gate:   {verdict} (model version {s['model_version']})",
         f"  mlflow: run {s['mlflow_run_id']}",

@@ -75,7 +75,7 @@ def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = Fee
                            f"{window['watermark']}, the next run retries this window. {state.message}")
     # A decision was reached (promoted or cleanly blocked): the window is used up, even when a later
     # stage such as export failed, so it never trains twice.
-    outcome = "promoted" if summary["promoted"] else "blocked"
+    outcome = "promoted" if summary["promoted"] else summary["gate"]  # blocked, or needs_review
     grown = extend_production_set(params.tracking, production, window,
                                   str(Path(params.output_dir).resolve() / run_name / "data" / "clean.jsonl"), champion,
                                   params.data.checks.conflict_prompt_similarity)

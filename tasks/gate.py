@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 from prefect import task
@@ -218,18 +219,39 @@ def answer_drift(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> 
     }
 
 
+def review_reasons(cfg: GateConfig, rows: list[dict], candidate_eval: dict) -> list[str]:
+    """Why a person should decide: a supporting rule regressed, an interval too wide to tell, a silent judge."""
+    reasons = [f"{r['task']}/{r['metric']} regressed (supporting rule): {r['note']}"
+               for r in rows if r["tier"] == "supporting" and r["verdict"] == "regressed"]
+    if cfg.review_ci_width is not None:
+        reasons += [f"{r['task']}/{r['metric']}: interval [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] is wider than "
+                    f"{cfg.review_ci_width}: the eval cannot tell whether it dropped"
+                    for r in rows if r["tier"] != "advisory" and r["verdict"] != "regressed"
+                    and r["ci_high"] - r["ci_low"] > cfg.review_ci_width]
+    judged = candidate_eval["tasks"].get("judge", {}).get("judge")
+    if judged and judged["no_verdict_rate"] > cfg.judge_max_no_verdict:
+        reasons.append(f"the judge gave no verdict on {judged['no_verdict']} of {judged['pairs']} pairs "
+                       f"({judged['no_verdict_rate']:.0%} > {cfg.judge_max_no_verdict:.0%})")
+    return reasons
+
+
 def decide(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> dict:
-    rows = [judge_rule(r, candidate_eval["tasks"][r.task], baseline_eval["tasks"][r.task], cfg) for r in cfg.rules]
-    regressed = list(dict.fromkeys(r["task"] for r in rows if r["verdict"] == "regressed"))
+    rows = [{**judge_rule(r, candidate_eval["tasks"][r.task], baseline_eval["tasks"][r.task], cfg), "tier": r.tier}
+            for r in cfg.rules]
+    critical = [r for r in rows if r["tier"] == "critical"]
+    regressed = list(dict.fromkeys(r["task"] for r in critical if r["verdict"] == "regressed"))
     uninformative = [f"{r['task']}/{r['metric']}" for r in rows if r["verdict"] == "uninformative"]
     drift = answer_drift(cfg, candidate_eval, baseline_eval)
     if cfg.block_uninformative:
-        regressed += [t for t in dict.fromkeys(r["task"] for r in rows if r["verdict"] == "uninformative")
+        regressed += [t for t in dict.fromkeys(r["task"] for r in critical if r["verdict"] == "uninformative")
                       if t not in regressed]
     if drift["blocks"]:
         regressed.append("answer_drift")
+    review = review_reasons(cfg, rows, candidate_eval)
     return {
-        "passed": not regressed,
+        "passed": not regressed and not review,
+        "outcome": "blocked" if regressed else "needs_review" if review else "passed",
+        "review": review,
         "regressed": regressed,
         "improved": list(dict.fromkeys(r["task"] for r in rows if r["verdict"] == "improved")),
         "uninformative": uninformative,
@@ -248,7 +270,8 @@ def _cell(text: str) -> str:
 
 
 def decision_markdown(decision: dict, version: str) -> str:
-    head = "PASSED" if decision["passed"] else f"BLOCKED ({', '.join(decision['regressed'])})"
+    head = {"passed": "PASSED", "blocked": f"BLOCKED ({', '.join(decision['regressed'])})",
+            "needs_review": "NEEDS REVIEW"}[decision["outcome"]]
     against = (
         "the base model (first model: no champion yet; the same rules and the absolute limits apply)"
         if decision["first_model"] else decision["baseline"]
@@ -261,6 +284,9 @@ def decision_markdown(decision: dict, version: str) -> str:
         "(smaller drops pass unseen).",
         "",
     ]
+    if decision["review"]:
+        lines += ["**A person decides:** " + "; ".join(decision["review"]) + ". Promote with `tunegate promote "
+                  f"{version} --override --reason '...'`, or leave it.", ""]
     if decision["uninformative"]:
         blocks = "blocks: gate.block_uninformative" if decision["block_uninformative"] else "does not block"
         lines += [
@@ -307,6 +333,8 @@ class GateDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     passed: bool
+    outcome: Literal["passed", "blocked", "needs_review"]
+    review: list[str]
     regressed: list[str]
     improved: list[str]
     uninformative: list[str]
@@ -331,7 +359,7 @@ def gate(cfg: GateConfig, registered: Registered, tracking: TrackingConfig) -> G
     markdown = decision_markdown(decision, registered.version)
     client, _ = connect(tracking)
     run_id, name, version = registered.run_id, registered.model_name, registered.version
-    outcome = "passed" if decision["passed"] else "blocked"
+    outcome = decision["outcome"]
     flat = [key for key in decision["rows"][0] if key != "strata"]  # per-stratum rows: in decision.json and .md
     table = {key: [row[key] for row in decision["rows"]] for key in flat}
     mlflow.log_table(data=table, artifact_file="gate/decision_table.json", run_id=run_id)

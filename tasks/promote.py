@@ -195,7 +195,7 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         eval_cache_hits={"baseline": baseline.cache_hits, "candidate": candidate.cache_hits},
         eval={t: {"baseline": baseline.tasks[t]["metrics"], "candidate": candidate.tasks[t]["metrics"]}
               for t in candidate.tasks},
-        gate="passed" if decision.passed else "blocked",
+        gate=decision.outcome,
         regressed=decision.regressed,
         promoted=promotion.promoted,
         model_name=registered.model_name,
@@ -216,6 +216,12 @@ def summarize(registered: Registered, decision: GateDecision, promotion: Promoti
 @task
 def conclude(summary: RunSummary, decision: GateDecision) -> RunSummary:
     """End the run: the summary when promoted, else fail with the regressed tasks (the champion did not move)."""
+    if not summary.promoted and decision.outcome == "needs_review":
+        raise GateBlocked(
+            f"Gate asks for review of {summary.model_name} version {summary.model_version}: "
+            f"{'; '.join(decision.review)}. The champion alias did not move; promote it with `tunegate promote "
+            f"{summary.model_version} --override --reason '...'` if a person decides so.\n{decision.markdown}"
+        )
     if not summary.promoted:
         raise GateBlocked(
             f"Gate blocked {summary.model_name} version {summary.model_version}: regressed on "

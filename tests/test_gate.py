@@ -128,3 +128,33 @@ def test_bootstrap_interval_covers_the_true_mean_difference_and_scales():
     assert low < 0.3 < high and high - low < 0.2 and p < 0.001
     low, high, p = paired_bootstrap(rng.normal(0, 1, 20_000), 2000, 0, 0.05)  # resampled in blocks
     assert low < 0 < high and p > 0.05
+
+
+def test_tiers_a_supporting_regression_asks_for_review_an_advisory_one_is_only_reported():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.6, 0.9, 200)
+    cand, champ = evaluation("cand", "t", "acc", base - 0.1), evaluation("champion v1", "t", "acc", base)
+    supporting = decide(gate_config(GateRule(task="t", metric="acc", max_drop=0.02, tier="supporting")), cand, champ)
+    assert supporting["outcome"] == "needs_review" and not supporting["passed"] and supporting["regressed"] == []
+    assert supporting["review"][0].startswith("t/acc regressed (supporting rule): worse by 0.1000")
+    assert "# Gate: NEEDS REVIEW" in decision_markdown(supporting, "2")
+    advisory = decide(gate_config(GateRule(task="t", metric="acc", max_drop=0.02, tier="advisory")), cand, champ)
+    assert advisory["outcome"] == "passed" and advisory["rows"][0]["verdict"] == "regressed"
+
+
+def test_an_interval_too_wide_to_tell_asks_for_review():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2, 12).astype(float)
+    cand = base.copy()
+    cand[:3] = 1 - cand[:3]  # 3 flips on 12 docs: no verdict the data can support either way
+    rule = GateRule(task="t", metric="acc", max_drop=0.05, test="bootstrap")
+    plain = decide(gate_config(rule), evaluation("c", "t", "acc", cand), evaluation("b", "t", "acc", base))
+    assert plain["outcome"] == "passed"
+    row = plain["rows"][0]
+    width = row["ci_high"] - row["ci_low"]
+    assert width > 0.2
+    wide = decide(gate_config(rule, review_ci_width=0.2), evaluation("c", "t", "acc", cand),
+                  evaluation("b", "t", "acc", base))
+    assert wide["outcome"] == "needs_review" and "is wider than 0.2" in wide["review"][0]
+    assert decide(gate_config(rule, review_ci_width=width + 0.01), evaluation("c", "t", "acc", cand),
+                  evaluation("b", "t", "acc", base))["outcome"] == "passed"

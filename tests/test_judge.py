@@ -68,7 +68,7 @@ def comparison(n: int = 3) -> Comparison:
                       baseline=evaluation("base", [f"Port 8080 ({i})." for i in range(n)]))
 
 
-def test_the_gate_blocks_on_a_judge_that_prefers_the_champion_and_passes_one_that_prefers_the_candidate():
+def test_the_gate_on_the_judge_blocks_passes_or_asks_for_review():
     rule = GateRule(task="judge", metric="win_rate", min_score=0.5)
     cfg = GateConfig(rules=[rule])
     losing, _ = with_judge(comparison(12), pairs_with([("B", "A")] * 10 + [("A", "B")] * 2), CFG)
@@ -78,8 +78,10 @@ def test_the_gate_blocks_on_a_judge_that_prefers_the_champion_and_passes_one_tha
     decision = decide(cfg, winning.candidate.model_dump(), winning.baseline.model_dump())
     assert decision["passed"] and decision["rows"][0]["verdict"] == "improved"
     silent, summary = with_judge(comparison(4), pairs_with([(None, None)] * 4), CFG)
-    row = decide(cfg, silent.candidate.model_dump(), silent.baseline.model_dump())["rows"][0]
-    assert summary["no_verdict"] == 4 and summary["losses"] == 0 and row["verdict"] == "uninformative"
+    decision = decide(cfg, silent.candidate.model_dump(), silent.baseline.model_dump())
+    assert summary["no_verdict"] == 4 and summary["losses"] == 0 and decision["rows"][0]["verdict"] == "uninformative"
+    # Too many replies without a verdict: not a pass, not a block, a person decides.
+    assert decision["outcome"] == "needs_review" and "no verdict on 4 of 4 pairs" in decision["review"][0]
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,8 @@ def write_data(folder) -> dict:
 
 
 def passed(ok: bool) -> GateDecision:
-    return GateDecision(passed=ok, regressed=[] if ok else ["tunegate_domain"], improved=[], uninformative=[],
+    return GateDecision(passed=ok, outcome="passed" if ok else "blocked", review=[],
+                        regressed=[] if ok else ["tunegate_domain"], improved=[], uninformative=[],
                         block_uninformative=False, answer_drift={}, baseline="base", first_model=True, alpha=0.05,
                         power=0.8, rows=[], markdown="table")
 

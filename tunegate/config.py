@@ -344,6 +344,11 @@ class GateRule(_Section):
         description="Paired test on per-sample scores. auto: McNemar (exact) when every score is 0 or 1, "
         "paired bootstrap otherwise.",
     )
+    tier: Literal["critical", "supporting", "advisory"] = Field(
+        "critical",
+        description="critical: a regression blocks. supporting: a regression asks a person to review (needs_review). "
+        "advisory: reported only.",
+    )
 
 
 class GateConfig(_Section):
@@ -380,6 +385,15 @@ class GateConfig(_Section):
         "model: a first model is meant to answer differently). None: report the drift only.",
     )
     answer_drift_examples: int = Field(5, ge=0, description="The most changed answers listed in the decision.")
+    review_ci_width: float | None = Field(
+        None, gt=0,
+        description="needs_review when a critical or supporting rule that did not regress has a delta interval wider "
+        "than this (metric units): the eval cannot tell whether it dropped. None: off.",
+    )
+    judge_max_no_verdict: float = Field(
+        0.2, ge=0, le=1,
+        description="needs_review when the pairwise judge gave no verdict on more than this share of pairs.",
+    )
 
 
 class TrackingConfig(_Section):
