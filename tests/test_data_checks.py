@@ -46,7 +46,7 @@ def test_exact_duplicates_ignore_case_and_spaces_and_name_the_first_copy():
 
 @pytest.mark.parametrize(
     "text,kind",
-    [("write to jane.doe@example.org", "EMAIL"), ("call (555) 123-4567", "PHONE"), ("+44 20 7946 0958", "PHONE"),
+    [("write to jane.doe@mailbox.org", "EMAIL"), ("call (555) 123-4567", "PHONE"), ("+44 20 7946 0958", "PHONE"),
      ("555-867-5309 is taken", "PHONE")],
 )
 def test_pii_is_found_and_redacted_with_a_typed_placeholder(text, kind):
@@ -65,7 +65,7 @@ def planted(n_good=40):
     records = [rec(i, chat(f"question {i}", f"answer {i}")) for i in range(1, n_good + 1)]
     records += [
         rec(101, chat("question 1", "answer 1")),  # duplicate of line 1
-        rec(102, chat("mail bob@corp.example.com", "sure")),
+        rec(102, chat("mail bob@corpmail.de", "sure")),
         rec(103, chat("my phone is 555-123-4567", "noted")),
         rec(104, chat("empty answer", "")),
     ]
@@ -81,7 +81,7 @@ def test_validate_quarantines_bad_rows_with_reasons_and_keeps_the_rest(tmp_path)
         101: "duplicates_exact", 102: "pii_email", 103: "pii_phone", 104: "format_empty_content"}
     # The report is what reaches MLflow and Prefect: it must not carry the planted values.
     text = (tmp_path / "report.json").read_text()
-    assert "bob@corp.example.com" not in text and "555-123-4567" not in text
+    assert "bob@corpmail.de" not in text and "555-123-4567" not in text
     assert report["rule_counts"]["pii_email"] == 1
 
 
@@ -264,7 +264,7 @@ def test_per_rule_thresholds_and_per_type_pii_policy(tmp_path):
 def test_report_has_preferences_data_docs_and_redacted_examples(tmp_path):
     sft = write_records(tmp_path / "r.jsonl", planted())
     prefs = write_records(tmp_path / "p.jsonl", [pair(1, "good", "bad"), pair(2, "same", "same"),
-                                                 pair(3, "mail me: bob@corp.example.com", "no")])
+                                                 pair(3, "mail me: bob@corpmail.de", "no")])
     report = validate_records(sft, None, tmp_path / "out", 0.5, "reject", preferences_path=prefs)
     assert report["preferences_in"] == 3 and report["preferences_kept"] == 1
     assert [json.loads(x)["id"] for x in Path(report["clean_preferences"]).read_text().splitlines()] == ["p1"]
