@@ -61,7 +61,7 @@ _OWN_KEY_PATTERNS = (r"eyJ[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*|sk-(
 API_KEY = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join([_OWN_KEY_PATTERNS, *(p.pattern for p in _PROVIDER_PATTERNS)])
                      + r")")
 PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----.*?(?:-----END \1PRIVATE KEY\2-----|\Z)", re.S)
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
+EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
 RESERVED_DOMAIN = re.compile(r"(?:^|\.)(?:example\.(?:com|org|net)|example|test|invalid|localhost)$", re.I)
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)\b")
 CARD = re.compile(r"(?<![\d.,/-])\d{13,19}(?![\d])|(?<![\d.,/-])\d{4}(?:[ -]\d{3,6}){2,4}(?:[ -]\d{1,2})?(?![\d])")
