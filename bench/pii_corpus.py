@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--per-family", type=int, default=100, help="look-alikes of each family")
     parser.add_argument("--clean", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--check-seed", type=int, default=99, help="a second corpus, whose misses are not examined while tuning")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     from faker import Faker
@@ -243,13 +244,19 @@ def main() -> None:
     import pii_previous
     from data_checks import pii
 
-    fakers = []
-    for k, loc in enumerate(LOCALES):
-        f = Faker(loc)
-        f.seed_instance(args.seed + k)
-        fakers.append(f)
+    def fakers_for(seed: int) -> list:
+        out = []
+        for k, loc in enumerate(LOCALES):
+            out.append(Faker(loc))
+            out[-1].seed_instance(seed + k)
+        return out
+
+    fakers = fakers_for(args.seed)
     pos, looks, clean = positives(fakers, args.per_type), lookalikes(fakers, args.per_family), clean_rows(fakers, args.clean)
     now, before = measure(pii, pos, looks, clean), measure(pii_previous, pos, looks, clean)
+    check_fakers = fakers_for(args.check_seed)
+    check = measure(pii, positives(check_fakers, 2 * args.per_type), lookalikes(check_fakers, 3 * args.per_family),
+                    clean_rows(check_fakers, args.clean))
 
     lines = ["## PII and secrets: recall per type and look-alikes flagged (Faker corpus)", "",
              f"Command: `python bench/pii_corpus.py` (seed {args.seed}; {args.per_type} values per type, "
@@ -274,6 +281,12 @@ def main() -> None:
     lines.append(f"| **all look-alikes** | {n_look} | **{hit_now / n_look:.1%}** | {hit_before / n_look:.1%} |")
     lines.append(f"| clean Q/A rows | {now['clean'][0]} | **{now['clean'][1] / now['clean'][0]:.1%}** | "
                  f"{before['clean'][1] / before['clean'][0]:.1%} |")
+    n_check = sum(n for n, _ in check["families"].values())
+    lines += ["", f"Held-out draw (seed {args.check_seed}, its misses never examined while tuning; {2 * args.per_type} values per "
+              f"type, {n_check} look-alikes, {check['clean'][0]} clean rows), recall reject / redact: "
+              + ", ".join(f"{k} {v['reject'] / v['n']:.1%} / {v['redact'] / v['n']:.1%}" for k, v in check["per_type"].items())
+              + f"; look-alikes flagged {sum(h for _, h in check['families'].values()) / n_check:.1%}, clean rows flagged "
+              f"{check['clean'][1] / check['clean'][0]:.1%}."]
     tp = {k: v["reject"] for k, v in now["per_type"].items()}
     lines += ["", "Precision per type (reject mode; false positives are look-alike and clean rows flagged with that type): "
               + ", ".join(f"{k} {tp[k] / max(1, tp[k] + now['false_types'].get(k, 0)):.1%}"
