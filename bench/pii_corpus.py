@@ -209,7 +209,7 @@ def choice_rows(pos, looks, clean) -> list[str]:
     ds = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(p.pattern for p in pii._PROVIDER_PATTERNS) + ")")
     rows = []
     for name, find, kind in [
-        ("PHONE: libphonenumber matcher + shape checks (chosen)", lambda t: [(s, e) for s, e, _ in pii._phones(t)], "PHONE"),
+        ("PHONE: libphonenumber matcher + shape checks (chosen)", lambda t: [(s, e) for s, e, _ in pii._phones(t, [])], "PHONE"),
         ("PHONE: previous hand-written regex", regex_spans(pii_previous.PATTERNS["PHONE"]), "PHONE"),
         ("API_KEY: detect-secrets provider patterns only", regex_spans(ds), "API_KEY"),
         ("API_KEY: own prefix patterns only", regex_spans(own), "API_KEY"),

@@ -43,11 +43,13 @@ from data_checks.text import TextView
 
 TYPES = ("API_KEY", "EMAIL", "IBAN", "CREDIT_CARD", "SSN", "PHONE", "IP_ADDRESS", "SECRET")  # report column order
 RULES = {f"pii_{t.lower()}": f"no {t.lower().replace('_', ' ')} in any message" for t in TYPES}
-PHONE_REGIONS = ("US", "GB", "DE", "FR")  # national formats measured in bench/pii_corpus.py
+# National formats measured in bench/pii_corpus.py. A +number parses the same in any region and one without a
+# leading 0 can only be North American here, so US is tried alone for those; 0... and 00... try the others.
+PHONE_REGIONS = ("US", "GB", "DE", "FR")
 
-# detect-secrets' provider patterns (its AWS one also has ASIA temporary keys); the rest are providers it lacks.
-# Its JWT pattern ends lazily, leaving the signature behind; ours takes all three parts. Left out: its keyword and entropy plugins (SECRET below does that) and Artifactory/Cloudant/IBM/Softlayer,
-# whose patterns need words around them or match ordinary capitalised words.
+# detect-secrets' provider patterns (its AWS one has ASIA temporary keys too). Left out: its keyword and entropy
+# plugins (SECRET below does that), Artifactory/Cloudant/IBM/Softlayer (they need words around them or match
+# capitalised words), and its JWT pattern, which ends lazily and leaves the signature behind.
 _PROVIDER_PATTERNS = [aws.AWSKeyDetector.denylist[0], *github_token.GitHubTokenDetector.denylist,
                       *gitlab_token.GitLabTokenDetector.denylist, *slack.SlackDetector.denylist,
                       *stripe.StripeDetector.denylist, *sendgrid.SendGridDetector.denylist,
@@ -55,8 +57,9 @@ _PROVIDER_PATTERNS = [aws.AWSKeyDetector.denylist[0], *github_token.GitHubTokenD
                       *pypi_token.PypiTokenDetector.denylist, *square_oauth.SquareOAuthDetector.denylist,
                       *azure_storage_key.AzureStorageKeyDetector.denylist,
                       *mailchimp.MailchimpDetector.denylist, *telegram_token.TelegramBotTokenDetector.denylist]
-_OWN_KEY_PATTERNS = (r"eyJ[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*|sk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}|[rs]k_(?:live|test)_[0-9A-Za-z]{24,}"
-                     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}"
+# Providers it lacks (OpenAI project keys, Anthropic, Google, Hugging Face, fine-grained GitHub) and whole JWTs.
+_OWN_KEY_PATTERNS = (r"eyJ[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*|sk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}"
+                     r"|[rs]k_(?:live|test)_[0-9A-Za-z]{24,}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}"
                      r"|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z]{30,}|xox[bpasr]-[A-Za-z0-9-]{15,}")
 API_KEY = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join([_OWN_KEY_PATTERNS, *(p.pattern for p in _PROVIDER_PATTERNS)])
                      + r")")
@@ -136,9 +139,18 @@ def _secret_ok(value: str, before: str) -> bool:
         return False
     if "/" in value:
         parts = [p for p in value.split("/") if p]
-        if URL_BEFORE.search(before) or len(parts) >= 2 and all(len(CASE_OR_DIGIT_SWITCH.findall(p)) <= 2 for p in parts):
-            return False  # a URL or a file path: names between slashes (random base64 switches case all the time)
+        names = len(parts) >= 2 and all(len(CASE_OR_DIGIT_SWITCH.findall(p)) <= 2 for p in parts)
+        if names or URL_BEFORE.search(before):
+            return False  # a file path or a URL: names between slashes (random base64 switches case all the time)
     return not _is_plain_base64_text(value)
+
+
+# Issuer prefixes by length (Visa, Mastercard, Amex, Discover, Diners, JCB, UnionPay, Maestro): a random
+# digit run passes Luhn 1 time in 10, and these cut that further.
+NO_MATCH = re.compile(r"(?!)")
+CARD_ISSUER = {13: re.compile(r"4"), 14: re.compile(r"3[0689]"), 15: re.compile(r"3[47]|2131|1800"),
+               16: re.compile(r"4|5[1-5]|2[2-7]|6(?:011|5|4[4-9]|2)|35"),
+               **{n: re.compile(r"4|5[06-8]|6|35") for n in (17, 18, 19)}}
 
 
 def _cards(text: str):
@@ -152,14 +164,6 @@ def _cards(text: str):
                 if not _in_arithmetic(text, m.start(), end):
                     yield m.start(), end, "CREDIT_CARD"
                 break
-
-
-# Issuer prefixes by length (Visa, Mastercard, Amex, Discover, Diners, JCB, UnionPay, Maestro): a random
-# digit run passes Luhn 1 time in 10, and these cut that further.
-NO_MATCH = re.compile(r"(?!)")
-CARD_ISSUER = {13: re.compile(r"4"), 14: re.compile(r"3[0689]"), 15: re.compile(r"3[47]|2131|1800"),
-               16: re.compile(r"4|5[1-5]|2[2-7]|6(?:011|5|4[4-9]|2)|35"),
-               **{n: re.compile(r"4|5[06-8]|6|35") for n in (17, 18, 19)}}
 
 
 def _ibans(text: str):
@@ -189,17 +193,15 @@ def _ips(text: str):
 def _phone_ok(raw: str) -> bool:
     number = re.split(r"\s?(?:x|ext\.?|#)\s?\d", raw)[0]
     digits = re.sub(r"\D", "", number)
-    if len(digits) < 9 or SSN_SHAPE.fullmatch(number) or isbn_ok(digits) or ARITHMETIC.search(number) or number.count("(") != number.count(")"):
+    if len(digits) < 9 or SSN_SHAPE.fullmatch(number) or isbn_ok(digits) or ARITHMETIC.search(number):
         return False
+    if number.count("(") != number.count(")") or DATE.fullmatch(number.strip()):
+        return False  # a bracket of the sentence; a date, maybe with the hour
     groups = re.findall(r"\d+", number.replace("(0)", " "))
     if len(groups) > 1 and max(map(len, groups[:-1])) > 5 or sum(len(g) == 1 for g in groups[1:]) > 1:
         return False  # "355909190063-746", "1 2 3 4 5 6 7 8 9": arithmetic, ids or grids, not phones
     if not number.startswith(("+", "0", "(0")) and not (US_NUMBER.fullmatch(number) or NANP_PLAIN.fullmatch(number)):
-        return False  # no trunk 0 or +: only the North American shape (1-)AAA-EEE-NNNN
-    if digits == number and not (number.startswith("0") or NANP_PLAIN.fullmatch(number)):
-        return False  # a plain digit run is a count or an id, unless it has a trunk 0 or the US shape
-    if DATE.fullmatch(number.strip()):
-        return False  # a date, maybe with the hour
+        return False  # no + and no trunk 0: only the North American shape (1-)AAA-EEE-NNNN; other digit runs are ids
     dots = number.split(".")
     return len(dots) == 1 or (len(dots) >= 3 and all(len(re.sub(r"\D", "", p)) >= 2 for p in dots))
 
@@ -212,15 +214,18 @@ def _in_arithmetic(text: str, s: int, e: int) -> bool:
     return text[s:e].isdigit() and bool(ARITHMETIC_BEFORE.search(text, max(0, s - 40), s))
 
 
-def _phones(text: str):
+def _phones(text: str, claimed: list[tuple[int, int, str]]):
     for run in PHONE_RUN.finditer(text):
         start, value = run.start(), run.group()
+        if any(start < e and s < run.end() for s, e, _ in claimed) or sum(c.isdigit() for c in value) < 9:
+            continue  # a card, IBAN, SSN or address found already, or too short: libphonenumber's parse is the slow part
         if value.startswith("(") and value.count("(") > value.count(")"):
             start, value = start + 1, value[1:]  # "(call 0191 498 0294)": the bracket belongs to the sentence
         if ISBN_BEFORE.search(text, max(0, run.start() - 12), run.start()):
             continue
         found = None
-        for region in PHONE_REGIONS:
+        trunk_or_idd = value.lstrip("(").startswith("0")  # 0... national, 00... international: not US dialling
+        for region in PHONE_REGIONS[1:] if trunk_or_idd else PHONE_REGIONS[:1]:
             for m in phonenumbers.PhoneNumberMatcher(value, region, leniency=phonenumbers.Leniency.POSSIBLE):
                 s, e = start + m.start, start + m.end
                 inside = any(c.isdigit() for c in value[: m.start])  # a piece of a longer digit run
@@ -234,8 +239,8 @@ def _phones(text: str):
             yield found[0], found[1], "PHONE"
 
 
-def _finds(text: str):
-    """Candidate spans in priority order: an earlier span claims its characters."""
+def _finds(text: str, claimed: list[tuple[int, int, str]]):
+    """Candidate spans in priority order: an earlier span claims its characters (find_pii fills `claimed`)."""
     for m in PEM.finditer(text):
         yield m.start(), m.end(), "SECRET"
     for m in API_KEY.finditer(text):
@@ -249,7 +254,7 @@ def _finds(text: str):
         s, e = m.span(3) if m.group(3) else m.span()
         yield s, e, "SSN"
     yield from _ips(text)  # before phones: 192.168.100.200 is a possible phone number too
-    yield from _phones(text)
+    yield from _phones(text, claimed)
     for m in SECRET.finditer(text):
         if _secret_ok(m.group(), text[max(0, m.start() - 200) : m.start()]):
             yield m.start(), m.end(), "SECRET"
@@ -258,7 +263,7 @@ def _finds(text: str):
 def find_pii(text: str, kinds=TYPES) -> list[tuple[int, int, str]]:
     """(start, end, type) of every validated PII value; a span claimed by an earlier finder is not re-used."""
     spans: list[tuple[int, int, str]] = []
-    for s, e, kind in _finds(text):
+    for s, e, kind in _finds(text, spans):
         if not any(s < pe and ps < e for ps, pe, _ in spans):
             spans.append((s, e, kind))
     return sorted(sp for sp in spans if sp[2] in kinds)
@@ -324,17 +329,21 @@ def candidate_rows(view: TextView, chunk_bytes: int = 1 << 20) -> np.ndarray:
     return np.unique(view.row_of(positions)) if len(positions) else np.zeros(0, np.int64)
 
 
-def detect(records: list[dict], view: TextView | None = None) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+def detect(records: list[dict], view: TextView | None = None, scanned_at_ingest: bool = False
+           ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Flag rows per PII type. Details name the type and how many values, never the value.
 
     A record that ingest already redacted carries `pii_redacted` ({type: count}); those count as found.
+    With `scanned_at_ingest` (every record came through ingest's redact_records) only those counts are
+    read: the text holds placeholders where the values were, so a second scan would find nothing.
     """
-    view = view or TextView.of(records)
     n = len(records)
     flags = {t: np.zeros(n, dtype=bool) for t in TYPES}
     details: list[dict[str, str]] = [{} for _ in range(n)]
-
-    found = {int(i): Counter(k for _, _, k in find_pii(view.texts[i])) for i in candidate_rows(view)}
+    found = {}
+    if not scanned_at_ingest:
+        view = view or TextView.of(records)
+        found = {int(i): Counter(k for _, _, k in find_pii(view.texts[i])) for i in candidate_rows(view)}
     for i, rec in enumerate(records):
         if rec.get("pii_redacted"):
             found[i] = found.get(i, Counter()) + Counter(rec["pii_redacted"])

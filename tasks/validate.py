@@ -144,6 +144,7 @@ def check_rows(
     curated: list[dict] | None = None,
     window: np.ndarray | None = None,
     facts: FactIndex | None = None,
+    scanned_at_ingest: bool = False,
 ) -> dict:
     """Run every suite (or those in `only`) for one kind of row (sft or preference); return flags, details, summaries."""
     n, n_bad = len(records), len(ingest_rejected)
@@ -201,7 +202,7 @@ def check_rows(
         run("duplicates", duplicates.RULES, timed(
             "duplicates", duplicates.detect, records, view, checks.near_duplicate_threshold, checks.minhash_num_perm,
             checks.shingle_words))
-    pii_frame, pii_details = timed("pii", pii.detect, records, view) if wanted("pii") else (
+    pii_frame, pii_details = timed("pii", pii.detect, records, view, scanned_at_ingest) if wanted("pii") else (
         pd.DataFrame({c: np.zeros(n, dtype=bool) for c in pii.RULES}), [{} for _ in range(n)])
     pii_rows = pii_frame.to_numpy().any(axis=1)
     redact_types = [t for t in pii.TYPES if policies[t] == "redact"]
@@ -319,10 +320,13 @@ def validate_records(
     data: DataConfig | None = None,
     data_docs: bool = True,
     only: set[str] | None = None,
+    pii_scanned_at_ingest: bool = False,
 ) -> dict:
     """Check every record; write clean/quarantine/report files and Data Docs; return the report.
 
-    Length runs when a tokenizer and max_length are given; leakage when an eval split or a holdout file is.
+    Length runs with the tokenizer when one is given, else on a byte bound; leakage when an eval split or a
+    holdout file is. `pii_scanned_at_ingest`: the records are ingest_files' output, whose PII is redacted and
+    counted on each row, so the PII suite reads the counts instead of scanning the text again.
     With `data` (the pipeline's data section) the split is decided here and the contradiction suite runs.
     """
     started = time.perf_counter()
@@ -359,7 +363,8 @@ def validate_records(
         pref_window = (files(preferences, data.feedback_preference_files) if data.feedback_preference_files
                        else np.ones(len(preferences), dtype=bool))
     common = dict(gx=gx, thresholds=thresholds, policies=policies, checks=checks, tokenizer=tokenizer,
-                  max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts)
+                  max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts,
+                  scanned_at_ingest=pii_scanned_at_ingest)
     sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, **common)
     pref = (check_rows("preference", preferences, rejected_pref, window=pref_window, **common)
             if preferences or rejected_pref else None)
@@ -526,6 +531,7 @@ def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir
         Path(ingested.records), Path(ingested.rejected), Path(out_dir), data.max_rejected_fraction, data.pii_policy,
         preferences_path=Path(ingested.preferences), checks=data.checks,
         tokenizer=load_chat_tokenizer(model.path, model.trust_remote_code), max_length=model.max_length, data=data,
+        pii_scanned_at_ingest=True,
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
     failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}

@@ -380,12 +380,14 @@ def scan(root: Path) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("policy", ["reject", "redact"])
-def test_no_planted_value_in_any_file_the_stages_write(tmp_path, policy):
+@pytest.mark.parametrize("policy,scanned", [("reject", False), ("reject", True), ("redact", True)])
+def test_no_planted_value_in_any_file_the_stages_write(tmp_path, policy, scanned):
+    """scanned: validate reads ingest's counts (the pipeline's way) instead of scanning the redacted text again."""
     data = planted_input(tmp_path / "input.jsonl")
     out = tmp_path / "run"
     ingested = ingest_files([str(data)], out)
-    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), out, 0.5, policy)
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), out, 0.5, policy,
+                              pii_scanned_at_ingest=scanned)
     assert scan(tmp_path) == {k: ["input.jsonl"] for k in PLANTED}  # the scan finds them, in the input only
     assert ingested["counts"]["pii_redacted_rows"] == len(PLANTED)
     quarantine = [json.loads(x) for x in Path(report["quarantine"]).read_text().splitlines()]
