@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from data_checks import duplicates, format as format_check, pii
-from tasks.validate import failure_message, validate_records
+from tasks.validate import failure_message, report_markdown, validate_records
 
 
 def rec(i, messages):
@@ -412,6 +412,7 @@ def test_blank_lines_are_counted_with_their_lines_and_long_rows_caught_without_a
     ingested = ingest_files([str(data)], tmp_path / "run")
     report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), tmp_path / "run", 0.5, "reject")
     assert report["blank_lines"] == {"count": 3, "where": [f"{data}:3", f"{data}:4", f"{data}:7"]}
+    assert f"blank lines: 3, at {data}:3, {data}:4, {data}:7)" in report_markdown(report)
     assert report["rows_in"] == 6 and report["rule_counts"]["length_over_max"] == 1
     assert report["length"]["method"].startswith("byte bound, no tokenizer: UTF-8 bytes > 8 x max_length 2048")
     quarantine = [json.loads(x) for x in Path(report["quarantine"]).read_text().splitlines()]
