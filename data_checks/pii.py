@@ -170,9 +170,11 @@ def _ibans(text: str):
     for m in IBAN.finditer(text):
         value = m.group()
         groups = value.split(" ")
-        for k in range(len(groups), 0, -1):  # back off trailing words ("... 00 BIC COBADEFF")
-            if iban_ok(" ".join(groups[:k])):
-                yield m.start(), m.start() + len(" ".join(groups[:k])), "IBAN"
+        # Back off trailing words ("... 00 BIC COBADEFF"); a compact one may have a word glued on ("...3000BIC").
+        tries = [" ".join(groups[:k]) for k in range(len(groups), 0, -1)] + [value.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")]
+        for t in tries:
+            if iban_ok(t):
+                yield m.start(), m.start() + len(t), "IBAN"
                 break
 
 
