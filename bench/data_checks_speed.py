@@ -3,12 +3,20 @@
     python bench/data_checks_speed.py                         # 100k and 1M, baseline on 20k; writes docs/benchmarks.md
     python bench/data_checks_speed.py --sizes 20000 --baseline-rows 5000 --no-write   # a quick look
 
+The per-row baseline needs `datasketch`, which is not a project dependency: `pip install datasketch`
+(or `pip install --target DIR datasketch` and PYTHONPATH=DIR) first.
+
 Rows are ~300 characters (a user question and an answer, some with a system prompt), with
 planted exact duplicates (2%, case and spacing changed), near-duplicates (2%, one word changed),
 PII (1%, every type), numbers in 20% of rows (decoys for the digit triggers), and leaked eval
 prompts (0.1%). Timed: `validate_records` end to end (read records.jsonl, every detector, GE
 assertions and Data Docs, clean/quarantine files), with the tiny test model's tokenizer for the
 length suite. Not timed: generating the rows and ingest.
+
+Same run, same rows: the suite with the previous PII detector (bench/pii_previous.py, before issue 15)
+on the raw rows, as validate ran before; and the current suite on the rows as ingest now writes them
+(redacted, with their `pii_redacted` counts, read instead of scanned as the validate task does), plus the time ingest spends redacting
+(`pii.redact_records` on every row), so the ratio covers the work that moved out of validate too.
 
 The baseline is a straightforward per-row implementation of the same checks: per-row format
 checks, a control-character regex, length from UTF-8 bytes, a dict of SHA-1 keys, datasketch
@@ -33,10 +41,11 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PII_SAMPLES = {
-    "EMAIL": "jane.doe{i}@example.org",
+    "EMAIL": "jane.doe{i}@mailbox.org",  # example.org is a reserved documentation domain: not PII
     "PHONE": "(555) 201-{i:04d}",
     "CREDIT_CARD": "4111 1111 1111 1111",
     "IBAN": "DE89 3704 0044 0532 0130 00",
@@ -104,15 +113,28 @@ def write_inputs(records, evals, work: Path) -> tuple[Path, Path]:
     return rec_path, eval_path
 
 
-def run_suite(rec_path: Path, eval_path: Path, out: Path, tokenizer) -> tuple[float, dict]:
+def run_suite(rec_path: Path, eval_path: Path, out: Path, tokenizer, previous_pii: bool = False,
+              ingested: bool = False) -> tuple[float, dict]:
+    """validate_records end to end; with previous_pii, the detector from before issue 15 in place of the current one;
+    ingested: the rows are ingest's redacted output, as the pipeline's validate task reads them."""
+    import pii_previous
+
+    from data_checks import pii
     from tasks.validate import validate_records
     from tunegate.config import ChecksConfig
 
     checks = ChecksConfig(max_fraction={"duplicates_exact": 0.05, "duplicates_near": 0.05})
-    start = time.perf_counter()
-    report = validate_records(rec_path, None, out, 0.2, "reject", checks=checks, tokenizer=tokenizer, max_length=512,
-                              general_holdout_file=str(eval_path))
-    return time.perf_counter() - start, report
+    current = pii.detect
+    if previous_pii:
+        pii.detect = lambda records, view=None, scanned_at_ingest=False: pii_previous.detect(records, view)
+    try:
+        start = time.perf_counter()
+        report = validate_records(rec_path, None, out, 0.2, "reject", checks=checks, tokenizer=tokenizer,
+                                  max_length=512, general_holdout_file=str(eval_path),
+                                  pii_scanned_at_ingest=ingested)
+        return time.perf_counter() - start, report
+    finally:
+        pii.detect = current
 
 
 def per_row_baseline(records: list[dict], evals: list[str], ngram: int = 13, threshold: float = 0.85) -> float:
@@ -154,6 +176,17 @@ def per_row_baseline(records: list[dict], evals: list[str], ngram: int = 13, thr
     return time.perf_counter() - start
 
 
+def lscpu() -> str:
+    """lscpu's model name and vector flags, for the CPU line beside the timings."""
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.+)", out)
+    flags = re.search(r"Flags:\s*(.+)", out)
+    vec = [x for x in (flags.group(1).split() if flags else []) if re.match(r"avx|amx", x)]
+    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(vec)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -165,19 +198,34 @@ def main() -> None:
     from tunegate.models import build_tiny_model
 
     tokenizer = load_chat_tokenizer(str(build_tiny_model()))
+    with tempfile.TemporaryDirectory(prefix="tunegate-bench-") as tmp:  # warm-up: imports, GE's first context
+        rec_path, eval_path = write_inputs(*generate(2000)[:2], Path(tmp))
+        run_suite(rec_path, eval_path, Path(tmp) / "out", tokenizer, previous_pii=True)
+        run_suite(rec_path, eval_path, Path(tmp) / "out2", tokenizer)
     load_before = os.getloadavg()
     results = []
     for n in args.sizes:
         records, evals, planted = generate(n)
+        from data_checks import pii
+
+        started = time.perf_counter()
+        redacted = pii.redact_records(records)  # what ingest now does before it writes records.jsonl
+        ingest_redact = time.perf_counter() - started
         with tempfile.TemporaryDirectory(prefix="tunegate-bench-") as tmp:
-            rec_path, eval_path = write_inputs(records, evals, Path(tmp))
-            del records
-            seconds, report = run_suite(rec_path, eval_path, Path(tmp) / "out", tokenizer)
+            (Path(tmp) / "raw").mkdir()
+            raw_path, eval_path = write_inputs(records, evals, Path(tmp) / "raw")
+            rec_path, _ = write_inputs(redacted, evals, Path(tmp))
+            del records, redacted
+            # Before: validate read the raw rows and the previous detector ran on them. Now: validate reads
+            # ingest's redacted rows and the current detector runs (finding the counts ingest left on them).
+            previous, _ = run_suite(raw_path, eval_path, Path(tmp) / "out-previous", tokenizer, previous_pii=True)
+            seconds, report = run_suite(rec_path, eval_path, Path(tmp) / "out", tokenizer, ingested=True)
         counts = report["rule_counts"]
         found = {"exact": counts["duplicates_exact"], "near": counts["duplicates_near"],
                  "pii": sum(v for k, v in counts.items() if k.startswith("pii_")),
                  "leak": counts["leakage_exact"] + counts["leakage_ngram"]}
-        results.append({"rows": n, "seconds": seconds, "planted": planted, "found": found,
+        results.append({"rows": n, "seconds": seconds, "previous": previous, "ingest_redact": ingest_redact,
+                        "planted": planted, "found": found,
                         "stages": {k: round(v, 2) for k, v in report["seconds"].items()},
                         "length": report["length"]["method"]})
         print(json.dumps(results[-1]), flush=True)
@@ -195,11 +243,12 @@ def main() -> None:
         "",
         f"Command: `python bench/data_checks_speed.py{'' if args.sizes == [100_000, 1_000_000] else ' --sizes ' + ' '.join(map(str, args.sizes))}`"
         f" (baseline on {args.baseline_rows:,} rows). Machine: {os.cpu_count()} cores; load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared).",
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared). **CPU:** {lscpu()}.",
         "",
         "Timed: `validate_records` end to end on ~300-character chat rows: read records.jsonl, format, length "
         "(tiny model tokenizer, max_length 512), exact + near duplicates, PII, leakage against 1,000 eval prompts, "
-        "GE assertions and Data Docs, clean and quarantine files. Not timed: generating the rows, ingest.",
+        "GE assertions and Data Docs, clean and quarantine files. Not timed: generating the rows, ingest (its PII "
+        "redaction is timed on its own below).",
         "",
         "| rows | seconds | rows/s | planted exact / near / PII / leaked | found | length method |",
         "|---|---|---|---|---|---|",
@@ -209,6 +258,13 @@ def main() -> None:
         lines.append(f"| {r['rows']:,} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
                      f"{pl['exact']:,} / {pl['near']:,} / {pl['pii']:,} / {pl['leak']:,} | "
                      f"{fo['exact']:,} / {fo['near']:,} / {fo['pii']:,} / {fo['leak']:,} | {r['length']} |")
+    lines += ["", "Against the previous PII detector, same rows, same run (issue 15: within 1.25x):", "",
+              "| rows | suite, previous PII detector, raw rows s | suite, current, ingested rows s | ratio "
+              "| + ingest redaction s | ratio with it |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['rows']:,} | {r['previous']:.1f} | {r['seconds']:.1f} | **{r['seconds'] / r['previous']:.2f}x** | "
+                     f"{r['ingest_redact']:.1f} | **{(r['seconds'] + r['ingest_redact']) / r['previous']:.2f}x** |")
     if len(results) > 1:
         ratio = results[-1]["seconds"] / results[0]["seconds"]
         lines += ["", f"Scaling: {results[-1]['rows']:,} rows took {ratio:.1f}x the time of {results[0]['rows']:,} "

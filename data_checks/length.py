@@ -9,6 +9,11 @@ Only rows whose bound exceeds `max_length` are rendered and tokenized. The bound
 after it is checked for the tokenizer in use: the vocabulary must be byte-level BPE, the
 per-message overhead is measured by rendering probes, and a sample of real rows must satisfy it.
 Otherwise every row is tokenized. `method` in the report says which happened.
+
+Without a tokenizer (`tunegate validate` with no --base-model) the suite still runs, on bytes:
+a row fails when its UTF-8 text exceeds BYTES_PER_TOKEN_BOUND bytes per token of max_length. Common
+BPE tokenizers average 3-5 bytes a token on text and code, so a row past the bound is too long for
+any of them; a row under it is not proven to fit. `method` says so.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import pandas as pd
 from data_checks.text import TextView
 
 RULES = {"length_over_max": "the conversation fits in max_length tokens with the chat template"}
+DEFAULT_MAX_LENGTH = 2048  # the CLI's --max-length default
+BYTES_PER_TOKEN_BOUND = 8
 
 
 def conversations(rec: dict) -> list[list[dict]]:
@@ -99,4 +106,19 @@ def detect(
             details[i]["length_over_max"] = f"{tokens} tokens > max_length {max_length}"
     info = {"method": method, "max_length": max_length, "rows_tokenized": int(len(to_tokenize)),
             "template_failed": template_failed}
+    return pd.DataFrame({"length_over_max": over}), details, info
+
+
+def detect_bytes(records: list[dict], max_length: int, view: TextView | None = None
+                 ) -> tuple[pd.DataFrame, list[dict[str, str]], dict]:
+    """Flag rows whose text is over BYTES_PER_TOKEN_BOUND x max_length UTF-8 bytes (no tokenizer to count with)."""
+    view = view or TextView.of(records)
+    limit = BYTES_PER_TOKEN_BOUND * max_length
+    over = view.nbytes > limit
+    details: list[dict[str, str]] = [{} for _ in range(len(records))]
+    for i in np.flatnonzero(over):
+        details[i]["length_over_max"] = f"{int(view.nbytes[i])} bytes > {limit} (byte bound, no tokenizer)"
+    info = {"method": f"byte bound, no tokenizer: UTF-8 bytes > {BYTES_PER_TOKEN_BOUND} x max_length {max_length} "
+                      f"= {limit} (rows under it are not checked against a tokenizer)",
+            "max_length": max_length, "rows_tokenized": 0, "template_failed": 0}
     return pd.DataFrame({"length_over_max": over}), details, info

@@ -33,7 +33,13 @@ Canonical records, one JSON object a line:
   `tool` message. That is the shape Hugging Face chat templates with tool support read.
 
 A row that cannot be read or converted is not dropped: it is written to `ingest_rejected.jsonl`
-with the format rule it breaks and the reason, and ends up in the quarantine file.
+with the format rule it breaks and the reason, and ends up in the quarantine file. Blank lines are
+written there too (`kind: blank`), so the report counts them with their lines.
+
+No raw PII in what ingest writes: every PII value (data_checks/pii.py, all types) is replaced by
+its typed placeholder before a record or rejected row is written, and the record keeps
+`pii_redacted: {type: count}` so the validate stage applies each type's policy (reject or redact)
+to what was there. The user's input file is the only place the raw value stays.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import Iterator
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
+from data_checks import pii
 from tunegate.caching import STAGE_CACHE
 from tunegate.config import DataConfig
 
@@ -98,6 +105,7 @@ def _read_jsonl(path: Path, max_row_bytes: int):
                 yield line_no, None, _too_large(len(raw), max_row_bytes)
                 continue
             if not raw.strip():
+                yield line_no, None, RowError("blank_line", "blank line")
                 continue
             try:
                 text = raw.decode("utf-8").rstrip("\r\n")
@@ -169,6 +177,7 @@ def _read_csv(path: Path, max_row_bytes: int, delimiter: str):
             header = cells
             continue
         if not cells:
+            yield start, None, RowError("blank_line", "blank line")
             continue
         if any(_ESCAPED_BYTES.search(c) for c in cells):
             yield start, None, RowError("format_invalid_utf8", "not valid UTF-8 (undecodable bytes in the row)")
@@ -442,10 +451,20 @@ def ingest_files(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"{k}.jsonl" for k in ("records", "preferences", "ingest_rejected")}
-    counts = {"records": 0, "preferences": 0, "rejected": 0, "rejected_per_rule": {}, "per_file": {}}
+    counts = {"records": 0, "preferences": 0, "rejected": 0, "rejected_per_rule": {}, "per_file": {},
+              "blank_lines": 0, "pii_redacted_rows": 0}
     formats = formats or {}
     with paths["records"].open("w") as rec_out, paths["preferences"].open("w") as pref_out, \
             paths["ingest_rejected"].open("w") as rej_out:
+        pending: dict[str, list[dict]] = {"sft": [], "preference": []}
+
+        def flush(kind: str) -> None:
+            """Write buffered records with PII redacted: the vectorised triggers want many rows at once."""
+            rows = pii.redact_records(pending[kind])
+            counts["pii_redacted_rows"] += sum("pii_redacted" in r for r in rows)
+            (rec_out if kind == "sft" else pref_out).writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            pending[kind] = []
+
         for file, wanted in [(f, "sft") for f in files] + [(f, "preference") for f in preference_files]:
             path = Path(file)
             if not path.exists():
@@ -454,6 +473,11 @@ def ingest_files(
             kept = 0
             for line, row, error in read_rows(path, max_row_bytes):
                 source = {"file": str(file), "line": line}
+                if error is not None and error.rule == "blank_line":  # not a row: counted, with its line
+                    rej_out.write(json.dumps({"source": source, "kind": "blank", "rule": error.rule,
+                                              "reasons": [f"{error.rule}: {error}"], "row": None}) + "\n")
+                    counts["blank_lines"] += 1
+                    continue
                 if error is None:
                     try:
                         kind, rec = convert_row(row, spec.get("format", "auto"), spec.get("columns"))
@@ -463,15 +487,19 @@ def ingest_files(
                         error = err
                 if error is not None:
                     rej_out.write(json.dumps({"source": source, "kind": wanted, "rule": error.rule,
-                                              "reasons": [f"{error.rule}: {error}"], "row": row}, ensure_ascii=False) + "\n")
+                                              "reasons": [f"{error.rule}: {error}"], "row": pii.redact_value(row)},
+                                             ensure_ascii=False) + "\n")
                     counts["rejected"] += 1
                     counts["rejected_per_rule"][error.rule] = counts["rejected_per_rule"].get(error.rule, 0) + 1
                     continue
-                out = rec_out if kind == "sft" else pref_out
-                out.write(json.dumps({"id": f"{path.stem}-{line}", **rec, "source": source}, ensure_ascii=False) + "\n")
+                pending[kind].append({"id": f"{path.stem}-{line}", **rec, "source": source})
+                if len(pending[kind]) >= 20_000:
+                    flush(kind)
                 counts["records" if kind == "sft" else "preferences"] += 1
                 kept += 1
             counts["per_file"][str(file)] = kept
+        flush("sft")
+        flush("preference")
     return {"records": str(paths["records"]), "preferences": str(paths["preferences"]),
             "rejected": str(paths["ingest_rejected"]), "counts": counts}
 

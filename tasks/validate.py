@@ -10,10 +10,13 @@ GE asserts each rule's failing share against its threshold (`data.checks.max_fra
 Outputs, in the stage folder:
 - clean.jsonl: SFT rows that passed (PII redacted where that type's policy is redact);
 - clean_preferences.jsonl: preference pairs that passed (empty when there are none);
-- quarantine.jsonl: every rejected row with its reasons and source file:line;
+- quarantine.jsonl: every rejected row with its reasons and source file:line, PII redacted (every type);
 - data_docs/index.html: GE Data Docs of every suite;
 - report.json: counts per rule, examples as file:line + reason + a PII-redacted excerpt, and no
-  other row content, so it is safe to log to MLflow and Prefect.
+  other row content, so it is safe to log to MLflow and Prefect; blank input lines counted with their lines.
+
+The length suite always runs: with the base model's tokenizer when there is one, else with a byte
+bound (data_checks/length.py: detect_bytes), which the report's `length.method` names.
 
 The train/eval split is decided here, once (data_checks/split.py: stratified by source file and
 language): the leakage suite needs it, and every clean SFT row carries it (`split`, `stratum`) to
@@ -75,18 +78,9 @@ def _excerpt(value, limit: int = 160) -> str:
     return pii.redact(text[:4000])[:limit]
 
 
-def _redact_message(m: dict, kinds) -> dict:
-    out = {**m, "content": pii.redact(m["content"], kinds) if isinstance(m.get("content"), str) else m.get("content")}
-    if m.get("tool_calls"):
-        out["tool_calls"] = json.loads(pii.redact(json.dumps(m["tool_calls"], ensure_ascii=False), kinds))
-    return out
-
-
 def _redact_record(rec: dict, kinds) -> dict:
-    if "messages" in rec:
-        return {**rec, "messages": [_redact_message(m, kinds) for m in rec["messages"]]}
-    return {**rec, "prompt": [_redact_message(m, kinds) for m in rec["prompt"]],
-            "chosen": _redact_message(rec["chosen"], kinds), "rejected": _redact_message(rec["rejected"], kinds)}
+    """Every string of the record redacted (tool-call arguments too), `pii_redacted` dropped: clean rows stay canonical."""
+    return {k: v if k in ("id", "source") else pii.redact_value(v, kinds) for k, v in rec.items() if k != "pii_redacted"}
 
 
 def files(rows: list[dict], names: list[str]) -> np.ndarray:
@@ -150,6 +144,7 @@ def check_rows(
     curated: list[dict] | None = None,
     window: np.ndarray | None = None,
     facts: FactIndex | None = None,
+    scanned_at_ingest: bool = False,
 ) -> dict:
     """Run every suite (or those in `only`) for one kind of row (sft or preference); return flags, details, summaries."""
     n, n_bad = len(records), len(ingest_rejected)
@@ -197,15 +192,19 @@ def check_rows(
         run("format", format_check.RULES, (format_check.flag_frame(fmt_details + bad_details, format_check.RULES),
                                            fmt_details + bad_details))
     length_info = None
-    if tokenizer is not None and max_length and wanted("length"):
-        frame, d, length_info = timed("length", length.detect, records, tokenizer, max_length, view)
+    if wanted("length"):  # without a tokenizer: a labelled byte bound, so a 120 KB row never passes unseen
+        frame, d, length_info = (timed("length", length.detect, records, tokenizer, max_length, view)
+                                 if tokenizer is not None and max_length else
+                                 timed("length", length.detect_bytes, records, max_length or length.DEFAULT_MAX_LENGTH,
+                                       view))
         run("length", length.RULES, (frame, d))
     if wanted("duplicates"):
         run("duplicates", duplicates.RULES, timed(
             "duplicates", duplicates.detect, records, view, checks.near_duplicate_threshold, checks.minhash_num_perm,
             checks.shingle_words))
-    pii_frame, pii_details = timed("pii", pii.detect, records, view) if wanted("pii") else (
+    pii_frame, pii_details = timed("pii", pii.detect, records, view, scanned_at_ingest) if wanted("pii") else (
         pd.DataFrame({c: np.zeros(n, dtype=bool) for c in pii.RULES}), [{} for _ in range(n)])
+    pii_rows = pii_frame.to_numpy().any(axis=1)
     redact_types = [t for t in pii.TYPES if policies[t] == "redact"]
     redacted = {t: int(pii_frame[f"pii_{t.lower()}"].sum()) for t in redact_types}
     redacted_rows = pii_frame[[f"pii_{t.lower()}" for t in redact_types]].any(axis=1).to_numpy() if redact_types \
@@ -229,7 +228,8 @@ def check_rows(
         run("contradiction", contradiction.RULES, (frame, found[0]), measured=window)
     flags = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=range(n + n_bad))
     return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds, "conflicts": conflicts,
-            "redact_types": redact_types, "redacted": redacted, "redacted_rows": redacted_rows, "length": length_info}
+            "redact_types": redact_types, "redacted": redacted, "redacted_rows": redacted_rows, "pii_rows": pii_rows,
+            "length": length_info}
 
 
 def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records, preferences, top: int = 5) -> dict:
@@ -320,10 +320,13 @@ def validate_records(
     data: DataConfig | None = None,
     data_docs: bool = True,
     only: set[str] | None = None,
+    pii_scanned_at_ingest: bool = False,
 ) -> dict:
     """Check every record; write clean/quarantine/report files and Data Docs; return the report.
 
-    Length runs when a tokenizer and max_length are given; leakage when an eval split or a holdout file is.
+    Length runs with the tokenizer when one is given, else on a byte bound; leakage when an eval split or a
+    holdout file is. `pii_scanned_at_ingest`: the records are ingest_files' output, whose PII is redacted and
+    counted on each row, so the PII suite reads the counts instead of scanning the text again.
     With `data` (the pipeline's data section) the split is decided here and the contradiction suite runs.
     """
     started = time.perf_counter()
@@ -333,6 +336,7 @@ def validate_records(
     records, preferences = _read_jsonl(records_path), _read_jsonl(preferences_path)
     rejected = _read_jsonl(ingest_rejected_path)
     rejected_sft = [r for r in rejected if r.get("kind", "sft") == "sft"]
+    blank = [f"{r['source']['file']}:{r['source']['line']}" for r in rejected if r.get("kind") == "blank"]
     rejected_pref = [r for r in rejected if r.get("kind") == "preference"]
     read_seconds = time.perf_counter() - started
 
@@ -359,7 +363,8 @@ def validate_records(
         pref_window = (files(preferences, data.feedback_preference_files) if data.feedback_preference_files
                        else np.ones(len(preferences), dtype=bool))
     common = dict(gx=gx, thresholds=thresholds, policies=policies, checks=checks, tokenizer=tokenizer,
-                  max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts)
+                  max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts,
+                  scanned_at_ingest=pii_scanned_at_ingest)
     sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, **common)
     pref = (check_rows("preference", preferences, rejected_pref, window=pref_window, **common)
             if preferences or rejected_pref else None)
@@ -376,15 +381,18 @@ def validate_records(
                                                                                         rejected_pref, pref, cp)):
             if result is None:
                 continue
-            for row in bad:
-                q.write(orjson.dumps(row) + b"\n")
+            for row in bad:  # ingest wrote them redacted; redacting again costs little and covers other writers
+                q.write(orjson.dumps({**row, "row": pii.redact_value(row.get("row"))}) + b"\n")
             rejected_mask = result["flags"].any(axis=1).to_numpy()[: len(rows)]
             for i in np.flatnonzero(rejected_mask):
                 reasons = [f"{rule}: {text}" for rule, text in result["details"][i].items()]
-                q.write(orjson.dumps({"source": rows[i]["source"], "kind": kind, "reasons": reasons, "row": rows[i]}) + b"\n")
+                row = _redact_record(rows[i], pii.TYPES) if result["pii_rows"][i] else rows[i]  # every type, any policy
+                q.write(orjson.dumps({"source": rows[i]["source"], "kind": kind, "reasons": reasons, "row": row}) + b"\n")
             redact = result["redacted_rows"]
             for i in np.flatnonzero(~rejected_mask):
                 rec = _redact_record(rows[i], result["redact_types"]) if redact[i] else rows[i]
+                if "pii_redacted" in rec:  # ingest redacted every type; only redact-policy types get here
+                    rec = {k: v for k, v in rec.items() if k != "pii_redacted"}
                 if kind == "sft" and strata[i] is not None:  # the split, decided once, travels with the row
                     rec = {**rec, "split": "eval" if is_eval[i] else "train", "stratum": strata[i],
                            "facts": facts.facts(contradiction.answer_text(rec))}
@@ -397,6 +405,7 @@ def validate_records(
     report = {
         "rows_in": len(records) + len(rejected_sft),
         "ingest_rejected": len(rejected_sft),
+        "blank_lines": {"count": len(blank), "where": blank[:100]},
         "rows_kept": kept["sft"],
         "rows_quarantined": len(records) + len(rejected_sft) - kept["sft"],
         "rule_counts": {col: int(sft["flags"][col].sum()) for col in sft["flags"].columns},
@@ -459,9 +468,11 @@ def report_markdown(report: dict) -> str:
         [
             f"# Data validation: {'passed' if report['success'] else 'FAILED'}",
             f"Rows in: {report['rows_in']}, kept: {report['rows_kept']}, quarantined: {report['rows_quarantined']} "
-            f"(unreadable at ingest: {report['ingest_rejected']}). Preference pairs in: {report['preferences_in']}, "
+            f"(unreadable at ingest: {report['ingest_rejected']}; blank lines: {report['blank_lines']['count']}"
+            + (f", at {', '.join(report['blank_lines']['where'][:10])}" if report["blank_lines"]["count"] else "")
+            + f"). Preference pairs in: {report['preferences_in']}, "
             f"kept: {report['preferences_kept']}. PII redacted: {redacted}.",
-            f"Length: {report['length']['method'] if report['length'] else 'skipped (no tokenizer)'}. "
+            f"Length: {report['length']['method'] if report['length'] else 'skipped'}. "
             f"Data Docs: {report['data_docs']}",
             "",
             "| data | suite | rule | failed rows | fraction | allowed | verdict |",
@@ -520,6 +531,7 @@ def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir
         Path(ingested.records), Path(ingested.rejected), Path(out_dir), data.max_rejected_fraction, data.pii_policy,
         preferences_path=Path(ingested.preferences), checks=data.checks,
         tokenizer=load_chat_tokenizer(model.path, model.trust_remote_code), max_length=model.max_length, data=data,
+        pii_scanned_at_ingest=True,
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
     failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}

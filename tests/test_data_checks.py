@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from data_checks import duplicates, format as format_check, pii
-from tasks.validate import failure_message, validate_records
+from tasks.validate import failure_message, report_markdown, validate_records
 
 
 def rec(i, messages):
@@ -46,7 +46,7 @@ def test_exact_duplicates_ignore_case_and_spaces_and_name_the_first_copy():
 
 @pytest.mark.parametrize(
     "text,kind",
-    [("write to jane.doe@example.org", "EMAIL"), ("call (555) 123-4567", "PHONE"), ("+44 20 7946 0958", "PHONE"),
+    [("write to jane.doe@mailbox.org", "EMAIL"), ("call (555) 123-4567", "PHONE"), ("+44 20 7946 0958", "PHONE"),
      ("555-867-5309 is taken", "PHONE")],
 )
 def test_pii_is_found_and_redacted_with_a_typed_placeholder(text, kind):
@@ -65,7 +65,7 @@ def planted(n_good=40):
     records = [rec(i, chat(f"question {i}", f"answer {i}")) for i in range(1, n_good + 1)]
     records += [
         rec(101, chat("question 1", "answer 1")),  # duplicate of line 1
-        rec(102, chat("mail bob@corp.example.com", "sure")),
+        rec(102, chat("mail bob@corpmail.de", "sure")),
         rec(103, chat("my phone is 555-123-4567", "noted")),
         rec(104, chat("empty answer", "")),
     ]
@@ -81,7 +81,7 @@ def test_validate_quarantines_bad_rows_with_reasons_and_keeps_the_rest(tmp_path)
         101: "duplicates_exact", 102: "pii_email", 103: "pii_phone", 104: "format_empty_content"}
     # The report is what reaches MLflow and Prefect: it must not carry the planted values.
     text = (tmp_path / "report.json").read_text()
-    assert "bob@corp.example.com" not in text and "555-123-4567" not in text
+    assert "bob@corpmail.de" not in text and "555-123-4567" not in text
     assert report["rule_counts"]["pii_email"] == 1
 
 
@@ -264,7 +264,7 @@ def test_per_rule_thresholds_and_per_type_pii_policy(tmp_path):
 def test_report_has_preferences_data_docs_and_redacted_examples(tmp_path):
     sft = write_records(tmp_path / "r.jsonl", planted())
     prefs = write_records(tmp_path / "p.jsonl", [pair(1, "good", "bad"), pair(2, "same", "same"),
-                                                 pair(3, "mail me: bob@corp.example.com", "no")])
+                                                 pair(3, "mail me: bob@corpmail.de", "no")])
     report = validate_records(sft, None, tmp_path / "out", 0.5, "reject", preferences_path=prefs)
     assert report["preferences_in"] == 3 and report["preferences_kept"] == 1
     assert [json.loads(x)["id"] for x in Path(report["clean_preferences"]).read_text().splitlines()] == ["p1"]
@@ -289,3 +289,131 @@ def test_exact_shingle_jaccard_matches_python_sets():
     got = duplicates.shingle_jaccard(view, a, b, 3)
     want = [len(shingles(texts[i]) & shingles(texts[j])) / len(shingles(texts[i]) | shingles(texts[j])) for i, j in zip(a, b)]
     assert np.allclose(got, want) and want[0] == 4 / 6
+
+
+# ------------------------------------------------------------------ issue 15: recall, look-alikes, no raw PII anywhere
+
+import sys
+
+from conftest import ROOT
+from tasks.ingest import ingest_files
+
+PEM_KEY = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx3kPq9Lr2Zt7Wm4Yv8Bn1Cd5Ef6Gh7Ij8Kl9Mn0Op1Qr2St3Uv\n"
+           "b2Xy3Za4Bc5De6Fg7Hi8Jk9Lm0No1Pq2Rs3Tu4Vw5Xy6Za7Bc8De9Fg0Hi1Jk2L\nq9Lr2Zt7Wm4Y==\n-----END RSA PRIVATE KEY-----")
+
+
+@pytest.mark.parametrize("before,value,after,kind", [
+    ("Tel. ", "030 12345678", ".", "PHONE"), ("Appelez le ", "01 23 45 67 89", " svp", "PHONE"),
+    ("ring ", "+44 (0)20 7946 0958", " today", "PHONE"), ("ring ", "020 7946 0958", ".", "PHONE"),
+    ("call ", "+1-415-555-0199x1234", " now", "PHONE"), ("call ", "(415) 555-0199 ext. 12", ".", "PHONE"),
+    ("ssn ", "219 09 9999", ".", "SSN"), ("SSN: ", "219099999", "", "SSN"),
+    ("IBAN ", "DE89370400440532013000", " BIC COBADEFFXXX", "IBAN"),
+    ("IBAN ", "GB82 WEST 1234 5698 7654 32", " BIC NWBKGB2L", "IBAN"),
+    ("card ", "4111 1111 1111 1111", " 12/28", "CREDIT_CARD"), ("amex ", "3782-822463-10005", ", exp 01/27", "CREDIT_CARD"),
+    ("server ", "203.0.113.77", ".", "IP_ADDRESS"), ("v6 ", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", ".", "IP_ADDRESS"),
+    ("aws ", "ASIAY34FZKBOKMUTVV7A", ".", "API_KEY"),
+    ("jwt ", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", ".",
+     "API_KEY"),
+    ("key:\n", PEM_KEY, "\nthanks", "SECRET"),
+])
+def test_issue_15_misses_are_found_and_redacted_whole(before, value, after, kind):
+    text = before + value + after
+    frame, _ = pii.detect([rec(1, chat(text, "ok"))])
+    assert [c for c in frame.columns if frame[c].item()] == [f"pii_{kind.lower()}"]
+    assert pii.redact(text) == f"{before}<{kind}>{after}"  # whole value, typed placeholder, the rest untouched
+
+
+@pytest.mark.parametrize("text", [
+    "write to bob@example.com", "see ops@corp.example.org", "mail a@b.test or c@d.invalid", "ping 127.0.0.1.",
+    "bind 0.0.0.0:8080", "loopback ::1", "SGVsbG8gd29ybGQsIHRoaXMgaXMgb3JkaW5hcnkgdGV4dA==",
+    "/usr/local/lib/python3.11/site-packages/torch/nn/modules/linear.py", "C:/Users/Jane/AppData/Local/Temp/build_2024",
+    "version 1.2.3.4", "pip install pkg==10.2.3.4", "ISBN 978-3-16-148410-0", "ISBN 9780306406157",
+    "pi is 3.14159265358979323846", "512088 * 137872 = 70602404736", "256626720691 + 1646615806005 = 1903242526696",
+    "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "at 2024-12-01 10:30:45"])
+def test_issue_15_lookalikes_are_not_pii(text):
+    frame, _ = pii.detect([rec(1, chat(text, "ok"))])
+    assert not frame.any(axis=None), [c for c in frame.columns if frame[c].item()]
+
+
+def test_faker_corpus_recall_and_lookalikes():
+    """A small draw of bench/pii_corpus.py's corpus, on a seed the detector was not tuned on."""
+    from faker import Faker
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pii_corpus
+
+    fakers = []
+    for k, loc in enumerate(pii_corpus.LOCALES):
+        fakers.append(Faker(loc))
+        fakers[-1].seed_instance(1234 + k)
+    got = pii_corpus.measure(pii, pii_corpus.positives(fakers, 100), pii_corpus.lookalikes(fakers, 40),
+                             pii_corpus.clean_rows(fakers, 200))
+    for kind, row in got["per_type"].items():
+        assert row["reject"] / row["n"] >= 0.99 and row["redact"] / row["n"] >= 0.99, (kind, row)
+    assert sum(h for _, h in got["families"].values()) / sum(n for n, _ in got["families"].values()) <= 0.01
+    assert got["clean"][1] / got["clean"][0] <= 0.005
+
+
+PLANTED = {"EMAIL": "wanda.planted@example-corp.com", "PHONE": "+49 30 98765432", "IBAN": "GB82 WEST 1234 5698 7654 32",
+           "CREDIT_CARD": "4539 1488 0343 6467", "SSN": "219-09-9999", "IP_ADDRESS": "203.0.113.77",
+           "API_KEY": "ghp_PlantedToken0123456789abcdefGHIJKLMNOP", "SECRET": "Zx9Qw3Er7Ty1Ui5Op2As8Df4Gh"}
+
+
+def planted_input(path: Path) -> Path:
+    rows = [{"instruction": f"question {i}", "input": "", "output": f"answer number {i}"} for i in range(40)]
+    for i, value in enumerate(PLANTED.values()):
+        rows[5 + i]["output"] += f" Contact: {value}."
+    rows[20]["output"] = {"not": "a string", "but": PLANTED["SSN"]}  # rejected at ingest: its excerpt must be redacted
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def scan(root: Path) -> dict[str, list[str]]:
+    """planted type -> files under root whose bytes hold that value."""
+    found = {}
+    for p in root.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            for kind, value in PLANTED.items():
+                if value.encode() in data:
+                    found.setdefault(kind, []).append(p.name)
+    return found
+
+
+@pytest.mark.parametrize("policy,scanned", [("reject", False), ("reject", True), ("redact", True)])
+def test_no_planted_value_in_any_file_the_stages_write(tmp_path, policy, scanned):
+    """scanned: validate reads ingest's counts (the pipeline's way) instead of scanning the redacted text again."""
+    data = planted_input(tmp_path / "input.jsonl")
+    out = tmp_path / "run"
+    ingested = ingest_files([str(data)], out)
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), out, 0.5, policy,
+                              pii_scanned_at_ingest=scanned)
+    assert scan(tmp_path) == {k: ["input.jsonl"] for k in PLANTED}  # the scan finds them, in the input only
+    assert ingested["counts"]["pii_redacted_rows"] == len(PLANTED)
+    quarantine = [json.loads(x) for x in Path(report["quarantine"]).read_text().splitlines()]
+    lines = {q["source"]["line"]: q["reasons"] for q in quarantine}
+    assert 21 in lines and lines[21][0].startswith("format_wrong_type")
+    if policy == "reject":  # every PII row stays out of training, named by file:line and reason, redacted
+        assert sorted(lines) == [6, 7, 8, 9, 10, 11, 12, 13, 21]
+        assert lines[10] == ["pii_ssn: contains 1 ssn value(s)"]
+        row = next(q for q in quarantine if q["source"]["line"] == 6)["row"]
+        assert row["messages"][1]["content"] == "answer number 5 Contact: <EMAIL>."
+    else:
+        clean = Path(report["clean"]).read_text()
+        assert sorted(lines) == [21] and report["pii_redacted"] == {t: 1 for t in pii.TYPES}
+        assert all(f"Contact: <{t}>." in clean for t in PLANTED) and "pii_redacted" not in clean
+
+
+def test_blank_lines_are_counted_with_their_lines_and_long_rows_caught_without_a_tokenizer(tmp_path):
+    rows = [json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) for i in range(6)]
+    rows[3] = json.dumps({"instruction": "long", "input": "", "output": "x" * 120_000})
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(rows[:2] + ["", "   "] + rows[2:4] + [""] + rows[4:]) + "\n")
+    ingested = ingest_files([str(data)], tmp_path / "run")
+    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), tmp_path / "run", 0.5, "reject")
+    assert report["blank_lines"] == {"count": 3, "where": [f"{data}:3", f"{data}:4", f"{data}:7"]}
+    assert f"blank lines: 3, at {data}:3, {data}:4, {data}:7)" in report_markdown(report)
+    assert report["rows_in"] == 6 and report["rule_counts"]["length_over_max"] == 1
+    assert report["length"]["method"].startswith("byte bound, no tokenizer: UTF-8 bytes > 8 x max_length 2048")
+    quarantine = [json.loads(x) for x in Path(report["quarantine"]).read_text().splitlines()]
+    assert [(q["source"]["line"], q["reasons"][0].split(":")[0]) for q in quarantine] == [(6, "length_over_max")]
