@@ -179,7 +179,7 @@ def test_production_set_grows_with_references_no_window_can_rewrite(tmp_path, tr
              fb(3, "2026-11-18T12:00:00Z", "Nope.", "down", correction="Blue.",
                 conv=[{"role": "user", "content": "Color of the sky?"}]),                    # correction only: no ref
              fb(4, "2026-11-18T13:00:00Z", "Sure.", "up",
-                conv=[{"role": "user", "content": "mail me at jane.doe@corp.example.com"}])]  # PII: never stored
+                conv=[{"role": "user", "content": "mail me at jane.doe@fabrikam-mail.com"}])]  # PII: never stored
     empty = load_production_set.fn(tracking, str(tmp_path / "current.jsonl"))
     assert empty == {"version": 0, "rows": 0, "file": None, "run_id": None}
     v1 = extend_production_set.fn(tracking, empty, window("w1", first), str(clean), "1", 0.5)
