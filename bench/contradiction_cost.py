@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import cpu  # noqa: E402
+from machine import cpu, write_section  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -107,13 +107,7 @@ def main() -> None:
         "",
     ]
     if not args.no_write:
-        path = ROOT / "docs" / "benchmarks.md"
-        old = path.read_text()
-        title = lines[0]
-        if title in old:
-            head, _, rest = old.partition(title)
-            old = head.rstrip() + "\n\n" + (rest[rest.find("\n## ") + 1:] if "\n## " in rest else "")
-        path.write_text(old.rstrip() + "\n\n" + "\n".join(lines))
+        write_section("\n".join(lines))
     print("\n".join(lines))
 
 

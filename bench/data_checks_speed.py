@@ -42,6 +42,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import cpu  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PII_SAMPLES = {
@@ -176,17 +178,6 @@ def per_row_baseline(records: list[dict], evals: list[str], ngram: int = 13, thr
     return time.perf_counter() - start
 
 
-def lscpu() -> str:
-    """lscpu's model name and vector flags, for the CPU line beside the timings."""
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", out)
-    flags = re.search(r"Flags:\s*(.+)", out)
-    vec = [x for x in (flags.group(1).split() if flags else []) if re.match(r"avx|amx", x)]
-    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(vec)}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -243,7 +234,7 @@ def main() -> None:
         "",
         f"Command: `python bench/data_checks_speed.py{'' if args.sizes == [100_000, 1_000_000] else ' --sizes ' + ' '.join(map(str, args.sizes))}`"
         f" (baseline on {args.baseline_rows:,} rows). Machine: {os.cpu_count()} cores; load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared). **CPU:** {lscpu()}.",
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared). **CPU:** {cpu()}.",
         "",
         "Timed: `validate_records` end to end on ~300-character chat rows: read records.jsonl, format, length "
         "(tiny model tokenizer, max_length 512), exact + near duplicates, PII, leakage against 1,000 eval prompts, "

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import cpu, write_section  # noqa: E402
+
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR")
 TEMPLATES = ["Please reach me at {v}.", "{v} is the one on the form", "My details:\n{v}\nThanks!",
              "Noted ({v}), I will follow up.", 'The value was "{v}", is that right?', "Use {v}, then restart."]
@@ -220,16 +222,6 @@ def choice_rows(pos, looks, clean) -> list[str]:
     return rows
 
 
-def lscpu() -> str:
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", out)
-    flags = re.search(r"Flags:\s*(.+)", out)
-    vec = [x for x in (flags.group(1).split() if flags else []) if re.match(r"avx|amx|sse4|fma", x)]
-    return f"{model.group(1).strip() if model else 'unknown'}; flags: {' '.join(vec)}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-type", type=int, default=240, help="planted values of each type")
@@ -295,18 +287,11 @@ def main() -> None:
               "match; false: look-alike and clean rows with any match):", "",
               "| detector | found | false matches |", "|---|---|---|", *choice_rows(pos, looks, clean)]
     lines += ["", f"Detector time, all {now['rows']} planted rows: {now['seconds']:.2f} s now, "
-              f"{before['seconds']:.2f} s before. **CPU:** {lscpu()}. Load average {os.getloadavg()[0]:.2f}.", ""]
+              f"{before['seconds']:.2f} s before. **CPU:** {cpu()}. Load average {os.getloadavg()[0]:.2f}.", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        path = ROOT / "docs" / "benchmarks.md"
-        old = path.read_text()
-        title = lines[0]
-        if title in old:
-            head, _, rest = old.partition(title)
-            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-            old = head.rstrip() + "\n\n" + tail.lstrip("\n")
-        path.write_text(old.rstrip() + "\n\n" + text)
+        write_section(text)
 
 
 if __name__ == "__main__":
