@@ -54,6 +54,8 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
             lines.append(f"          {task}/{metric}: {scores['baseline'][metric]:.4f} -> {cand:.4f}")
     verdict = {"passed": "PASSED: promoted to champion", "needs_review": "NEEDS REVIEW: not promoted, a person decides",
                "blocked": f"BLOCKED on {', '.join(s['regressed'])}"}[s["gate"]]
+    if s.get("review"):  # a person decided a needs_review candidate in the Prefect UI
+        verdict = f"NEEDS REVIEW, {s['review']}" + (": promoted to champion" if s["promoted"] else "")
     lines += [
         f"  gate:   {verdict} (model version {s['model_version']})",
         f"  mlflow: run {s['mlflow_run_id']}",

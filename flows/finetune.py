@@ -24,7 +24,7 @@ from tasks.gate import gate
 from tasks.judge import judge
 from tasks.ingest import ingest
 from tasks.prepare import prepare
-from tasks.promote import RunSummary, conclude, promote, summarize
+from tasks.promote import RunSummary, await_review, conclude, promote, summarize
 from tasks.register import register
 from tasks.sft import check_setup, sft
 from tasks.validate import validate
@@ -51,7 +51,8 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     evals = judge(evals, params.judge)
     registered = register(params, prepared, aligned, evals)
     decision = gate(params.gate, registered, params.tracking)
-    promotion = promote(decision, registered, params.tracking)
+    review = await_review(decision, registered.version, params.gate)
+    promotion = promote(decision, registered, params.tracking, review)
     summary = summarize(registered, decision, promotion, run.run)
     export(promotion, registered, run.export)
     return conclude(summary, decision)

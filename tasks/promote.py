@@ -25,11 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
-from pydantic import BaseModel, ConfigDict
+from prefect.input import RunInput
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.gate import GateDecision
 from tasks.register import Registered
-from tunegate.config import TrackingConfig
+from tunegate.config import GateConfig, TrackingConfig
 from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,32 @@ def version_or_none(client, name: str, version: str):
         return None
 
 
+class ReviewDecision(RunInput):
+    """A person's decision on a candidate the gate could not decide (needs_review)."""
+
+    approve: bool = Field(description="Promote this version to champion.")
+    reviewer: str = Field(min_length=1, description="Who decides; recorded on the model version.")
+    reason: str = Field(min_length=1, description="Why; recorded on the model version.")
+
+
+def await_review(decision: GateDecision, version: str, cfg: GateConfig) -> ReviewDecision | None:
+    """On needs_review with gate.review_timeout_s set, pause the flow run until a person decides in the Prefect
+    UI (a form with the gate table); no decision in time rejects. Called from the flow: only a flow run pauses."""
+    if decision.outcome != "needs_review" or cfg.review_timeout_s is None:
+        return None
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    form = ReviewDecision.with_initial_data(
+        description=f"Version {version} needs a person's decision: {'; '.join(decision.review)}.\n\n"
+                    f"{decision.markdown}", approve=False)
+    try:
+        return pause_flow_run(wait_for_input=form, timeout=cfg.review_timeout_s, poll_interval=2)
+    except FlowPauseTimeout:
+        return ReviewDecision(approve=False, reviewer="timeout",
+                              reason=f"no decision within gate.review_timeout_s={cfg.review_timeout_s} s")
+
+
 class Promotion(BaseModel):
     """Whether the gate's decision moved `champion`, to which version, and what it replaced."""
 
@@ -145,20 +172,29 @@ class Promotion(BaseModel):
     promoted: bool
     version: str
     previous: str | None = None
+    review: str | None = None  # "approved by <reviewer>: <reason>" or "rejected by ...", after needs_review
 
 
 @task
-def promote(decision: GateDecision, registered: Registered, tracking: TrackingConfig) -> Promotion:
-    """Promote on pass; on block leave the champion alone (the flow fails afterwards, see `conclude`)."""
+def promote(decision: GateDecision, registered: Registered, tracking: TrackingConfig,
+            review: ReviewDecision | None = None) -> Promotion:
+    """Promote on pass, or on a reviewer's approval of a needs_review candidate; otherwise leave the champion alone
+    (the flow fails afterwards, see `conclude`)."""
     client, _ = connect(tracking)
     name, version = registered.model_name, registered.version
-    if not decision.passed:
-        return Promotion(promoted=False, version=version)
+    said = None
+    if review is not None:
+        said = f"{'approved' if review.approve else 'rejected'} by {review.reviewer}: {review.reason}"
+        tags = {"review.decision": "approved" if review.approve else "rejected", "review.user": review.reviewer,
+                "review.reason": review.reason, "review.time": utc_now()}
+        record(client, name, version, "review", tags if review.approve else {**tags, "gate": "rejected"})
+    if not (decision.passed or (review is not None and review.approve)):
+        return Promotion(promoted=False, version=version, review=said)
     with alias_lock(tracking):
         previous = move_champion(client, name, version)
-    record(client, name, version, "gate", {"promotion": "gate", "promotion.time": utc_now(),
-                                           "promotion.replaced": str(previous)})
-    return Promotion(promoted=True, version=version, previous=previous)
+    record(client, name, version, "gate", {"promotion": "gate" if decision.passed else "review",
+                                           "promotion.time": utc_now(), "promotion.replaced": str(previous)})
+    return Promotion(promoted=True, version=version, previous=previous, review=said)
 
 
 class RunSummary(BaseModel):
@@ -176,6 +212,7 @@ class RunSummary(BaseModel):
     gate: str
     regressed: list[str]
     promoted: bool
+    review: str | None = None
     model_name: str
     mlflow_run_id: str
     model_version: str
@@ -198,6 +235,7 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         gate=decision.outcome,
         regressed=decision.regressed,
         promoted=promotion.promoted,
+        review=promotion.review,
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
         model_version=registered.version,

@@ -394,6 +394,12 @@ class GateConfig(_Section):
         0.2, ge=0, le=1,
         description="needs_review when the pairwise judge gave no verdict on more than this share of pairs.",
     )
+    review_timeout_s: int | None = Field(
+        None, ge=1,
+        description="On needs_review, pause the flow run for a person's decision in the Prefect UI (approve or reject, "
+        "with a reason) for at most this long; no decision in time rejects. None: no pause, the run ends needing "
+        "review and a person promotes with `tunegate promote VERSION --override --reason ...`.",
+    )
 
 
 class TrackingConfig(_Section):
