@@ -78,6 +78,15 @@ def load_metrics_module():
     return module
 
 
+def answered_by_both(candidate_tasks: dict, baseline_tasks: dict):
+    """(task, candidate result, baseline result) for each generation task both models answered on the same docs;
+    other tasks, and results cached before answers were kept, are left out."""
+    for name, cand in candidate_tasks.items():
+        base = baseline_tasks.get(name)
+        if base is not None and "answers" in cand and "answers" in base and cand["doc_ids"] == base["doc_ids"]:
+            yield name, cand, base
+
+
 def is_json_container(text: str) -> bool:
     """True when text, as a whole, is a JSON object or array (as evals/tunegate_metrics.py scores it)."""
     try:

@@ -37,7 +37,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
-from tasks.evaluate import load_metrics_module
+from tasks.evaluate import answered_by_both, load_metrics_module
 from tasks.register import Registered
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 from tunegate.stats import mcnemar_exact, paired_bootstrap
@@ -186,10 +186,7 @@ def answer_drift(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> 
     """Share of generation-task eval prompts whose answer changed materially, and the biggest changes."""
     token_f1 = load_metrics_module().token_f1
     tasks, changes = {}, []
-    for name, cand in candidate_eval["tasks"].items():
-        base = baseline_eval["tasks"].get(name)
-        if base is None or "answers" not in cand or "answers" not in base or cand["doc_ids"] != base["doc_ids"]:
-            continue  # not a generation task, or a result cached before answers were kept
+    for name, cand, base in answered_by_both(candidate_eval["tasks"], baseline_eval["tasks"]):
         strata = cand.get("strata") or ["all"] * len(cand["answers"])
         drifted = 0
         for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):

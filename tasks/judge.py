@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from tasks.evaluate import Comparison
+from tasks.evaluate import Comparison, answered_by_both
 from tunegate.config import JudgeConfig
 from tunegate.models import cache_dir
 from tunegate.stats import mcnemar_exact, paired_bootstrap
@@ -121,10 +121,7 @@ class Judge:
 def judged_pairs(evals: Comparison) -> list[dict]:
     """Every generation-task doc both models answered: (task, doc id, question, both answers)."""
     pairs = []
-    for name, cand in evals.candidate.tasks.items():
-        base = evals.baseline.tasks.get(name)
-        if base is None or "answers" not in cand or "answers" not in base or cand["doc_ids"] != base["doc_ids"]:
-            continue
+    for name, cand, base in answered_by_both(evals.candidate.tasks, evals.baseline.tasks):
         for doc_id, question, new, old in zip(cand["doc_ids"], cand["prompts"], cand["answers"], base["answers"]):
             pairs.append({"task": name, "doc_id": doc_id, "question": question, "candidate": new, "baseline": old})
     return pairs

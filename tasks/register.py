@@ -29,7 +29,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from tasks.dpo import Aligned
-from tasks.evaluate import Comparison, Evaluation, load_metrics_module
+from tasks.evaluate import Comparison, Evaluation, answered_by_both, load_metrics_module
 from tasks.prepare import Prepared
 from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
@@ -135,10 +135,7 @@ def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
     metrics and how much the answers agree (token F1); the rows where the two models disagree most come first."""
     token_f1 = load_metrics_module().token_f1
     rows = []
-    for name, cand in evals.candidate.tasks.items():
-        base = evals.baseline.tasks.get(name)
-        if base is None or "answers" not in cand or "answers" not in base or cand["doc_ids"] != base["doc_ids"]:
-            continue
+    for name, cand, base in answered_by_both(evals.candidate.tasks, evals.baseline.tasks):
         references = cand.get("references") or base.get("references") or [""] * len(cand["answers"])
         for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):
             rows.append({
