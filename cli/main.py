@@ -268,6 +268,12 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def add_config_args(cmd) -> None:
+    """--config and --set, for the commands that read the tracking settings from a config."""
+    cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
+    cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunegate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cmd.add_argument("--to", metavar="VERSION", help="roll back to this version instead of `previous`")
         cmd.add_argument("--reason", help="why; recorded on the version with your user name and the time")
-        cmd.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
-        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+        add_config_args(cmd)
         cmd.set_defaults(func=func)
     srv = sub.add_parser("serve", help="serve the finetune, retrain-from-feedback and monitor-serving deployments "
                          "(no worker needed)")
@@ -312,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--feedback-work-dir", default="outputs/feedback")
     srv.set_defaults(func=cmd_serve)
     sm = sub.add_parser("serve-model", help="OpenAI-compatible server on models:/NAME@champion; follows the alias")
-    sm.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
-    sm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_config_args(sm)
     sm.add_argument("--host", default="127.0.0.1")
     sm.add_argument("--port", type=int, default=8000)
     sm.add_argument("--poll-seconds", type=float, default=2.0, help="how often the champion alias is read")
@@ -329,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.set_defaults(func=cmd_traffic)
     mon = sub.add_parser("monitor", help="requests, feedback and downvote rates, latency per model version for a "
                          "UTC day of served traffic; logged to MLflow (<experiment>-monitoring)")
-    mon.add_argument("--config", default="configs/demo.yaml", help="config whose tracking settings to use")
-    mon.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_config_args(mon)
     mon.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day to report (default: today so far)")
     mon.set_defaults(func=cmd_monitor)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
