@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup lock check-lock demo test test-slow ui serve clean
+.PHONY: setup lock check-lock demo test test-slow ui serve clean team-up team-down test-team
 
 setup: $(STAMP)
 
@@ -63,6 +63,17 @@ ui: $(STAMP)
 
 serve: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(PY) -m cli serve
+
+# Team mode on this machine: PostgreSQL, mlflow server, Prefect server, two workers (deployments/team.env).
+team-up: $(STAMP)
+	$(PY) -m deployments.team up
+
+team-down: $(STAMP)
+	$(PY) -m deployments.team down
+
+# Needs `make team-up` first: concurrent runs and faults against the team's servers.
+test-team: $(STAMP)
+	$(PY) -m pytest -q -m team tests/test_team.py
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock

@@ -31,13 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.gate import GateDecision
 from tasks.register import Registered
 from tunegate.config import GateConfig, TrackingConfig
-from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
+from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, embedded, get_alias
 
 log = logging.getLogger(__name__)
 
 
 class GateBlocked(RuntimeError):
     """The candidate regressed; the champion stays."""
+
+
+class StaleBaseline(GateBlocked):
+    """The candidate passed against a champion that another run replaced before this one could promote."""
 
 
 class PromotionRefused(RuntimeError):
@@ -173,6 +177,7 @@ class Promotion(BaseModel):
     version: str
     previous: str | None = None
     review: str | None = None  # "approved by <reviewer>: <reason>" or "rejected by ...", after needs_review
+    stale: str | None = None  # why it was not promoted although it passed: the champion moved while it was judged
 
 
 @task
@@ -190,10 +195,20 @@ def promote(decision: GateDecision, registered: Registered, tracking: TrackingCo
         record(client, name, version, "review", tags if review.approve else {**tags, "gate": "rejected"})
     if not (decision.passed or (review is not None and review.approve)):
         return Promotion(promoted=False, version=version, review=said)
+    judged = registered.evals.baseline.version  # None: judged against the base model (there was no champion)
     with alias_lock(tracking):
+        # Another run may have promoted while this one evaluated: its verdict is about a champion that is gone.
+        current = get_alias(client, name, CHAMPION)
+        current = str(current.version) if current is not None else None
+        if current != judged:
+            stale = (f"the gate judged it against {f'v{judged}' if judged else 'the base model'}, but version "
+                     f"{current} became the champion meanwhile")
+            record(client, name, version, "stale", {"gate": "stale", "gate.stale": stale})
+            return Promotion(promoted=False, version=version, review=said, stale=stale)
         previous = move_champion(client, name, version)
     record(client, name, version, "gate", {"promotion": "gate" if decision.passed else "review",
-                                           "promotion.time": utc_now(), "promotion.replaced": str(previous)})
+                                           "promotion.time": utc_now(), "promotion.replaced": str(previous),
+                                           "promotion.judged_against": str(judged)})
     return Promotion(promoted=True, version=version, previous=previous, review=said)
 
 
@@ -213,6 +228,7 @@ class RunSummary(BaseModel):
     regressed: list[str]
     promoted: bool
     review: str | None = None
+    stale: str | None = None
     model_name: str
     mlflow_run_id: str
     model_version: str
@@ -236,10 +252,12 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         regressed=decision.regressed,
         promoted=promotion.promoted,
         review=promotion.review,
+        stale=promotion.stale,
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
         model_version=registered.version,
-        mlflow_ui=f"mlflow ui --backend-store-uri {registered.tracking_uri}",
+        mlflow_ui=(f"mlflow ui --backend-store-uri {registered.tracking_uri}" if embedded(registered.tracking_uri)
+                   else registered.tracking_uri),
     )
 
 
@@ -254,6 +272,11 @@ def summarize(registered: Registered, decision: GateDecision, promotion: Promoti
 @task
 def conclude(summary: RunSummary, decision: GateDecision) -> RunSummary:
     """End the run: the summary when promoted, else fail with the regressed tasks (the champion did not move)."""
+    if summary.stale:
+        raise StaleBaseline(
+            f"{summary.model_name} version {summary.model_version} passed its gate, but {summary.stale}. The champion "
+            "alias did not move; run the pipeline again to judge it against the current champion (its evaluations "
+            f"are cached, so only the new champion's are computed).\n{decision.markdown}")
     if not summary.promoted and decision.outcome == "needs_review":
         raise GateBlocked(
             f"Gate asks for review of {summary.model_name} version {summary.model_version}: "

@@ -9,6 +9,7 @@ Prefect UI renders it as a form. Every field carries help text, shown in that fo
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import warnings
@@ -403,8 +404,12 @@ class GateConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    tracking_uri: str = Field("sqlite:///mlruns/mlflow.db", description="MLflow tracking URI.")
-    artifact_root: str = Field("mlruns/artifacts", description="Artifact folder for new experiments.")
+    tracking_uri: str = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db"),
+        description="MLflow tracking URI: sqlite:///mlruns/mlflow.db embedded, or a tracking server "
+        "(http://...). Default: $MLFLOW_TRACKING_URI when set, as in MLflow itself.")
+    artifact_root: str = Field("mlruns/artifacts", description="Artifact folder for new experiments in an embedded "
+                               "sqlite store; a tracking server decides its own (mlflow server --artifacts-destination).")
     experiment: str = Field("tunegate", description="MLflow experiment name.")
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
 

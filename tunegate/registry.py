@@ -6,7 +6,6 @@ The store is sqlite under mlruns/ (MLflow 3.13+ rejects the plain file store). A
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +17,11 @@ SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings an
 MONITORING_SUFFIX = "-monitoring"  # one run per model version and day of served traffic (tasks/monitor.py)
 
 
+def embedded(uri: str) -> bool:
+    """A sqlite store on this machine (the default), as opposed to a tracking server shared by a team."""
+    return uri.startswith("sqlite:///")
+
+
 def connect(tracking: TrackingConfig, experiment: str | None = None):
     """Point MLflow at the store, create the experiment if needed; return (client, experiment_id)."""
     import mlflow
@@ -26,17 +30,20 @@ def connect(tracking: TrackingConfig, experiment: str | None = None):
 
     uri = tracking.tracking_uri
     name = experiment or tracking.experiment
-    if uri.startswith("sqlite:///"):
+    if embedded(uri):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return client, exp.experiment_id
-    artifacts = Path(tracking.artifact_root).resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
+    location = None  # a tracking server picks it: mlflow-artifacts:/..., proxied to --artifacts-destination
+    if embedded(uri):
+        artifacts = Path(tracking.artifact_root).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        location = artifacts.as_uri()
     try:
-        return client, client.create_experiment(name, artifact_location=artifacts.as_uri())
+        return client, client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently by another process
         return client, client.get_experiment_by_name(name).experiment_id
 
@@ -57,27 +64,58 @@ def eval_experiment(tracking: TrackingConfig):
 
 
 @contextmanager
-def alias_lock(tracking: TrackingConfig, timeout_s: float = 120):
-    """Hold the lock that makes "read champion, set previous, set champion" one step.
+def alias_lock(tracking: TrackingConfig, timeout_s: float = 300):
+    """Hold the lock that makes "read champion, check, set previous, set champion" one step.
 
     MLflow sets one alias per call and has no compare-and-set, so two promotions at once can both
     read the same old champion: one of them then points `previous` at a version that was never
-    the champion it replaced. A file lock next to the sqlite DB serializes every process that
-    uses that store (a sqlite store is local to one machine anyway). For other URIs the lock file
-    lives under ~/.cache/tunegate/locks and only serializes this machine: with a shared tracking
-    server, run promotions from one place (e.g. one Prefect deployment with a concurrency limit).
+    the champion it replaced. Embedded (sqlite): a file lock next to the DB, which is local to one
+    machine anyway. With a tracking server: a Prefect global concurrency limit of 1 per registered
+    model, held on the Prefect server that every machine of the team talks to; its lease expires if
+    the holder dies, so a killed run cannot keep the lock.
     """
-    from filelock import FileLock
-
-    from tunegate.models import cache_dir
-
     uri = tracking.tracking_uri
-    if uri.startswith("sqlite:///"):
+    if embedded(uri):
+        from filelock import FileLock
+
         path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".aliases.lock")
-    else:
-        path = cache_dir() / "locks" / (hashlib.sha256(uri.encode()).hexdigest()[:16] + ".aliases.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path), timeout=timeout_s):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path), timeout=timeout_s):
+            yield
+        return
+    with promotion_slot(tracking.registered_model, timeout_s):
+        yield
+
+
+@contextmanager
+def promotion_slot(model_name: str, timeout_s: float):
+    """One slot of the global concurrency limit `tunegate-promotion-<model>` (created with limit 1 if missing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise RuntimeError(
+            "tracking.tracking_uri is a server, so the promotion lock is a Prefect global concurrency limit on the "
+            "team's Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4242/api, see `make team-up`)")
+    name = f"tunegate-promotion-{model_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # created at the same moment by another promotion
+                pass
+        else:
+            if limit.limit != 1 or not limit.active:
+                raise RuntimeError(f"Prefect concurrency limit {name} must be active with limit 1 (it is "
+                                   f"{'active' if limit.active else 'inactive'}, limit {limit.limit}): it is the "
+                                   "promotion lock")
+    # strict: a limit that vanished must not turn the lock into a no-op
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=60, strict=True):
         yield
 
 
