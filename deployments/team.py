@@ -125,15 +125,26 @@ def spawn(s: dict[str, str], service: str, cmd: list[str], env: dict[str, str]) 
     pid_file(s, service).write_text(str(proc.pid))
 
 
+def pg_paths(s: dict[str, str]) -> tuple[Path, Path]:
+    """(data folder, log file): TEAM_DIR/pg and logs/postgres.log; when run as root from a folder the `postgres`
+    user cannot enter (e.g. under /root), a folder of its own under /tmp named after TEAM_DIR."""
+    team = Path(s["TEAM_DIR"])
+    if os.geteuid() != 0 or subprocess.run(as_pg_owner(["test", "-x", str(team)])).returncode == 0:
+        return team / "pg", team / "logs" / "postgres.log"
+    import hashlib
+
+    own = Path("/tmp") / f"tunegate-team-{hashlib.sha256(str(team).encode()).hexdigest()[:12]}"
+    return own / "pg", own / "postgres.log"
+
+
 def start_postgres(s: dict[str, str]) -> None:
-    team, data = Path(s["TEAM_DIR"]), Path(s["TEAM_DIR"]) / "pg"
-    log = team / "logs" / "postgres.log"
+    data, log = pg_paths(s)
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
         log.touch()
         if os.geteuid() == 0:
-            shutil.chown(data, PG_SUPERUSER)
-            shutil.chown(log, PG_SUPERUSER)
+            for path in {data, log, log.parent} - {Path(s["TEAM_DIR"]) / "logs"}:
+                shutil.chown(path, PG_SUPERUSER)
         subprocess.run(as_pg_owner([pg_bin("initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust",
                                     "-E", "UTF8", "--locale=C"]), check=True, stdout=subprocess.DEVNULL)
         with open(data / "postgresql.conf", "a") as conf:  # TCP on the loopback only, no socket in /var/run
@@ -152,7 +163,7 @@ def start_postgres(s: dict[str, str]) -> None:
 
 
 def stop_postgres(s: dict[str, str]) -> None:
-    data = Path(s["TEAM_DIR"]) / "pg"
+    data, _ = pg_paths(s)
     if (data / "postmaster.pid").exists():
         subprocess.run(as_pg_owner([pg_bin("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"]),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

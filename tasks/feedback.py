@@ -416,6 +416,8 @@ def extend_production_set(tracking, current: dict, window: dict, clean_file: str
     import mlflow
     import pandas as pd
 
+    from tunegate.registry import artifact_source
+
     old = [json.loads(x) for x in Path(current["file"]).read_text().splitlines()] if current["file"] else []
     prompts = [json.loads(x) for x in Path(window["prompts_file"]).read_text().splitlines()]
     clean = [json.loads(x) for x in Path(clean_file).read_text().splitlines()]
@@ -438,7 +440,7 @@ def extend_production_set(tracking, current: dict, window: dict, clean_file: str
         mlflow.log_metrics({"rows": len(rows), "added": len(new)})
         mlflow.set_tags({"window": window["label"], **{f"skipped.{k}": str(v) for k, v in skipped.items()}})
         mlflow.log_artifact(str(out))
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=mlflow.get_artifact_uri("production_set.jsonl"),
-                                                 name=PRODUCTION_SET), context="eval")
+        source = artifact_source(tracking.tracking_uri, run.info.run_id, "production_set.jsonl")
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=PRODUCTION_SET), context="eval")
     return {"version": version, "rows": len(rows), "file": str(out), "run_id": run.info.run_id, "added": len(new),
             "skipped": skipped}

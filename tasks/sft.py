@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from pydantic import BaseModel, ConfigDict
@@ -515,7 +516,11 @@ def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) 
         "checkpoint_dir": str(checkpoint_dir_for(Path(checkpoint_root), base.path, cfg, prepared.data_hash)),
         "trust_remote_code": base.trust_remote_code,
     }
-    summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec)
+    Path(checkpoint_root).mkdir(parents=True, exist_ok=True)
+    # Two runs started at once with the same model, config and data share the checkpoint folder: the second
+    # waits here, then resumes from the first one's last checkpoint instead of writing into it at the same time.
+    with FileLock(spec["checkpoint_dir"] + ".lock"):
+        summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec)
     return Trained(**summary, base=base, data_hash=prepared.data_hash)
 
 

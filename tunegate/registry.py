@@ -48,6 +48,16 @@ def connect(tracking: TrackingConfig, experiment: str | None = None):
         return client, client.get_experiment_by_name(name).experiment_id
 
 
+def artifact_source(tracking_uri: str, run_id: str, path: str) -> str:
+    """Where a run's artifact can be read, as a dataset source MLflow resolves: the file itself when embedded; the
+    server's download URL with a tracking server (MLflow has no dataset source for mlflow-artifacts:/ URIs)."""
+    import mlflow
+
+    if embedded(tracking_uri):
+        return mlflow.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+    return f"{tracking_uri.rstrip('/')}/get-artifact?path={path}&run_uuid={run_id}"
+
+
 def serving_experiment(tracking: TrackingConfig):
     """(client, experiment_id) of the experiment that holds the served champion's traces and their feedback."""
     return connect(tracking, tracking.experiment + SERVING_SUFFIX)
