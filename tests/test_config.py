@@ -77,3 +77,12 @@ def test_python_m_flow_passes_set_overrides_to_the_config(module):
     assert out.returncode != 0
     assert "invalid config" in out.stderr and "sft.max_steps" in out.stderr, out.stderr[-2000:]
     assert "got '--set'" not in out.stderr
+
+
+def test_the_tracking_uri_defaults_to_mlflow_tracking_uri_like_mlflow_itself(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert load_config("configs/tiny.yaml").tracking.tracking_uri == "sqlite:///mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team.internal:5000")
+    assert load_config("configs/tiny.yaml").tracking.tracking_uri == "http://mlflow.team.internal:5000"
+    # a value in the config or on the command line still wins
+    assert load_config("configs/tiny.yaml", ["tracking.tracking_uri=sqlite:///x.db"]).tracking.tracking_uri == "sqlite:///x.db"

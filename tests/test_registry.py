@@ -3,13 +3,14 @@
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tasks.promote import (GateBlocked, Promotion, PromotionRefused, conclude, move_champion, promote, promote_version,
-                           rollback, run_summary)
+                           StaleBaseline, rollback, run_summary)
 from tasks.dpo import Aligned
 from tasks.evaluate import Comparison, Evaluation
 from tasks.gate import GateDecision
@@ -35,7 +36,8 @@ def adapter(tiny_model, tmp_path):
     return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
-def register_once(tracking, adapter, f1, feedback=False):
+def register_once(tracking, adapter, f1, feedback=False, judged_against: str | None = None):
+    """A registered version; judged_against: the champion version its gate compared it with (None: the base)."""
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "run_name": "run-a"})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "preferences_kept": 0,
               "rule_counts": {"pii_email": 1}, "clean": "/x/clean.jsonl", "clean_preferences": "/x/prefs.jsonl",
@@ -61,8 +63,8 @@ def register_once(tracking, adapter, f1, feedback=False):
         params.data.feedback_files = [write_jsonl(adapter.parent / "feedback_sft.jsonl", [
             {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Gatekeeper."}],
              "feedback_sources": ["tr-" + "a" * 32, "tr-" + "b" * 32]}])]
-    return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1),
-                                                              baseline=fake_eval("base", 0.1)))
+    baseline = fake_eval(f"champion v{judged_against}" if judged_against else "base", 0.1, judged_against)
+    return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1), baseline=baseline))
 
 
 def write_jsonl(path, rows) -> str:
@@ -148,7 +150,7 @@ def test_a_feedback_retrain_logs_its_feedback_dataset_naming_the_traces(tracking
 
 def test_promote_moves_champion_and_keeps_previous(tracking, adapter):
     v1 = register_once(tracking, adapter, 0.5)
-    v2 = register_once(tracking, adapter, 0.6)
+    v2 = register_once(tracking, adapter, 0.6, judged_against="1")
     client = MlflowClient(tracking.tracking_uri)
     assert promote.fn(passed(True), v1, tracking).previous is None
     assert promote.fn(passed(True), v2, tracking).previous == v1.version
@@ -156,6 +158,27 @@ def test_promote_moves_champion_and_keeps_previous(tracking, adapter):
     assert str(get_alias(client, "test-model", PREVIOUS).version) == v1.version
     assert client.get_model_version("test-model", v2.version).tags["promotion"] == "gate"
     assert move_champion(client, "test-model", v2.version) == v2.version  # idempotent
+
+
+def test_a_pass_against_a_champion_that_was_replaced_meanwhile_is_refused_under_the_lock(tracking, adapter):
+    v1 = register_once(tracking, adapter, 0.5)
+    late = register_once(tracking, adapter, 0.6)  # judged against the base model, like v1, at the same time
+    current = register_once(tracking, adapter, 0.6, judged_against="1")
+    client = MlflowClient(tracking.tracking_uri)
+    assert promote.fn(passed(True), v1, tracking).promoted
+
+    refused = promote.fn(passed(True), late, tracking)
+    assert not refused.promoted and refused.stale == ("the gate judged it against the base model, but version 1 "
+                                                      "became the champion meanwhile")
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v1.version
+    assert client.get_model_version("test-model", late.version).tags["gate"] == "stale"
+    with pytest.raises(StaleBaseline, match="run the pipeline again"):
+        conclude.fn(run_summary(late, passed(True), refused), passed(True))
+
+    promoted = promote.fn(passed(True), current, tracking)
+    assert promoted.promoted and promoted.previous == v1.version
+    tags = client.get_model_version("test-model", current.version).tags
+    assert tags["promotion.judged_against"] == tags["promotion.replaced"] == v1.version
 
 
 def test_blocked_gate_leaves_the_champion_and_names_the_tasks(tracking, adapter):
@@ -274,3 +297,36 @@ def test_side_by_side_puts_the_prompts_where_the_models_disagree_most_first():
     assert table["agreement"][2] == 1.0 and table["agreement"][0] < table["agreement"][1] < 1.0
     assert table["reference"][0] == "Port 8443." and table["candidate"][0] == "Port 8080 it is."
     assert table["token_f1 baseline"] == [1.0, 0.5, 1.0] and table["token_f1 candidate"] == [0.4, 1.0, 1.0]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_with_a_tracking_server_the_promotion_lock_is_a_prefect_concurrency_limit_held_one_at_a_time():
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tunegate.config import TrackingConfig
+    from tunegate.registry import alias_lock
+
+    server = TrackingConfig(tracking_uri="http://127.0.0.1:5055", registered_model="team-model")
+    held, start = [], threading.Barrier(3)
+
+    def promote_one(i):
+        start.wait()
+        with alias_lock(server, timeout_s=60):
+            began = time.monotonic()
+            time.sleep(0.8)
+            held.append((began, time.monotonic()))
+
+    threads = [threading.Thread(target=promote_one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held.sort()
+    assert len(held) == 3 and all(a[1] <= b[0] for a, b in zip(held, held[1:])), held  # never two at once
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("tunegate-promotion-team-model")
+    assert (limit.limit, limit.active, limit.active_slots) == (1, True, 0)
+    with temporary_settings({PREFECT_API_URL: None}), pytest.raises(RuntimeError, match="set PREFECT_API_URL"):
+        with alias_lock(server):
+            pass
