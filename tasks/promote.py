@@ -201,8 +201,8 @@ def promote(decision: GateDecision, registered: Registered, tracking: TrackingCo
         current = get_alias(client, name, CHAMPION)
         current = str(current.version) if current is not None else None
         if current != judged:
-            stale = (f"the gate judged it against {f'v{judged}' if judged else 'the base model'}, but version "
-                     f"{current} became the champion meanwhile")
+            stale = (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
+                     "became the champion meanwhile")
             record(client, name, version, "stale", {"gate": "stale", "gate.stale": stale})
             return Promotion(promoted=False, version=version, review=said, stale=stale)
         previous = move_champion(client, name, version)

@@ -168,7 +168,7 @@ def test_a_pass_against_a_champion_that_was_replaced_meanwhile_is_refused_under_
     assert promote.fn(passed(True), v1, tracking).promoted
 
     refused = promote.fn(passed(True), late, tracking)
-    assert not refused.promoted and refused.stale == ("the gate judged it against the base model, but version 1 "
+    assert not refused.promoted and refused.stale == ("it was judged against the base model and version 1 "
                                                       "became the champion meanwhile")
     assert str(get_alias(client, "test-model", CHAMPION).version) == v1.version
     assert client.get_model_version("test-model", late.version).tags["gate"] == "stale"
