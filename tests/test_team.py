@@ -297,3 +297,20 @@ def test_postgres_stopped_briefly_mid_run_the_run_completes(stack, deploy_tiny, 
     (version,) = versions(model)
     assert version.tags["gate"] == "passed" and alias_holders(model, "champion") == [version.version]
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("http://")
+
+
+def test_a_second_team_up_leaves_the_running_stack_alone_and_everything_listens_on_loopback_only(stack):
+    import subprocess
+    import sys
+
+    pids = {name: team.pid_file(stack, name).read_text() for name in team.services(stack) if name != "postgres"}
+    again = subprocess.run([sys.executable, "-m", "deployments.team", "up"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in team.services(stack):
+        assert f"{name}: already running" in again.stdout
+    assert pids == {name: team.pid_file(stack, name).read_text() for name in pids}
+    ports = {int(stack[k]) for k in ("TEAM_PG_PORT", "TEAM_MLFLOW_PORT", "TEAM_PREFECT_PORT")}
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
+    assert {port for _, port in listening} == ports and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
