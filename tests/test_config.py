@@ -1,6 +1,11 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from tunegate.config import PipelineParams, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_yaml_loads_with_defaults_filled():
@@ -79,10 +84,21 @@ def test_python_m_flow_passes_set_overrides_to_the_config(module):
     assert "got '--set'" not in out.stderr
 
 
-def test_the_tracking_uri_defaults_to_mlflow_tracking_uri_like_mlflow_itself(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert load_config("configs/tiny.yaml").tracking.tracking_uri == "sqlite:///mlruns/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team.internal:5000")
-    assert load_config("configs/tiny.yaml").tracking.tracking_uri == "http://mlflow.team.internal:5000"
-    # a value in the config or on the command line still wins
-    assert load_config("configs/tiny.yaml", ["tracking.tracking_uri=sqlite:///x.db"]).tracking.tracking_uri == "sqlite:///x.db"
+def test_the_tracking_uri_defaults_to_mlflow_tracking_uri_like_mlflow_itself(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import mlflow; from tunegate.config import load_config as load\n"
+            "print(load('configs/tiny.yaml').tracking.tracking_uri)\n"
+            "mlflow.set_tracking_uri('sqlite:///elsewhere.db')  # MLflow writes the variable too; the user's stays\n"
+            "print(load('configs/tiny.yaml').tracking.tracking_uri)\n"
+            "print(load('configs/tiny.yaml', ['tracking.tracking_uri=sqlite:///x.db']).tracking.tracking_uri)")
+
+    def defaults(env_value):
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env |= {"MLFLOW_TRACKING_URI": env_value} if env_value else {}
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert defaults(None) == ["sqlite:///mlruns/mlflow.db"] * 2 + ["sqlite:///x.db"]
+    assert defaults("http://mlflow.team.internal:5000") == ["http://mlflow.team.internal:5000"] * 2 + ["sqlite:///x.db"]

@@ -403,9 +403,14 @@ class GateConfig(_Section):
     )
 
 
+# Read once, at import: mlflow.set_tracking_uri() writes this variable too, so a later read would see the last
+# store this process connected to instead of the one its user chose.
+ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 class TrackingConfig(_Section):
     tracking_uri: str = Field(
-        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db"),
+        default_factory=lambda: ENV_TRACKING_URI or "sqlite:///mlruns/mlflow.db",
         description="MLflow tracking URI: sqlite:///mlruns/mlflow.db embedded, or a tracking server "
         "(http://...). Default: $MLFLOW_TRACKING_URI when set, as in MLflow itself.")
     artifact_root: str = Field("mlruns/artifacts", description="Artifact folder for new experiments in an embedded "
