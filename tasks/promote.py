@@ -28,7 +28,7 @@ from prefect import task
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.gate import GateDecision
+from tasks.gate import GateDecision, preferences_markdown, reviewer_preferences
 from tasks.register import Registered
 from tunegate.config import GateConfig, TrackingConfig
 from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
@@ -173,6 +173,7 @@ class Promotion(BaseModel):
     version: str
     previous: str | None = None
     review: str | None = None  # "approved by <reviewer>: <reason>" or "rejected by ...", after needs_review
+    preferences: dict[str, int] | None = None  # reviewers' A/B preferences on the side-by-side traces, if any
 
 
 @task
@@ -182,19 +183,22 @@ def promote(decision: GateDecision, registered: Registered, tracking: TrackingCo
     (the flow fails afterwards, see `conclude`)."""
     client, _ = connect(tracking)
     name, version = registered.model_name, registered.version
-    said = None
+    said, prefs = None, reviewer_preferences(tracking, registered.run_id)
+    if prefs is not None:  # the gate report counts them: a tag on the version and a section in gate/decision.md
+        record(client, name, version, "preferences", {"review.preferences": json.dumps(prefs)})
+        client.log_text(registered.run_id, f"{decision.markdown}\n\n{preferences_markdown(prefs)}", "gate/decision.md")
     if review is not None:
         said = f"{'approved' if review.approve else 'rejected'} by {review.reviewer}: {review.reason}"
         tags = {"review.decision": "approved" if review.approve else "rejected", "review.user": review.reviewer,
                 "review.reason": review.reason, "review.time": utc_now()}
         record(client, name, version, "review", tags if review.approve else {**tags, "gate": "rejected"})
     if not (decision.passed or (review is not None and review.approve)):
-        return Promotion(promoted=False, version=version, review=said)
+        return Promotion(promoted=False, version=version, review=said, preferences=prefs)
     with alias_lock(tracking):
         previous = move_champion(client, name, version)
     record(client, name, version, "gate", {"promotion": "gate" if decision.passed else "review",
                                            "promotion.time": utc_now(), "promotion.replaced": str(previous)})
-    return Promotion(promoted=True, version=version, previous=previous, review=said)
+    return Promotion(promoted=True, version=version, previous=previous, review=said, preferences=prefs)
 
 
 class RunSummary(BaseModel):
@@ -213,6 +217,8 @@ class RunSummary(BaseModel):
     regressed: list[str]
     promoted: bool
     review: str | None = None
+    preferences: dict[str, int] | None = None
+    judge: dict | None = None  # the pairwise judge's summary (tasks/judge.py judge_summary), when a judge ran
     model_name: str
     mlflow_run_id: str
     model_version: str
@@ -236,6 +242,8 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         regressed=decision.regressed,
         promoted=promotion.promoted,
         review=promotion.review,
+        preferences=promotion.preferences,
+        judge=candidate.tasks.get("judge", {}).get("judge"),
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
         model_version=registered.version,

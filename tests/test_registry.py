@@ -35,7 +35,7 @@ def adapter(tiny_model, tmp_path):
     return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
-def register_once(tracking, adapter, f1, feedback=False):
+def register_once(tracking, adapter, f1, feedback=False, evals=None):
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "run_name": "run-a"})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "preferences_kept": 0,
               "rule_counts": {"pii_email": 1}, "clean": "/x/clean.jsonl", "clean_preferences": "/x/prefs.jsonl",
@@ -61,8 +61,8 @@ def register_once(tracking, adapter, f1, feedback=False):
         params.data.feedback_files = [write_jsonl(adapter.parent / "feedback_sft.jsonl", [
             {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Gatekeeper."}],
              "feedback_sources": ["tr-" + "a" * 32, "tr-" + "b" * 32]}])]
-    return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1),
-                                                              baseline=fake_eval("base", 0.1)))
+    return register_run(params, prepared, aligned, evals or Comparison(candidate=fake_eval("candidate", f1),
+                                                                       baseline=fake_eval("base", 0.1)))
 
 
 def write_jsonl(path, rows) -> str:

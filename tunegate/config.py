@@ -407,6 +407,8 @@ class TrackingConfig(_Section):
     artifact_root: str = Field("mlruns/artifacts", description="Artifact folder for new experiments.")
     experiment: str = Field("tunegate", description="MLflow experiment name.")
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
+    ui_url: str = Field("http://127.0.0.1:5000", description="Where people open the MLflow UI (`tunegate ui` starts "
+                        "it here); the gate report and the review form link into it.")
 
 
 class JudgeConfig(_Section):
