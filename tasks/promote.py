@@ -155,9 +155,8 @@ def await_review(decision: GateDecision, version: str, cfg: GateConfig) -> Revie
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    form = ReviewDecision.with_initial_data(
-        description=f"Version {version} needs a person's decision: {'; '.join(decision.review)}.\n\n"
-                    f"{decision.markdown}", approve=False)
+    form = ReviewDecision.with_initial_data(  # the markdown names the reasons and links the side-by-side answers
+        description=f"Version {version} needs a person's decision.\n\n{decision.markdown}", approve=False)
     try:
         return pause_flow_run(wait_for_input=form, timeout=cfg.review_timeout_s, poll_interval=2)
     except FlowPauseTimeout:

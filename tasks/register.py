@@ -139,11 +139,11 @@ def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
     for name, cand, base in answered_by_both(evals.candidate.tasks, evals.baseline.tasks):
         references = cand.get("references") or base.get("references") or [""] * len(cand["answers"])
         for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):
-            rows.append({
-                "task": name, "doc_id": cand["doc_ids"][i], "stratum": (cand.get("strata") or ["all"] * (i + 1))[i],
-                "agreement": round(1.0 if new.strip() == old.strip() else token_f1(new, old), 4),
+            rows.append({  # the columns a reviewer reads first come first: the UI's table is wide
                 "prompt": cand["prompts"][i][-limit * 4:], "reference": references[i],
                 "baseline": old, "candidate": new,
+                "agreement": round(1.0 if new.strip() == old.strip() else token_f1(new, old), 4),
+                "task": name, "doc_id": cand["doc_ids"][i], "stratum": (cand.get("strata") or ["all"] * (i + 1))[i],
                 **{f"{metric} baseline": base["samples"][metric][i] for metric in base["samples"]},
                 **{f"{metric} candidate": cand["samples"][metric][i] for metric in cand["samples"]},
             })
