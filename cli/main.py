@@ -9,6 +9,7 @@
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune, retrain and monitor deployments
     tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
+    tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -56,6 +57,12 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
                "blocked": f"BLOCKED on {', '.join(s['regressed'])}"}[s["gate"]]
     if s.get("review"):  # a person decided a needs_review candidate in the Prefect UI
         verdict = f"NEEDS REVIEW, {s['review']}" + (": promoted to champion" if s["promoted"] else "")
+    if s.get("judge"):  # summaries of runs without a judge (or older ones) have none
+        lines.append(f"  judge:  {judge_line(s['judge'])}")
+    if s.get("preferences"):
+        p = s["preferences"]
+        lines.append(f"  review: {p['reviewers']} reviewer(s) preferred candidate {p['candidate']}, baseline "
+                     f"{p['baseline']}, tie {p['tie']} on {p['prompts']} prompt(s)")
     lines += [
         f"  gate:   {verdict} (model version {s['model_version']})",
         f"  mlflow: run {s['mlflow_run_id']}",
@@ -64,6 +71,17 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
         "=" * 72,
     ]
     return "\n".join(lines)
+
+
+def judge_line(j: dict) -> str:
+    """The pairwise judge's result in one line: win rate, interval, counts, sign test, position bias."""
+    if j["win_rate"] is None:
+        rate = "no win rate (no verdict on any pair)"
+    else:
+        rate = f"win rate {j['win_rate']:.3f} [{j['ci_low']:.3f}, {j['ci_high']:.3f}]"
+    bias = "n/a" if j["position_bias"] is None else f"{j['position_bias']:.0%}"
+    return (f"{rate} by {j['judge']} over {j['pairs']} pairs: {j['wins']} wins, {j['ties']} ties, {j['losses']} "
+            f"losses, {j['no_verdict']} no verdict; sign test p={j['sign_test_p']:.3g}, position bias {bias}")
 
 
 def cmd_run(args) -> int:
@@ -189,6 +207,23 @@ def cmd_monitor(args) -> int:
     if report.runs:
         print(f"\nMLflow: experiment {tracking.experiment}-monitoring, runs {', '.join(report.runs)}; "
               f"select them and Compare to see the versions side by side (`tunegate ui`).")
+    return 0
+
+
+def cmd_preferences(args) -> int:
+    from tasks.gate import reviewer_preferences
+    from tunegate.config import load_config
+    from tunegate.registry import connect
+
+    tracking = load_config(args.config, args.set).tracking
+    client, _ = connect(tracking)
+    run_id = client.get_model_version(tracking.registered_model, args.version).run_id
+    prefs = reviewer_preferences(tracking, run_id)
+    if prefs is None:
+        print(f"{tracking.registered_model} version {args.version}: no reviewer preferences yet (MLflow feedback "
+              f"`preference` on the traces of run {run_id})")
+    else:
+        print(f"{tracking.registered_model} version {args.version}: {json.dumps(prefs)}")
     return 0
 
 
@@ -336,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(mon)
     mon.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day to report (default: today so far)")
     mon.set_defaults(func=cmd_monitor)
+    pref = sub.add_parser("preferences", help="count reviewers' A/B preferences (MLflow feedback `preference`) on "
+                          "a version's side-by-side traces")
+    pref.add_argument("version", help="registered model version, e.g. 7")
+    add_config_args(pref)
+    pref.set_defaults(func=cmd_preferences)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
     ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
     ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")

@@ -266,7 +266,59 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def decision_markdown(decision: dict, version: str) -> str:
+PREFERENCE = "preference"  # the MLflow feedback a reviewer adds to a side-by-side trace
+PREFERRED = ("candidate", "baseline", "tie")
+
+
+def reviewer_preferences(tracking: TrackingConfig, run_id: str) -> dict[str, int] | None:
+    """Reviewers' A/B preferences on the run's side-by-side traces (tasks/register.py); None when there are none.
+
+    Counts HUMAN feedback named `preference` whose value is candidate, baseline or tie (any other value is
+    counted as `other`). An LLM judge's or a script's feedback (source LLM_JUDGE/CODE) is not a reviewer's.
+    MLflow marks an edited assessment invalid and keeps the new one, and a reviewer counts once per prompt,
+    with their latest.
+    """
+    import mlflow
+
+    from tunegate.registry import connect
+
+    _, experiment_id = connect(tracking)
+    mlflow.flush_trace_async_logging()
+    traces = mlflow.search_traces(locations=[experiment_id], run_id=run_id, include_spans=False, return_type="list")
+    latest = {}
+    for trace in traces:
+        for a in trace.info.assessments or []:
+            if (a.name != PREFERENCE or not a.valid or a.feedback is None or a.source is None
+                    or a.source.source_type != "HUMAN"):
+                continue
+            key = (trace.info.trace_id, a.source.source_id)
+            if key not in latest or a.create_time_ms >= latest[key].create_time_ms:
+                latest[key] = a
+    if not latest:
+        return None
+    counts = dict.fromkeys((*PREFERRED, "other"), 0)
+    for a in latest.values():
+        value = str(a.feedback.value).strip().lower()
+        counts[value if value in PREFERRED else "other"] += 1
+    return {**counts, "prompts": len({trace for trace, _ in latest}), "reviewers": len({who for _, who in latest})}
+
+
+def preferences_markdown(prefs: dict[str, int]) -> str:
+    other = f", {prefs['other']} other values" if prefs["other"] else ""
+    return (f"## Reviewer preferences\n\n{prefs['reviewers']} reviewer(s) on {prefs['prompts']} prompt(s) preferred: "
+            f"candidate {prefs['candidate']}, baseline {prefs['baseline']}, tie {prefs['tie']}{other} "
+            f"(MLflow feedback `{PREFERENCE}` on the run's side-by-side traces).")
+
+
+def review_links(tracking: TrackingConfig, client, run_id: str) -> dict[str, str]:
+    """MLflow UI links for a reviewer: the side-by-side table and the run's traces; none when no table was logged."""
+    if "eval/side_by_side.json" not in {f.path for f in client.list_artifacts(run_id, "eval")}:
+        return {}
+    run = f"{tracking.ui()}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return {"side_by_side": f"{run}/artifacts/eval/side_by_side.json", "traces": f"{run}/traces"}
+
+
+def decision_markdown(decision: dict, version: str, links: dict[str, str] | None = None) -> str:
     head = {"passed": "PASSED", "blocked": f"BLOCKED ({', '.join(decision['regressed'])})",
             "needs_review": "NEEDS REVIEW"}[decision["outcome"]]
     against = (
@@ -281,6 +333,10 @@ def decision_markdown(decision: dict, version: str) -> str:
         "(smaller drops pass unseen).",
         "",
     ]
+    if links:
+        lines += [f"**Answers side by side:** [eval/side_by_side.json]({links['side_by_side']}) in the MLflow UI. "
+                  f"To record an A/B preference, open a prompt in the run's [Traces]({links['traces']}) tab and add "
+                  f"feedback `{PREFERENCE}` = candidate, baseline or tie; the gate report counts them.", ""]
     if decision["review"]:
         lines += ["**A person decides:** " + "; ".join(decision["review"]) + ". Promote with `tunegate promote "
                   f"{version} --override --reason '...'`, or leave it.", ""]
@@ -353,9 +409,9 @@ def gate(cfg: GateConfig, registered: Registered, tracking: TrackingConfig) -> G
     from tunegate.registry import connect
 
     decision = decide(cfg, registered.evals.candidate.model_dump(), registered.evals.baseline.model_dump())
-    markdown = decision_markdown(decision, registered.version)
     client, _ = connect(tracking)
     run_id, name, version = registered.run_id, registered.model_name, registered.version
+    markdown = decision_markdown(decision, version, review_links(tracking, client, run_id))
     outcome = decision["outcome"]
     flat = [key for key in decision["rows"][0] if key != "strata"]  # per-stratum rows: in decision.json and .md
     table = {key: [row[key] for row in decision["rows"]] for key in flat}

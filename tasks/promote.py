@@ -28,7 +28,7 @@ from prefect import task
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.gate import GateDecision
+from tasks.gate import GateDecision, preferences_markdown, reviewer_preferences
 from tasks.register import Registered
 from tunegate.config import GateConfig, TrackingConfig
 from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, embedded, get_alias
@@ -159,9 +159,8 @@ def await_review(decision: GateDecision, version: str, cfg: GateConfig) -> Revie
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    form = ReviewDecision.with_initial_data(
-        description=f"Version {version} needs a person's decision: {'; '.join(decision.review)}.\n\n"
-                    f"{decision.markdown}", approve=False)
+    form = ReviewDecision.with_initial_data(  # the markdown names the reasons and links the side-by-side answers
+        description=f"Version {version} needs a person's decision.\n\n{decision.markdown}", approve=False)
     try:
         return pause_flow_run(wait_for_input=form, timeout=cfg.review_timeout_s, poll_interval=2)
     except FlowPauseTimeout:
@@ -178,6 +177,7 @@ class Promotion(BaseModel):
     previous: str | None = None
     review: str | None = None  # "approved by <reviewer>: <reason>" or "rejected by ...", after needs_review
     stale: str | None = None  # why it was not promoted although it passed: the champion moved while it was judged
+    preferences: dict[str, int] | None = None  # reviewers' A/B preferences on the side-by-side traces, if any
 
 
 @task
@@ -187,14 +187,17 @@ def promote(decision: GateDecision, registered: Registered, tracking: TrackingCo
     (the flow fails afterwards, see `conclude`)."""
     client, _ = connect(tracking)
     name, version = registered.model_name, registered.version
-    said = None
+    said, prefs = None, reviewer_preferences(tracking, registered.run_id)
+    if prefs is not None:  # the gate report counts them: a tag on the version and a section in gate/decision.md
+        record(client, name, version, "preferences", {"review.preferences": json.dumps(prefs)})
+        client.log_text(registered.run_id, f"{decision.markdown}\n\n{preferences_markdown(prefs)}", "gate/decision.md")
     if review is not None:
         said = f"{'approved' if review.approve else 'rejected'} by {review.reviewer}: {review.reason}"
         tags = {"review.decision": "approved" if review.approve else "rejected", "review.user": review.reviewer,
                 "review.reason": review.reason, "review.time": utc_now()}
         record(client, name, version, "review", tags if review.approve else {**tags, "gate": "rejected"})
     if not (decision.passed or (review is not None and review.approve)):
-        return Promotion(promoted=False, version=version, review=said)
+        return Promotion(promoted=False, version=version, review=said, preferences=prefs)
     judged = registered.evals.baseline.version  # None: judged against the base model (there was no champion)
     with alias_lock(tracking):
         # Another run may have promoted while this one evaluated: its verdict is about a champion that is gone.
@@ -204,12 +207,12 @@ def promote(decision: GateDecision, registered: Registered, tracking: TrackingCo
             stale = (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
                      "became the champion meanwhile")
             record(client, name, version, "stale", {"gate": "stale", "gate.stale": stale})
-            return Promotion(promoted=False, version=version, review=said, stale=stale)
+            return Promotion(promoted=False, version=version, review=said, preferences=prefs, stale=stale)
         previous = move_champion(client, name, version)
     record(client, name, version, "gate", {"promotion": "gate" if decision.passed else "review",
                                            "promotion.time": utc_now(), "promotion.replaced": str(previous),
                                            "promotion.judged_against": str(judged)})
-    return Promotion(promoted=True, version=version, previous=previous, review=said)
+    return Promotion(promoted=True, version=version, previous=previous, review=said, preferences=prefs)
 
 
 class RunSummary(BaseModel):
@@ -229,6 +232,8 @@ class RunSummary(BaseModel):
     promoted: bool
     review: str | None = None
     stale: str | None = None
+    preferences: dict[str, int] | None = None
+    judge: dict | None = None  # the pairwise judge's summary (tasks/judge.py judge_summary), when a judge ran
     model_name: str
     mlflow_run_id: str
     model_version: str
@@ -253,6 +258,8 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         promoted=promotion.promoted,
         review=promotion.review,
         stale=promotion.stale,
+        preferences=promotion.preferences,
+        judge=candidate.tasks.get("judge", {}).get("judge"),
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
         model_version=registered.version,

@@ -28,6 +28,7 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
+from data_checks.pii import redact_value
 from tasks.dpo import Aligned
 from tasks.evaluate import Comparison, Evaluation, answered_by_both, load_metrics_module
 from tasks.prepare import Prepared
@@ -138,11 +139,11 @@ def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
     for name, cand, base in answered_by_both(evals.candidate.tasks, evals.baseline.tasks):
         references = cand.get("references") or base.get("references") or [""] * len(cand["answers"])
         for i, (new, old) in enumerate(zip(cand["answers"], base["answers"])):
-            rows.append({
-                "task": name, "doc_id": cand["doc_ids"][i], "stratum": (cand.get("strata") or ["all"] * (i + 1))[i],
-                "agreement": round(1.0 if new.strip() == old.strip() else token_f1(new, old), 4),
+            rows.append({  # the columns a reviewer reads first come first: the UI's table is wide
                 "prompt": cand["prompts"][i][-limit * 4:], "reference": references[i],
                 "baseline": old, "candidate": new,
+                "agreement": round(1.0 if new.strip() == old.strip() else token_f1(new, old), 4),
+                "task": name, "doc_id": cand["doc_ids"][i], "stratum": (cand.get("strata") or ["all"] * (i + 1))[i],
                 **{f"{metric} baseline": base["samples"][metric][i] for metric in base["samples"]},
                 **{f"{metric} candidate": cand["samples"][metric][i] for metric in cand["samples"]},
             })
@@ -154,6 +155,35 @@ def side_by_side(evals: Comparison, limit: int = 160) -> dict[str, list]:
     rows.sort(key=lambda r: r["agreement"])
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return {c: [r.get(c) for r in rows] for c in columns}
+
+
+SIDE_BY_SIDE_TAG = "tunegate.side_by_side"  # marks the traces log_side_by_side_traces writes
+
+
+def log_side_by_side_traces(table: dict[str, list]) -> int:
+    """Each side-by-side row also as a trace of the active run, so a reviewer can record an A/B preference on it.
+
+    MLflow assessments attach to traces, not to table rows. In the MLflow UI the run's Traces tab lists one
+    trace per prompt (prompt and reference in, both answers out); a reviewer opens one and adds feedback
+    `preference` = candidate, baseline or tie (or calls mlflow.log_feedback); the gate report counts them
+    (tasks/gate.py reviewer_preferences). Logged in reverse, so the newest-first list starts where the models
+    disagree most. Returns the number of traces.
+    """
+    import mlflow
+
+    rows = [dict(zip(table, values)) for values in zip(*table.values())]
+    for rank, row in reversed(list(enumerate(rows, 1))):
+        with mlflow.start_span(name=f"{row['task']} doc {row['doc_id']}") as span:
+            span.set_inputs({"prompt": row["prompt"], "reference": row["reference"]})
+            span.set_attributes({k: v for k, v in row.items() if k not in ("prompt", "reference", "baseline",
+                                                                            "candidate", "judge reason")})
+            span.set_outputs({"baseline": row["baseline"], "candidate": row["candidate"],
+                              **({"judge": row["judge"], "judge reason": row["judge reason"]} if row.get("judge")
+                                 else {})})
+            mlflow.update_current_trace(tags={SIDE_BY_SIDE_TAG: str(rank), "tunegate.task": row["task"],
+                                              "tunegate.doc_id": str(row["doc_id"])})
+    mlflow.flush_trace_async_logging()  # the review form links to them: they must be in the store now
+    return len(rows)
 
 
 class Registered(BaseModel):
@@ -219,8 +249,11 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
         mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
         mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
         table = side_by_side(evals)
+        if table and params.serve.redact_pii:  # model answers reach the UI: the same care as served traces
+            table = redact_value(table)
         if table:  # the UI's artifact view shows it as a table; a reviewer reads both answers per prompt
             mlflow.log_table(data=table, artifact_file="eval/side_by_side.json")
+            log_side_by_side_traces(table)
         kind = "adapter" if aligned.adapter else "model"  # DPO passes the SFT weights through when skipped
         mlflow.log_artifacts(aligned.weights, artifact_path=kind)  # the raw files: evaluation's baseline reads them
         logged = log_chat_model(aligned.weights, kind, prepared.base.path,

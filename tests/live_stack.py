@@ -70,7 +70,7 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
         serve = subprocess.Popen(
             cli + ["serve", "--config", "configs/tiny.yaml", "--set", f"tracking.tracking_uri={db}",
                    "--set", f"tracking.artifact_root={tmp_path}/artifacts", "--set", f"output_dir={tmp_path}/out",
-                   *serve_args],
+                   "--set", f"tracking.ui_url=http://127.0.0.1:{mport}", *serve_args],  # the gate report's links
             cwd=ROOT, env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         procs.append(serve)

@@ -40,3 +40,24 @@ def test_validate_runs_one_suite_alone_and_checks_preference_files(tmp_path, cap
     assert report["preferences_in"] == 300 and report["rows_in"] == 91
     assert len((tmp_path / "clean_preferences.jsonl").read_text().splitlines()) == report["preferences_kept"]
     assert "| preference | preference_pii |" in capsys.readouterr().out
+
+
+def test_summary_shows_the_judges_win_rate_and_reviewers_preferences():
+    from tasks.judge import judge_summary
+    from test_judge import CFG, pairs_with
+
+    # 8 wins, 2 losses, 2 position-following ties, 3 without a verdict (as in test_judge).
+    judged = judge_summary(pairs_with([("A", "B")] * 8 + [("B", "A")] * 2 + [("A", "A"), ("B", "B")] + [(None, "B")] * 3),
+                           CFG)
+    summary = {"rows_kept": 9, "rows_quarantined": 1, "quarantine_file": "q.jsonl", "train_steps": 2, "train_loss": 1.25,
+               "baseline": "base model", "eval_cache_hits": {"baseline": [], "candidate": []},
+               "gate": "passed", "regressed": [], "model_version": "3", "mlflow_run_id": "abc", "mlflow_ui": "mlflow ui",
+               "eval": {"judge": {"baseline": {"win_rate": 0.5}, "candidate": {"win_rate": 0.75}}}, "judge": judged,
+               "preferences": {"candidate": 2, "baseline": 1, "tie": 0, "other": 0, "prompts": 3, "reviewers": 1}}
+    text = format_summary(summary, 90, [("sft", 60.0)])
+    assert "judge/win_rate: 0.5000 -> 0.7500" in text
+    line = next(x for x in text.splitlines() if x.startswith("  judge:"))
+    assert line.startswith("  judge:  win rate 0.750 [") and "by judge-model over 15 pairs: 8 wins, 2 ties, 2 losses, " \
+        "3 no verdict; sign test p=0.109, position bias 17%" in line
+    assert "review: 1 reviewer(s) preferred candidate 2, baseline 1, tie 0 on 3 prompt(s)" in text
+    assert "judge:  " not in format_summary({**summary, "judge": None}, 90, [])

@@ -36,7 +36,7 @@ def adapter(tiny_model, tmp_path):
     return make_lora_adapter(tiny_model, tmp_path / "adapter", seed=0)  # registering logs it as an MLflow Model
 
 
-def register_once(tracking, adapter, f1, feedback=False, judged_against: str | None = None):
+def register_once(tracking, adapter, f1, feedback=False, judged_against: str | None = None, evals=None):
     """A registered version; judged_against: the champion version its gate compared it with (None: the base)."""
     params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "run_name": "run-a"})
     report = {"rows_in": 10, "rows_kept": 9, "rows_quarantined": 1, "preferences_kept": 0,
@@ -64,7 +64,8 @@ def register_once(tracking, adapter, f1, feedback=False, judged_against: str | N
             {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Gatekeeper."}],
              "feedback_sources": ["tr-" + "a" * 32, "tr-" + "b" * 32]}])]
     baseline = fake_eval(f"champion v{judged_against}" if judged_against else "base", 0.1, judged_against)
-    return register_run(params, prepared, aligned, Comparison(candidate=fake_eval("candidate", f1), baseline=baseline))
+    return register_run(params, prepared, aligned,
+                        evals or Comparison(candidate=fake_eval("candidate", f1), baseline=baseline))
 
 
 def write_jsonl(path, rows) -> str:

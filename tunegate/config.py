@@ -417,6 +417,15 @@ class TrackingConfig(_Section):
                                "sqlite store; a tracking server decides its own (mlflow server --artifacts-destination).")
     experiment: str = Field("tunegate", description="MLflow experiment name.")
     registered_model: str = Field("tunegate-model", description="Registered model name in the MLflow registry.")
+    ui_url: str | None = Field(None, description="Where people open the MLflow UI; the gate report and the review "
+                               "form link into it. Default: the tracking server itself, or http://127.0.0.1:5000 "
+                               "(where `tunegate ui` starts it) for the embedded sqlite store.")
+
+    def ui(self) -> str:
+        """The MLflow UI's base URL for links."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        return "http://127.0.0.1:5000" if self.tracking_uri.startswith("sqlite:") else self.tracking_uri.rstrip("/")
 
 
 class JudgeConfig(_Section):
