@@ -73,7 +73,7 @@ team-down: $(STAMP)
 
 # Needs `make team-up` first: concurrent runs and faults against the team's servers.
 test-team: $(STAMP)
-	$(PY) -m pytest -q -m team tests/test_team.py
+	$(PY) -m pytest -q -m team -rP tests/test_team.py   # -rP: the passed tests print the runs' timeline
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock
