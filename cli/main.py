@@ -285,6 +285,10 @@ def cmd_ui(args) -> int:
     from tunegate.config import load_config
 
     tracking_uri = args.tracking_uri or load_config(args.config).tracking.tracking_uri
+    if not tracking_uri.startswith("sqlite:"):  # team mode: the servers already run (make team-up)
+        print(f"tunegate ui starts the UIs of the embedded store; {tracking_uri} is a tracking server: open it in a "
+              "browser, and the Prefect UI at $PREFECT_API_URL without /api", file=sys.stderr)
+        return 2
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     procs = start_uis(args.host, args.prefect_port, args.mlflow_port, tracking_uri)

@@ -61,3 +61,8 @@ def test_summary_shows_the_judges_win_rate_and_reviewers_preferences():
         "3 no verdict; sign test p=0.109, position bias 17%" in line
     assert "review: 1 reviewer(s) preferred candidate 2, baseline 1, tie 0 on 3 prompt(s)" in text
     assert "judge:  " not in format_summary({**summary, "judge": None}, 90, [])
+
+
+def test_ui_refuses_a_tracking_server_and_says_where_its_ui_is(capsys):
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5055"]) == 2
+    assert "http://127.0.0.1:5055 is a tracking server: open it in a browser" in capsys.readouterr().err
