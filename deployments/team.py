@@ -281,7 +281,8 @@ def deploy(s: dict[str, str], config: str = "configs/demo.yaml", overrides: list
 
     from deployments.serve import build_deployments
 
-    built = build_deployments(config, overrides, suffix=suffix, job_variables={"working_dir": str(ROOT)})
+    server = f"tracking.tracking_uri={client_env(s)['MLFLOW_TRACKING_URI']}"  # whatever this process's env says
+    built = build_deployments(config, [server, *overrides], suffix=suffix, job_variables={"working_dir": str(ROOT)})
     return [str(i) for i in prefect_deploy(*built, work_pool_name=s["TEAM_POOL"], build=False, push=False,
                                            print_next_steps_message=False, ignore_warnings=True)]
 
