@@ -1,7 +1,7 @@
 """Team mode: concurrent runs and faults against the team's servers (PostgreSQL, mlflow server, Prefect server,
 two process workers), started by `make team-up`.
 
-    make team-up && make test-team && make team-down      # ~15 min on 2 cores
+    make team-up && make test-team && make team-down      # ~7 min on 2 cores
 
 Each test deploys the tiny config under its own names (experiment, registered model, deployment suffix)
 and starts flow runs through the Prefect API, as the UI does; the workers pick them up. The only thing
