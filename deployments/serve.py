@@ -27,9 +27,10 @@ MONITOR_DAILY = "30 0 * * *"  # in UTC: monitoring windows are UTC days, this on
 
 def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
                       timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig(), suffix: str = "",
-                      job_variables: dict | None = None) -> list:
+                      job_variables: dict | None = None, paused: bool = False) -> list:
     """The three deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
-    import the flows by module path from the installed package."""
+    import the flows by module path from the installed package. paused: their schedules are inactive (runs on
+    demand still work)."""
     params = load_config(config, overrides).model_dump()
     pool = {"job_variables": job_variables, "entrypoint_type": EntrypointType.MODULE_PATH} if job_variables else {}
     return [
@@ -37,12 +38,14 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             name="finetune" + suffix, parameters={"params": params}, tags=["tunegate"], **pool,
             description="Fine-tune, evaluate against the champion, promote only when the gate passes."),
         retrain_from_feedback.to_deployment(
-            name="retrain-from-feedback" + suffix, schedule=Cron(cron, timezone=timezone), tags=["tunegate"],
+            name="retrain-from-feedback" + suffix, schedule=Cron(cron, timezone=timezone, active=not paused),
+            tags=["tunegate"],
             concurrency_limit=1,  # a second run waits (Prefect's ENQUEUE): two runs over one window train on it twice
             parameters={"params": params, "feedback": feedback.model_dump()}, **pool,
             description="Nightly: fine-tune on the production feedback logged since the last watermark."),
         monitor_serving.to_deployment(
-            name="monitor-serving" + suffix, schedule=Cron(MONITOR_DAILY, timezone="UTC"), tags=["tunegate"],
+            name="monitor-serving" + suffix, schedule=Cron(MONITOR_DAILY, timezone="UTC", active=not paused),
+            tags=["tunegate"],
             parameters={"tracking": params["tracking"]}, **pool,
             description="Daily: requests, feedback and downvote rates, latency per model version, from served traces."),
     ]

@@ -148,7 +148,8 @@ def start_postgres(s: dict[str, str]) -> None:
         subprocess.run(as_pg_owner([pg_bin("initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust",
                                     "-E", "UTF8", "--locale=C"]), check=True, stdout=subprocess.DEVNULL)
         with open(data / "postgresql.conf", "a") as conf:  # TCP on the loopback only, no socket in /var/run
-            conf.write(f"\nlisten_addresses = '{s['TEAM_HOST']}'\nunix_socket_directories = ''\nmax_connections = 200\n")
+            conf.write(f"\nlisten_addresses = '{s['TEAM_HOST']}'\nunix_socket_directories = ''\n"
+                       "max_connections = 200\n")
     subprocess.run(as_pg_owner([pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
                                 "-o", f"-p {s['TEAM_PG_PORT']}"]), check=True, stdout=subprocess.DEVNULL)
     wait_healthy("postgres", s, 60)
@@ -275,14 +276,16 @@ def setup_prefect(s: dict[str, str]) -> None:
 
 
 def deploy(s: dict[str, str], config: str = "configs/demo.yaml", overrides: list[str] = (),
-           suffix: str = "") -> list[str]:
-    """The three deployments on the team's pool, run by its workers in the repository root."""
+           suffix: str = "", paused: bool = False) -> list[str]:
+    """The three deployments on the team's pool, run by its workers in the repository root; paused: on demand
+    only, the nightly retrain and the daily monitoring do not fire (tests, CI)."""
     from prefect import deploy as prefect_deploy
 
     from deployments.serve import build_deployments
 
     server = f"tracking.tracking_uri={client_env(s)['MLFLOW_TRACKING_URI']}"  # whatever this process's env says
-    built = build_deployments(config, [server, *overrides], suffix=suffix, job_variables={"working_dir": str(ROOT)})
+    built = build_deployments(config, [server, *overrides], suffix=suffix, job_variables={"working_dir": str(ROOT)},
+                              paused=paused)
     return [str(i) for i in prefect_deploy(*built, work_pool_name=s["TEAM_POOL"], build=False, push=False,
                                            print_next_steps_message=False, ignore_warnings=True)]
 
@@ -296,7 +299,7 @@ def up(s: dict[str, str]) -> None:
     setup_prefect(s)
     for service in workers(s):
         start(s, service)
-    deploy(s)
+    deploy(s, paused=s["TEAM_SCHEDULES"] == "off")
     print_urls(s)
 
 

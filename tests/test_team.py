@@ -64,13 +64,19 @@ def deploy_tiny(stack, tmp_path):
         sets = [f"tracking.tracking_uri={os.environ['MLFLOW_TRACKING_URI']}",  # the team's server, as on a laptop
                 f"tracking.experiment=team-{uid}", f"tracking.registered_model=team-model-{uid}",
                 f"output_dir={tmp_path / 'outputs'}", "sft.max_steps=12", "dpo.max_steps=1", *overrides]
-        made.extend(team.deploy(stack, "configs/tiny.yaml", sets, suffix=f"-{uid}"))
+        # paused: a nightly tick during the test would add a version nobody started
+        made.extend(team.deploy(stack, "configs/tiny.yaml", sets, suffix=f"-{uid}", paused=True))
         return uid, sets
 
     yield deploy
     with get_client(sync_client=True) as client:
         for deployment_id in made:
             client.delete_deployment(deployment_id)
+
+
+def tiny(sets: list[str]) -> dict:
+    """The tiny config with these overrides, as the flow's `params` parameter."""
+    return load_config("configs/tiny.yaml", sets).model_dump()
 
 
 def start_run(deployment: str, parameters: dict):
@@ -235,7 +241,7 @@ def test_three_finetunes_and_a_retrain_at_once_leave_one_champion_judged_against
 def test_mlflow_server_killed_during_registration_the_run_waits_for_it_and_registers_once(stack, deploy_tiny, tmp_path):
     uid, sets = deploy_tiny()
     model = f"team-model-{uid}"
-    run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": load_config("configs/tiny.yaml", sets).model_dump()})
+    run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": tiny(sets)})
     running_task(run.id, "register")
     team.stop(stack, "mlflow", signal.SIGKILL)
     assert not team.healthy("mlflow", stack)
@@ -256,7 +262,8 @@ def flow_run_processes(worker: str, s: dict) -> list[psutil.Process]:
     return [leader, *leader.children(recursive=True)]
 
 
-def test_a_worker_killed_during_training_crashes_the_run_and_a_rerun_resumes_from_the_checkpoint(stack, deploy_tiny, tmp_path):
+def test_a_worker_killed_during_training_crashes_the_run_and_a_rerun_resumes_from_the_checkpoint(stack, deploy_tiny,
+                                                                                                tmp_path):
     uid, sets = deploy_tiny("sft.max_steps=80", "sft.save_steps=10")
     params = load_config("configs/tiny.yaml", sets).model_dump()
     run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": params})
@@ -287,7 +294,7 @@ def test_a_worker_killed_during_training_crashes_the_run_and_a_rerun_resumes_fro
 def test_postgres_stopped_briefly_mid_run_the_run_completes(stack, deploy_tiny, tmp_path):
     uid, sets = deploy_tiny("sft.max_steps=60")
     model = f"team-model-{uid}"
-    run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": load_config("configs/tiny.yaml", sets).model_dump()})
+    run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": tiny(sets)})
     running_task(run.id, "sft")
     team.stop(stack, "postgres")
     assert not team.healthy("postgres", stack)
