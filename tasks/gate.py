@@ -41,6 +41,7 @@ from tasks.evaluate import answered_by_both, load_metrics_module
 from tasks.register import Registered
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 from tunegate.stats import mcnemar_exact, paired_bootstrap
+from tunegate.traces import human_feedback
 
 # What must match for two per-task evaluations to be compared sample by sample.
 SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
@@ -287,9 +288,8 @@ def reviewer_preferences(tracking: TrackingConfig, run_id: str) -> dict[str, int
     traces = mlflow.search_traces(locations=[experiment_id], run_id=run_id, include_spans=False, return_type="list")
     latest = {}
     for trace in traces:
-        for a in trace.info.assessments or []:
-            if (a.name != PREFERENCE or not a.valid or a.feedback is None or a.source is None
-                    or a.source.source_type != "HUMAN"):
+        for a in human_feedback(trace, PREFERENCE):
+            if a.feedback is None:  # an expectation of that name is not a preference
                 continue
             key = (trace.info.trace_id, a.source.source_id)
             if key not in latest or a.create_time_ms >= latest[key].create_time_ms:

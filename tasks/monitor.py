@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tunegate.config import TrackingConfig
 from tunegate.registry import monitoring_experiment, serving_experiment
-from tunegate.traces import MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING
+from tunegate.traces import MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING, human_feedback
 
 WINDOW_TAG = "tunegate.monitor.window"
 METRICS = ("requests", "errors", "ratings", "feedback_rate", "downvote_rate", "latency_p50_ms", "latency_p95_ms")
@@ -82,9 +82,7 @@ class ServingReport(BaseModel):
 
 
 def version_traffic(name: str, version: str, traces: list) -> VersionTraffic:
-    ratings = [[a.feedback.value for a in t.info.assessments or []
-                if a.name == RATING and a.valid and a.source is not None and a.source.source_type == "HUMAN"]
-               for t in traces]
+    ratings = [[a.feedback.value for a in human_feedback(t, RATING)] for t in traces]
     given = [r for per_trace in ratings for r in per_trace]
     downvotes = given.count("down")
     durations = np.array([t.info.execution_duration for t in traces], dtype=float)

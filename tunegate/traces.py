@@ -49,12 +49,18 @@ def request_messages(request) -> list | None:
     return request.get("messages") if isinstance(request, dict) else None
 
 
+def human_feedback(trace, *names: str):
+    """The trace's current (valid: not replaced by an edit) assessments with these names, given by a person:
+    source HUMAN, not an LLM judge's or a script's."""
+    for a in trace.info.assessments or []:
+        if a.name in names and a.valid and a.source is not None and a.source.source_type == "HUMAN":
+            yield a
+
+
 def human_assessments(trace, after_ms: int | None, done_at_edge: set[str], until_ms: int | None):
     """The trace's HUMAN ratings and corrections created after `after_ms` (ids in done_at_edge, created at
     exactly after_ms, were read before) and not after `until_ms`."""
-    for a in trace.info.assessments or []:
-        if a.name not in (RATING, CORRECTION) or a.source is None or a.source.source_type != "HUMAN" or not a.valid:
-            continue
+    for a in human_feedback(trace, RATING, CORRECTION):
         created = a.create_time_ms
         if after_ms is not None and (created < after_ms or (created == after_ms and a.assessment_id in done_at_edge)):
             continue
