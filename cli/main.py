@@ -282,15 +282,14 @@ def cmd_ui(args) -> int:
     import signal
     import time
 
-    from tunegate.config import load_config
+    from tunegate.config import embedded, load_config, sqlite_db
 
     tracking_uri = args.tracking_uri or load_config(args.config).tracking.tracking_uri
-    if not tracking_uri.startswith("sqlite:"):  # team mode: the servers already run (make team-up)
+    if not embedded(tracking_uri):  # team mode: the servers already run (make team-up)
         print(f"tunegate ui starts the UIs of the embedded store; {tracking_uri} is a tracking server: open it in a "
               "browser, and the Prefect UI at $PREFECT_API_URL without /api", file=sys.stderr)
         return 2
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    sqlite_db(tracking_uri).parent.mkdir(parents=True, exist_ok=True)
     procs = start_uis(args.host, args.prefect_port, args.mlflow_port, tracking_uri)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both servers too, like Ctrl-C
     api = f"http://{args.host}:{args.prefect_port}/api"

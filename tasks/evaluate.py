@@ -43,7 +43,8 @@ from pydantic import BaseModel, ConfigDict
 from tasks.dpo import Aligned
 from tasks.prepare import Prepared
 from tunegate.caching import file_sha256
-from tunegate.config import Assertion, EvalConfig, GateConfig, GateRule, KeyFactTerms, TrackingConfig
+from tunegate.config import (Assertion, EvalConfig, GateConfig, GateRule, KeyFactTerms, TrackingConfig, embedded,
+                             sqlite_db)
 from tunegate.models import cache_dir as tunegate_cache_dir
 from tunegate.registry import CHAMPION, connect, download_version, eval_experiment, get_alias
 
@@ -266,8 +267,8 @@ def eval_cache_dir(cache_dir: str | None, tracking: TrackingConfig) -> Path:
     """eval.cache_dir, else eval-cache/ next to the sqlite MLflow DB, else ~/.cache/tunegate/eval-cache."""
     if cache_dir:
         return Path(cache_dir).resolve()
-    if tracking.tracking_uri.startswith("sqlite:///"):
-        return Path(tracking.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "eval-cache"
+    if embedded(tracking.tracking_uri):
+        return sqlite_db(tracking.tracking_uri).resolve().parent / "eval-cache"
     return tunegate_cache_dir() / "eval-cache"
 
 

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.gate import GateDecision, preferences_markdown, reviewer_preferences
 from tasks.register import Registered
-from tunegate.config import GateConfig, TrackingConfig
-from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, embedded, get_alias
+from tunegate.config import GateConfig, TrackingConfig, embedded
+from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
 
 log = logging.getLogger(__name__)
 

@@ -403,6 +403,16 @@ class GateConfig(_Section):
     )
 
 
+def sqlite_db(tracking_uri: str) -> Path | None:
+    """The database file of an embedded sqlite store (relative to the working folder, or absolute with ////);
+    None for a tracking server shared by a team."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+def embedded(tracking_uri: str) -> bool:
+    return sqlite_db(tracking_uri) is not None
+
+
 # Read once, at import: mlflow.set_tracking_uri() writes this variable too, so a later read would see the last
 # store this process connected to instead of the one its user chose.
 ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -425,7 +435,7 @@ class TrackingConfig(_Section):
         """The MLflow UI's base URL for links."""
         if self.ui_url:
             return self.ui_url.rstrip("/")
-        return "http://127.0.0.1:5000" if self.tracking_uri.startswith("sqlite:") else self.tracking_uri.rstrip("/")
+        return "http://127.0.0.1:5000" if embedded(self.tracking_uri) else self.tracking_uri.rstrip("/")
 
 
 class JudgeConfig(_Section):

@@ -9,17 +9,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunegate.config import TrackingConfig
+from tunegate.config import TrackingConfig, embedded, sqlite_db
 
 CHAMPION, PREVIOUS = "champion", "previous"
 EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
 SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings and corrections
 MONITORING_SUFFIX = "-monitoring"  # one run per model version and day of served traffic (tasks/monitor.py)
-
-
-def embedded(uri: str) -> bool:
-    """A sqlite store on this machine (the default), as opposed to a tracking server shared by a team."""
-    return uri.startswith("sqlite:///")
 
 
 def connect(tracking: TrackingConfig, experiment: str | None = None):
@@ -31,7 +26,7 @@ def connect(tracking: TrackingConfig, experiment: str | None = None):
     uri = tracking.tracking_uri
     name = experiment or tracking.experiment
     if embedded(uri):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_db(uri).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
@@ -88,7 +83,7 @@ def alias_lock(tracking: TrackingConfig, timeout_s: float = 300):
     if embedded(uri):
         from filelock import FileLock
 
-        path = Path(uri.removeprefix("sqlite:///")).resolve().with_suffix(".aliases.lock")
+        path = sqlite_db(uri).resolve().with_suffix(".aliases.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path), timeout=timeout_s):
             yield
