@@ -160,6 +160,19 @@ def answerer(client, max_tokens: int):
     return served
 
 
+def print_ratio_table(results: dict, baseline: tuple[str, str], measured: tuple[str, str], ratio: str | None = None):
+    """A markdown table per concurrency level: tok/s of both, measured/baseline, and both latencies;
+    baseline and measured are (results key, column label)."""
+    (base_key, base), (key, name) = baseline, measured
+    print(f"| concurrency | {base} tok/s | {name} tok/s | {ratio or f'{name}/{base}'} | {base} p50 / p95 s | "
+          f"{name} p50 / p95 s |")
+    print("|---|---|---|---|---|---|")
+    for c in (1, 8):
+        b, m = results[(base_key, c)], results[(key, c)]
+        print(f"| {c} | {b['tok_s']:.1f} | {m['tok_s']:.1f} | {m['tok_s'] / b['tok_s']:.2f} | "
+              f"{b['p50']:.2f} / {b['p95']:.2f} | {m['p50']:.2f} / {m['p95']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
@@ -260,21 +273,11 @@ def main() -> None:
           f"--prompts {args.prompts} --threads {args.threads} --rounds {args.rounds}"
           f"{' --transformers-serve' * args.transformers_serve}`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads {args.threads}\n")
-    print("| concurrency | raw tok/s | server tok/s | server/raw | raw p50 / p95 s | server p50 / p95 s |")
-    print("|---|---|---|---|---|---|")
-    for c in (1, 8):
-        r, s = results[("raw", c)], results[("server", c)]
-        print(f"| {c} | {r['tok_s']:.1f} | {s['tok_s']:.1f} | {s['tok_s'] / r['tok_s']:.2f} | "
-              f"{r['p50']:.2f} / {r['p95']:.2f} | {s['p50']:.2f} / {s['p95']:.2f} |")
+    print_ratio_table(results, ("raw", "raw"), ("server", "server"))
     print(f"\nTracing on (default) against `--set serve.tracing=false`: {args.rounds} alternating rounds of "
           f"{len(prompts)} requests per level; traces written by the tracing server: {traces} "
           f"(expected {expected}), none by the other.\n")
-    print("| concurrency | tracing off tok/s | tracing on tok/s | on/off | off p50 / p95 s | on p50 / p95 s |")
-    print("|---|---|---|---|---|---|")
-    for c in (1, 8):
-        off, on = results[("no-tracing", c)], results[("server", c)]
-        print(f"| {c} | {off['tok_s']:.1f} | {on['tok_s']:.1f} | {on['tok_s'] / off['tok_s']:.2f} | "
-              f"{off['p50']:.2f} / {off['p95']:.2f} | {on['p50']:.2f} / {on['p95']:.2f} |")
+    print_ratio_table(results, ("no-tracing", "tracing off"), ("server", "tracing on"), ratio="on/off")
     if args.transformers_serve:
         print("\n| concurrency | `transformers serve` tok/s | its /raw | p50 / p95 s |")
         print("|---|---|---|---|")
