@@ -32,13 +32,13 @@ def api(base: str, path: str, body: dict | None = None):
         return json.load(resp)
 
 
-def wait_for(check, seconds: float, what: str):
+def wait_for(check, seconds: float, what: str, every: float = 2):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        time.sleep(2)
+        time.sleep(every)
     raise TimeoutError(f"gave up waiting for {what} after {seconds:.0f}s")
 
 

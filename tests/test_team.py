@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from deployments import team
+from live_stack import wait_for
 from tasks.sft import COMPLETE_MARKER
 from tunegate.config import FeedbackConfig, load_config
 
@@ -88,46 +89,38 @@ def start_run(deployment: str, parameters: dict):
 def finished(run_ids: list, seconds: float) -> list:
     from prefect.client.orchestration import get_client
 
-    deadline = time.monotonic() + seconds
     with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
+        def all_done():
             runs = [client.read_flow_run(i) for i in run_ids]
-            if all(r.state and r.state.type.value in TERMINAL for r in runs):
-                return runs
-            time.sleep(2)
-    raise TimeoutError(f"flow runs not finished within {seconds:.0f} s: "
-                       f"{[(r.name, r.state.type.value) for r in runs]}")
+            return runs if all(r.state and r.state.type.value in TERMINAL for r in runs) else None
+
+        return wait_for(all_done, seconds, f"flow runs {run_ids} to finish")
 
 
 def state_of(run_id, seconds: float, wanted: str):
     """Wait until a flow run is in state `wanted` (e.g. CRASHED)."""
     from prefect.client.orchestration import get_client
 
-    deadline = time.monotonic() + seconds
     with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(run_id)
-            if run.state.type.value == wanted:
-                return run
-            time.sleep(2)
-    raise TimeoutError(f"flow run {run_id} not {wanted} within {seconds:.0f} s (it is {run.state.type.value})")
+        return wait_for(lambda: (lambda run: run if run.state.type.value == wanted else None)(
+            client.read_flow_run(run_id)), seconds, f"flow run {run_id} to be {wanted}")
 
 
 def running_task(run_id, task: str, seconds: float = 600):
-    """Wait until the flow run's task `task` (e.g. register) is running."""
+    """Wait until the flow run's task `task` (e.g. register) is running; polled often, as it may be short."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + seconds
     with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
+        def running():
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
             if any(t.name.startswith(task) and t.state.type.value == "RUNNING" for t in tasks):
-                return
+                return True
             if client.read_flow_run(run_id).state.type.value in TERMINAL:
-                break
-            time.sleep(0.3)
-    raise TimeoutError(f"task {task} of flow run {run_id} never ran")
+                raise AssertionError(f"flow run {run_id} ended before its task {task} ran")
+            return False
+
+        wait_for(running, seconds, f"task {task} of flow run {run_id} to run", every=0.3)
 
 
 def versions(model: str) -> list:
@@ -269,9 +262,7 @@ def test_a_worker_killed_during_training_crashes_the_run_and_a_rerun_resumes_fro
     run = start_run(f"finetune-pipeline/finetune-{uid}", {"params": params})
     running_task(run.id, "sft")
     checkpoints = tmp_path / "outputs" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not list(checkpoints.glob(f"*/checkpoint-20/{COMPLETE_MARKER}")) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: list(checkpoints.glob(f"*/checkpoint-20/{COMPLETE_MARKER}")), 300, "checkpoint-20", every=0.5)
     assert list(checkpoints.glob("*/checkpoint-*")), "no checkpoint before the kill"
     worker = worker_of(run.id)
     for proc in flow_run_processes(worker, stack):  # the machine dies: the worker and the run it started
