@@ -66,3 +66,21 @@ def test_summary_shows_the_judges_win_rate_and_reviewers_preferences():
 def test_ui_refuses_a_tracking_server_and_says_where_its_ui_is(capsys):
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:5055"]) == 2
     assert "http://127.0.0.1:5055 is a tracking server: open it in a browser" in capsys.readouterr().err
+
+
+def test_the_cli_gives_a_first_ephemeral_prefect_server_more_than_20_s_to_start():
+    """CI failed when a fresh PREFECT_HOME's migrations outlasted Prefect's 20 s default on 2 busy cores."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import cli.main; from prefect.settings import get_current_settings; "
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) == 120
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "45"  # the user's own setting wins
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) == 45
