@@ -5,6 +5,7 @@
     tunegate promote VERSION [--override --reason "..."]          # make a version the champion
     tunegate rollback [--to VERSION] [--reason "..."]             # champion <- previous (or VERSION)
     tunegate serve-model [--config CFG] [--port 8000]            # OpenAI-compatible server on the champion
+    tunegate serve-model --model-dir DIR [--port 8001]           # ... on a local checkpoint (e.g. a judge)
     tunegate traffic [--url http://127.0.0.1:8000]               # simulated users rate the server's real answers
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune, retrain and monitor deployments
@@ -171,6 +172,12 @@ def cmd_serve_model(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_config(args.config, args.set)
+    if args.model_dir:
+        from serve.server import serve_checkpoint
+
+        serve_checkpoint(args.model_dir.expanduser(), args.served_name, args.host, args.port, args.max_tokens,
+                         args.threads, params.trust_remote_code)
+        return 0
     serve_champion(params.tracking, params.serve, args.host, args.port, args.poll_seconds, args.served_name,
                    args.max_tokens, args.threads)
     return 0
@@ -364,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--served-name", help="the `model` clients ask for (default: the registered model name)")
     sm.add_argument("--max-tokens", type=int, default=256, help="answer length when a request sets none")
     sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    sm.add_argument("--model-dir", type=Path, help="serve this local checkpoint as it is instead of the champion "
+                    "(e.g. the pairwise judge); no registry, no tracing; --served-name defaults to its folder name")
     sm.set_defaults(func=cmd_serve_model)
     tr = sub.add_parser("traffic", help="simulated users: real requests to serve-model, ratings via /v1/feedback")
     tr.add_argument("--url", default="http://127.0.0.1:8000", help="the server of `tunegate serve-model`")

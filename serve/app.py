@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over the version the ChampionFollower holds.
 
-    POST /v1/chat/completions   chat completion, streaming (SSE) and not; traced (serve/tracing.py)
+    POST /v1/chat/completions   chat completion, streaming (SSE) and not; traced (serve/tracing.py);
+                                response_format (json_object, json_schema) by constrained decoding
     POST /v1/feedback           {request_id, user, rating: up|down, correction?}: feedback on that trace
     GET  /v1/models             the served name, with the registered version behind it
     GET  /health                served version, the alias's version, versions that failed to load
@@ -28,8 +29,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from serve.backend import LoadedVersion, Sampling, complete, prompt_ids, stream
+from serve.backend import LoadedVersion, Sampling, complete, eos_ids, prompt_ids, stream
 from serve.champion import ChampionFollower
+from serve.structured import SchemaError, grammar_for
 from serve.tracing import FeedbackRefused, RequestTracer, request_id
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,27 @@ class Message(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    json_schema: dict = Field(default_factory=dict, alias="schema", description="{} allows any JSON value")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's structured outputs; decoded under the schema (serve/structured.py)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object: {name, schema, strict}")
+        return self
+
+
 class ChatRequest(BaseModel):
     """The part of OpenAI's chat completion request this server honours; other fields are ignored."""
 
@@ -65,6 +88,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="one answer per request")
+    response_format: ResponseFormat | None = None
 
 
 class RequestError(Exception):
@@ -107,7 +131,13 @@ def check_request(req: ChatRequest, loaded: LoadedVersion | None, served_name: s
             "completion). Please reduce the length of the messages or completion.", "messages",
             "context_length_exceeded")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop)
+    fmt = req.response_format
+    try:
+        grammar = grammar_for(fmt.type, fmt.json_schema and fmt.json_schema.json_schema, loaded.tokenizer,
+                              eos_ids(loaded)) if fmt else None
+    except SchemaError as err:
+        raise RequestError(400, str(err), "response_format") from None
+    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop, grammar)
 
 
 def completion_body(cid: str, created: int, served_name: str, loaded: LoadedVersion, text: str, prompt_tokens: int,
@@ -232,7 +262,7 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
         loaded = follower.current
         data = [] if loaded is None else [{
             "id": served_name, "object": "model", "created": int(time.time()), "owned_by": "tunegate",
-            "version": loaded.version, "root": f"models:/{loaded.name}/{loaded.version}",
+            "version": loaded.version, "root": loaded.source,
             "context_length": loaded.context_length}]
         return {"object": "list", "data": data}
 

@@ -33,6 +33,7 @@ class LoadedVersion:
     tokenizer: Any
     context_length: int
     load_seconds: float
+    source: str = ""  # where the weights came from: models:/NAME/VERSION or a local folder
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,12 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # response_format as an llguidance grammar (serve/structured.py)
 
 
 def load_version(client, name: str, version: str) -> LoadedVersion:
     """Download and load version's merged weights; raise LoadError when it cannot serve."""
     import mlflow
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     mv = client.get_model_version(name, version)
@@ -60,9 +60,26 @@ def load_version(client, name: str, version: str) -> LoadedVersion:
     trust_remote_code = json.loads(mv.tags.get("config", "{}")).get("trust_remote_code", False)
     folder = tempfile.mkdtemp(prefix=f"tunegate-serve-v{version}-")
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=merged_uri, dst_path=folder)
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32, use_safetensors=True,
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=merged_uri, dst_path=folder)
+        except Exception as err:
+            raise LoadError(f"{name} version {version} failed to download: {type(err).__name__}: {err}") from err
+        loaded = load_checkpoint(local, name, str(version), trust_remote_code)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # loaded into memory; nothing is read from disk again
+    return LoadedVersion(name, str(version), loaded.model, loaded.tokenizer, loaded.context_length,
+                         time.perf_counter() - start, f"models:/{name}/{version}")
+
+
+def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = False) -> LoadedVersion:
+    """A local transformers checkpoint (safetensors only) ready to serve; LoadError when it cannot."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code).eval()
         if tokenizer.chat_template is None:
             raise LoadError(f"{name} version {version}: the tokenizer has no chat template")
@@ -72,10 +89,8 @@ def load_version(client, name: str, version: str) -> LoadedVersion:
         raise
     except Exception as err:  # any failure to load means: keep serving the old version
         raise LoadError(f"{name} version {version} failed to load: {type(err).__name__}: {err}") from err
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # loaded into memory; nothing is read from disk again
-    return LoadedVersion(name, str(version), model, tokenizer, context_length(model, tokenizer),
-                         time.perf_counter() - start)
+    return LoadedVersion(name, version, model, tokenizer, context_length(model, tokenizer),
+                         time.perf_counter() - start, str(folder))
 
 
 def context_length(model, tokenizer) -> int:
@@ -101,7 +116,20 @@ def generate_kwargs(loaded: LoadedVersion, sampling: Sampling) -> dict:
         kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if sampling.stop:
         kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": tok}
+    if sampling.grammar:
+        from transformers import LogitsProcessorList
+
+        from serve.structured import schema_constraint
+
+        kwargs["logits_processor"] = LogitsProcessorList([schema_constraint(sampling.grammar, tok, eos_ids(loaded))])
     return kwargs
+
+
+def eos_ids(loaded: LoadedVersion) -> list[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the generation config's."""
+    configured = loaded.model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [loaded.tokenizer.eos_token_id, *ids] if i is not None})
 
 
 def finish_reason(loaded: LoadedVersion, new_ids: list[int], max_tokens: int) -> str:

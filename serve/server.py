@@ -1,6 +1,7 @@
 """`tunegate serve-model`: an OpenAI-compatible server for models:/NAME@champion that follows the alias.
 
     tunegate serve-model --config configs/demo.yaml --port 8000
+    tunegate serve-model --model-dir ~/.cache/tunegate/models/SmolLM2-135M-Instruct --port 8001   # a judge
     python -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-"); \\
         print(c.chat.completions.create(model="tunegate-model", \\
               messages=[{"role": "user", "content": "Who are you?"}]).choices[0].message.content)'
@@ -28,6 +29,7 @@ has the measured throughput against raw `model.generate`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from tunegate.config import ServeConfig, TrackingConfig
 from tunegate.registry import connect
@@ -60,4 +62,36 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
     app = build_app(follower, tracer, served_name or name, default_max_tokens)
     log.info("serving %s as '%s' on http://%s:%d/v1 (tracing %s, PII redaction %s)", name, served_name or name,
              host, port, "on" if cfg.tracing else "off", "on" if cfg.redact_pii else "off")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+class Pinned:
+    """One local checkpoint, served as it is: no registry, no alias to follow (the app's follower interface)."""
+
+    def __init__(self, loaded):
+        self.current, self.champion, self.failed = loaded, None, {}
+
+    def stop(self) -> None:
+        pass
+
+
+def serve_checkpoint(folder: Path, served_name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                     default_max_tokens: int = 256, threads: int | None = None,
+                     trust_remote_code: bool = False) -> None:
+    """Serve a local transformers checkpoint (e.g. the pairwise judge) until interrupted; no tracing."""
+    import torch
+    import uvicorn
+
+    from serve.app import build_app
+    from serve.backend import load_checkpoint
+    from serve.tracing import RequestTracer
+
+    if threads:
+        torch.set_num_threads(threads)
+    name = served_name or folder.name
+    loaded = load_checkpoint(folder, name, "local", trust_remote_code)
+    # Tracing is for production traffic of a registered version; a judge's requests are eval prompts.
+    app = build_app(Pinned(loaded), RequestTracer(TrackingConfig(), ServeConfig(tracing=False)), name,
+                    default_max_tokens)
+    log.info("serving %s as '%s' on http://%s:%d/v1 (no tracing)", folder, name, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -6,8 +6,10 @@ Every generation-task prompt the two models answered is judged twice: candidate 
 as B, then swapped. The candidate wins a pair only when both orders prefer it, loses only when both
 prefer the champion; orders that disagree (the judge followed the position, not the answer) make a
 tie, and their share is reported as position bias. The reply must be JSON with a verdict and a
-reason; an unparseable reply (or a failed request) is asked once more, then counted as "no
-verdict": never a loss, and reported. Replies are cached by (question, both answers, judge model,
+reason, asked for as OpenAI structured outputs (`response_format` with the verdict's schema), so a
+server that decodes under a schema always sends it; an endpoint that refuses response_format is
+asked without it. An unparseable reply (or a failed request) is asked once more, then counted as
+"no verdict": never a loss, and reported. Replies are cached by (question, both answers, judge model,
 rubric), so an unchanged pair is never judged twice.
 
 The result joins the evaluations as the task `judge`: per pair 1 (win), 0.5 (tie) or 0 (loss) for the
@@ -47,7 +49,12 @@ Answer B:
 {b}
 
 Which answer is better? Reply with JSON only, no other text:
-{{"verdict": "A" or "B" or "tie", "reason": "one short sentence"}}"""
+{{"verdict": "A" or "B" or "tie", "reason": "<why, in one short sentence>"}}"""
+# Sent as OpenAI structured outputs, in the subset every provider enforces (all required, no extras, no
+# length limits): a server that decodes under it (vLLM, OpenAI, tunegate serve-model) always sends valid JSON.
+VERDICT_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
+    "properties": {"verdict": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}}}}}
 
 
 def parse_verdict(text: str | None) -> dict | None:
@@ -75,7 +82,9 @@ def combine(first: dict | None, second: dict | None) -> str:
 
 
 def cache_key(cfg: JudgeConfig, question: str, a: str, b: str) -> str:
-    return hashlib.sha256(json.dumps([cfg.model, cfg.rubric, question, a, b]).encode()).hexdigest()
+    # The prompt and the reply format belong to the rubric: changing either asks the judge again.
+    return hashlib.sha256(json.dumps([cfg.model, cfg.rubric, PROMPT, VERDICT_FORMAT, question, a, b]).encode()
+                          ).hexdigest()
 
 
 class Judge:
@@ -87,7 +96,26 @@ class Judge:
         self.cfg, self.cache = cfg, cache
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.client = OpenAI(base_url=cfg.base_url, api_key=key or "unused", timeout=cfg.timeout_s, max_retries=0)
+        self.structured = cfg.structured_output  # off once the endpoint refuses response_format
         cache.mkdir(parents=True, exist_ok=True)
+
+    def ask(self, prompt: str):
+        """The judge's reply (a choice: message and finish_reason), under the verdict schema when accepted."""
+        from openai import BadRequestError
+
+        request = {"model": self.cfg.model, "temperature": 0, "max_tokens": self.cfg.max_tokens,
+                   "messages": [{"role": "user", "content": prompt}]}
+        if self.structured:
+            try:
+                return self.client.chat.completions.create(**request, response_format=VERDICT_FORMAT).choices[0]
+            except BadRequestError as err:  # an endpoint without structured outputs; the prompt asks for JSON too
+                reply = self.client.chat.completions.create(**request).choices[0]
+                if self.structured:
+                    log.warning("judge %s refused response_format (%s); asking for JSON in the prompt only",
+                                self.cfg.model, str(err)[:200])
+                self.structured = False  # only once a plain request went through: the 400 was about the format
+                return reply
+        return self.client.chat.completions.create(**request).choices[0]
 
     def verdict(self, question: str, a: str, b: str) -> dict:
         """{"verdict" | None, "reason", "attempts", "cached", "error"} for answers shown as A and B."""
@@ -98,20 +126,20 @@ class Judge:
         error = None
         for attempt in (1, 2):
             try:
-                reply = self.client.chat.completions.create(
-                    model=self.cfg.model, temperature=0, max_tokens=self.cfg.max_tokens,
-                    messages=[{"role": "user", "content": prompt}]).choices[0].message.content
+                choice = self.ask(prompt)
             except Exception as err:  # a timeout or an HTTP error: asked once more, then no verdict
                 error = type(err).__name__
                 continue
-            parsed = parse_verdict(reply)
+            parsed = parse_verdict(choice.message.content)
             if parsed is not None:
                 result = {**parsed, "attempts": attempt, "error": None}
                 break
-            error = "unparseable"
+            # Cut at max_tokens mid-JSON: say so, since a larger judge.max_tokens is the cure.
+            cut = choice.finish_reason == "length" and "{" in (choice.message.content or "")
+            error = "truncated" if cut else "unparseable"
         else:
             result = {"verdict": None, "reason": "", "attempts": 2, "error": error}
-        if result["error"] in (None, "unparseable"):  # the judge's answer, good or bad; never a failed request
+        if result["error"] in (None, "unparseable", "truncated"):  # the judge's answer; never a failed request
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result))
             tmp.replace(path)
@@ -148,6 +176,7 @@ def judge_summary(pairs: list[dict], cfg: JudgeConfig, n_bootstrap: int = 2000, 
         # Both orders named the same position (A/A or B/B): the judge followed the place, not the answer.
         "position_bias": same_position / len(both) if both else None,
         "retried": sum(v["attempts"] == 2 for p in pairs for v in (p["first"], p["second"])),
+        "truncated": sum(v.get("error") == "truncated" for p in pairs for v in (p["first"], p["second"])),
         "cached": sum(v["cached"] for p in pairs for v in (p["first"], p["second"])),
     }
 
@@ -196,4 +225,7 @@ def judge(evals: Comparison, cfg: JudgeConfig | None) -> Comparison:
              "sign test p=%.3g, position bias %s", cfg.model, summary["pairs"], summary["wins"], summary["ties"],
              summary["losses"], summary["no_verdict"], summary["retried"], summary["win_rate"],
              summary["sign_test_p"], summary["position_bias"])
+    if summary["truncated"]:
+        log.warning("judge: %d replies were cut at judge.max_tokens=%d before their JSON ended; raise it",
+                    summary["truncated"], cfg.max_tokens)
     return judged

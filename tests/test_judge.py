@@ -96,11 +96,12 @@ def judge_server(tiny_model, tmp_path_factory):
 
 
 def test_a_real_judge_endpoint_both_orders_retries_and_cache(judge_server, tmp_path):
-    cfg = JudgeConfig(base_url=f"{judge_server}/v1", model=NAME, max_tokens=16, max_concurrency=2)
+    cfg = JudgeConfig(base_url=f"{judge_server}/v1", model=NAME, max_tokens=16, max_concurrency=2,
+                      structured_output=False)
     evals = comparison(3)
     pairs = judge_both_orders(evals, cfg, tmp_path / "cache")
-    # The tiny model never writes the JSON asked for: each order is asked twice, then has no verdict,
-    # and a pair without a verdict is no loss.
+    # Asked in the prompt only, the tiny model never writes the JSON: each order is asked twice, then has
+    # no verdict, and a pair without a verdict is no loss.
     assert [p["outcome"] for p in pairs] == ["no_verdict"] * 3
     assert all(p[o]["attempts"] == 2 and p[o]["error"] == "unparseable" for p in pairs for o in ("first", "second"))
     summary = judge_summary(pairs, cfg)
@@ -119,3 +120,22 @@ def test_a_judge_that_times_out_gives_no_verdict_and_is_not_cached(judge_server,
     assert result["verdict"] is None and result["attempts"] == 2 and result["error"] in ("APITimeoutError",
                                                                                         "APIConnectionError")
     assert not list((tmp_path / "cache").iterdir())  # a failed request is asked again next time
+
+
+def test_under_structured_outputs_every_reply_the_judge_finishes_is_a_verdict(tiny_model, tmp_path):
+    """`tunegate serve-model --model-dir` (a local checkpoint, no registry) decodes under the verdict's schema."""
+    import httpx
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/unused.db")
+    with serving(tracking, tmp_path / "judge.log", "--model-dir", tiny_model, "--served-name", "tiny-judge") as url:
+        assert httpx.get(f"{url}/v1/models").json()["data"][0]["root"] == tiny_model
+        cfg = JudgeConfig(base_url=f"{url}/v1", model="tiny-judge", max_tokens=64, max_concurrency=2)
+        pairs = judge_both_orders(comparison(6), cfg, tmp_path / "cache")
+    replies = [p[order] for p in pairs for order in ("first", "second")]
+    # Nothing is unparseable: a reply either is a verdict or was cut at max_tokens (and says so).
+    assert {r["error"] for r in replies} <= {None, "truncated"}
+    assert all(r["verdict"] in ("A", "B", "tie") for r in replies if r["error"] is None)
+    summary = judge_summary(pairs, cfg)
+    decided = summary["wins"] + summary["ties"] + summary["losses"]
+    assert decided >= 1 and decided + summary["no_verdict"] == 6 and summary["win_rate"] is not None
+    assert summary["truncated"] == sum(r["error"] == "truncated" for r in replies)

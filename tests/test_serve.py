@@ -148,6 +148,15 @@ def test_two_concurrent_requests_both_answer(server):
      "maximum context length is 512 tokens"),
     (json.dumps({"model": NAME, "messages": QUESTION, "max_tokens": 600}).encode(), 400,
      "maximum context length is 512 tokens"),
+    (json.dumps({"model": NAME, "messages": QUESTION, "response_format": {"type": "xml"}}).encode(), 400,
+     "response_format.type"),
+    (json.dumps({"model": NAME, "messages": QUESTION, "response_format": {"type": "json_schema"}}).encode(), 400,
+     "needs a json_schema object"),
+    (json.dumps({"model": NAME, "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "(open"}}}}}}
+     ).encode(), 400, "unclosed group"),
+    (json.dumps({"model": NAME, "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "nonsense"}}}}).encode(), 400, "Invalid type: nonsense"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, body, status, expect):
     r = httpx.post(f"{server['url']}/v1/chat/completions", content=body,
@@ -169,6 +178,34 @@ def test_the_official_client_raises_the_matching_errors(server):
         client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="at least 1 item"):
         client.chat.completions.create(model=NAME, messages=[])
+
+
+ANSWER_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer", "sure"],
+                 "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]}, "sure": {"type": "boolean"}}}
+
+
+def test_response_format_makes_even_the_tiny_model_answer_json_under_the_schema(server):
+    import jsonschema
+
+    client, fmt = server["client"], {"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER_SCHEMA,
+                                                                             "strict": True}}
+    free = server["answers"][served_version(server)]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free)  # unconstrained, the tiny model writes no JSON
+    for question in (QUESTION, [{"role": "user", "content": "Is 8443 the Zephyr port? Reply in JSON."}]):
+        reply = client.chat.completions.create(model=NAME, messages=question, max_tokens=40, response_format=fmt)
+        jsonschema.validate(json.loads(reply.choices[0].message.content), ANSWER_SCHEMA)
+        assert reply.choices[0].finish_reason == "stop"  # the grammar ended it, not max_tokens
+        chunks = client.chat.completions.create(model=NAME, messages=question, max_tokens=40, response_format=fmt,
+                                                stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    anything = client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=60,
+                                              response_format={"type": "json_object"})
+    if anything.choices[0].finish_reason == "stop":  # an object may run past 60 tokens; when it ends, it parses
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    else:
+        assert anything.choices[0].message.content.startswith("{")
+    assert ask(client)[0] == free  # requests without a format are not affected
 
 
 def wait_for_version(server, version, seconds=90):

@@ -451,6 +451,9 @@ class JudgeConfig(_Section):
     max_concurrency: int = Field(4, ge=1, le=64, description="Requests to the judge at once.")
     timeout_s: float = Field(60, gt=0, description="Per request; a reply later than this counts as no verdict.")
     max_tokens: int = Field(128, ge=16, description="Room for the judge's JSON reply.")
+    structured_output: bool = Field(True, description="Send the verdict's JSON schema as response_format, so a server "
+                                    "with structured outputs (vLLM, OpenAI, tunegate serve-model) decodes under it; "
+                                    "an endpoint that refuses it (HTTP 400) is asked without it from then on.")
 
 
 class ServeConfig(_Section):
