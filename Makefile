@@ -1,4 +1,4 @@
-# make demo: fine-tune the bundled SmolLM2-135M on the identity data, gate it, register it.
+# make demo: fine-tune the bundled SmolLM2-135M on the identity data, gate it, register it (JUDGE=local: judged too).
 # make test: the test suite on the tiny in-process model. Both set up .venv first.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -48,8 +48,18 @@ check-lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/' > .venv/freeze.txt
 	diff .venv/lock.txt .venv/freeze.txt || { echo "the venv differs from requirements.lock: make lock, or rm -rf .venv && make setup"; exit 1; }
 
+# A pairwise judge in the demo: `make demo JUDGE=local` serves the bundled SmolLM2 as the judge for the run
+# (structured outputs make its verdicts parse; they are a 135M model's verdicts); a hosted one:
+# `make demo JUDGE_URL=https://api.openai.com/v1 JUDGE_MODEL=gpt-4o-mini JUDGE_KEY_ENV=OPENAI_API_KEY`.
+ifeq ($(JUDGE),local)
+DEMO_JUDGE := --local-judge bundled:smollm2-135m-instruct
+else ifneq ($(JUDGE_URL),)
+DEMO_JUDGE := --set judge.base_url=$(JUDGE_URL) --set judge.model=$(JUDGE_MODEL) \
+	$(if $(JUDGE_KEY_ENV),--set judge.api_key_env=$(JUDGE_KEY_ENV))
+endif
+
 demo: $(STAMP)
-	$(PY) -m cli run configs/demo.yaml
+	$(PY) -m cli run configs/demo.yaml $(DEMO_JUDGE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

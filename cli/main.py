@@ -1,6 +1,7 @@
 """The tunegate command line.
 
     tunegate run configs/demo.yaml [--set sft.max_steps=3 ...]   # run the gated pipeline
+    tunegate run configs/demo.yaml --local-judge bundled:smollm2-135m-instruct   # ... with a judge on this machine
     tunegate validate FILE [FILE ...] [--preferences FILE ...]   # data checks only (suites: tasks/validate.py)
     tunegate promote VERSION [--override --reason "..."]          # make a version the champion
     tunegate rollback [--to VERSION] [--reason "..."]             # champion <- previous (or VERSION)
@@ -98,7 +99,14 @@ def cmd_run(args) -> int:
         params.run_name = f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
     summary_path = Path(params.output_dir).resolve() / params.run_name / "summary.json"
     start = time.perf_counter()
-    state = finetune_pipeline(params, return_state=True)
+    if args.local_judge:
+        from cli.serving import local_judge
+
+        with local_judge(args.local_judge, summary_path.parent / "local-judge.log") as judge_sets:
+            params = load_config(args.config, [*args.set, *judge_sets, f"run_name={params.run_name}"])
+            state = finetune_pipeline(params, return_state=True)
+    else:
+        state = finetune_pipeline(params, return_state=True)
     seconds = time.perf_counter() - start
     if state.is_failed():  # the flow already logged the traceback; say what failed, once
         print(f"\ntunegate: run failed: {state.message}", file=sys.stderr)
@@ -174,8 +182,9 @@ def cmd_serve_model(args) -> int:
     params = load_config(args.config, args.set)
     if args.model_dir:
         from serve.server import serve_checkpoint
+        from tunegate.models import resolve_base_model
 
-        serve_checkpoint(args.model_dir.expanduser(), args.served_name, args.host, args.port, args.max_tokens,
+        serve_checkpoint(Path(resolve_base_model(args.model_dir)).expanduser(), args.served_name, args.host, args.port, args.max_tokens,
                          args.threads, params.trust_remote_code)
         return 0
     serve_champion(params.tracking, params.serve, args.host, args.port, args.poll_seconds, args.served_name,
@@ -327,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the gated fine-tuning pipeline")
     run.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    run.add_argument("--local-judge", metavar="MODEL", help="judge with MODEL served on this machine for the run "
+                     "(tunegate serve-model --model-dir, structured outputs), e.g. bundled:smollm2-135m-instruct")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="run the data checks on files")
     val.add_argument("files", nargs="*", help="SFT data files (JSON, JSONL, CSV, Parquet; format auto-detected)")
@@ -371,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--served-name", help="the `model` clients ask for (default: the registered model name)")
     sm.add_argument("--max-tokens", type=int, default=256, help="answer length when a request sets none")
     sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    sm.add_argument("--model-dir", type=Path, help="serve this local checkpoint as it is instead of the champion "
-                    "(e.g. the pairwise judge); no registry, no tracing; --served-name defaults to its folder name")
+    sm.add_argument("--model-dir", metavar="MODEL", help="serve this checkpoint (a folder, a Hugging Face id or "
+                    "bundled:smollm2-135m-instruct) as it is instead of the champion, e.g. as the pairwise judge; no "
+                    "registry, no tracing; --served-name defaults to its folder name")
     sm.set_defaults(func=cmd_serve_model)
     tr = sub.add_parser("traffic", help="simulated users: real requests to serve-model, ratings via /v1/feedback")
     tr.add_argument("--url", default="http://127.0.0.1:8000", help="the server of `tunegate serve-model`")

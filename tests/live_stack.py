@@ -16,13 +16,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from cli.serving import free_port, serve_model_process
 from conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(base: str, path: str, body: dict | None = None):
@@ -94,26 +89,8 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
 @contextmanager
 def serving(tracking, log_path: Path, *extra_args: str):
     """`tunegate serve-model` (tiny config, this tracking store) on a free port, until the block ends; yields its URL."""
-    import httpx
-
-    args = ["--config", "configs/tiny.yaml", "--port", str(free_port()), "--poll-seconds", "0.5", "--threads", "1",
-            *extra_args]
+    args = ["--config", "configs/tiny.yaml", "--poll-seconds", "0.5", "--threads", "1", *extra_args]
     for key, value in tracking.model_dump().items():
         args += ["--set", f"tracking.{key}={value}"]
-    url = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve-model", *args], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            yield url
-        finally:
-            stop(proc)
+    with serve_model_process(args, log_path, cwd=ROOT) as url:
+        yield url

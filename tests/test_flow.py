@@ -1,6 +1,7 @@
 """The whole flow on the tiny model: the first candidate is promoted, a corrupted one is blocked."""
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -49,8 +50,11 @@ def test_good_candidate_promoted_then_corrupted_candidate_blocked(tmp_path, trac
     bad_general = corrupted_copy(DEMO / "alpaca_general.json", tmp_path / "general_bad.json")
     sets = {"run_name": "corrupted", "output_dir": str(tmp_path), "data.domain_files": f"[{bad_domain}]",
             "data.general_files": f"[{bad_general}]", **{f"tracking.{k}": v for k, v in tracking.model_dump().items()}}
-    assert main(["run", "configs/tiny.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 1
+    # Judged too, by the tiny model on a local server that decodes under the verdict's schema.
+    assert main(["run", "configs/tiny.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+                 "--local-judge", tiny_model]) == 1
     out = capsys.readouterr()
+    assert re.search(r"judge:  win rate \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] by local-judge over \d+ pairs", out.out)
     assert "Gate blocked test-model version 2: regressed on tunegate_general" in out.err
     assert "champion alias did not move" in out.err and "BLOCKED on tunegate_general" in out.out
     assert "PASSED" not in out.out  # the summary is written after the promotion decision, never before
