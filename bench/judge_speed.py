@@ -1,12 +1,13 @@
-"""Pairwise judge throughput: pairs judged per second at max_concurrency 1 and 4, and its share of a run.
+"""Pairwise judge throughput: pairs judged per second at max_concurrency 1 and 4, with and without
+structured outputs, and its share of a run.
 
     python bench/judge_speed.py --base bundled:smollm2-135m-instruct --pairs 6 --max-tokens 32
 
 The judge is `tunegate serve-model` (tracing off) on a version of the base model, in a temporary
 MLflow store; the pairs are the demo's general holdout questions with their reference answer
 against a shortened one. Each pair is two requests (both orders), a third and fourth when replies
-do not parse (a small model rarely writes the JSON asked for, so expect retries). Every level
-starts with an empty judge cache. The share of a pipeline run is estimated for the demo's eval
+do not parse (asked in the prompt only, a small model rarely writes the JSON, so expect retries;
+under the verdict's schema every finished reply parses). Every row starts with an empty judge cache. The share of a pipeline run is estimated for the demo's eval
 prompts (15 domain + 7 assertion docs) against the demo's wall time given with --run-seconds.
 """
 
@@ -74,18 +75,22 @@ def main() -> None:
         promote_version(tracking, register(tracking, resolve_base_model(args.base), work, 1))
         server, url = start_server(tracking, work, args, tracing=False)
         evals = comparison(args.pairs)
-        rows = []
-        for concurrency in (1, 4):
-            cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=concurrency,
-                              max_tokens=args.max_tokens, timeout_s=300)
-            start = time.perf_counter()
-            summary = judge_summary(judge_both_orders(evals, cfg, work / f"cache-{concurrency}"), cfg)
-            wall = time.perf_counter() - start
-            requests = 2 * summary["pairs"] + summary["retried"]
-            demo = wall / summary["pairs"] * DEMO_EVAL_PROMPTS
-            rows.append(f"| {concurrency} | {summary['pairs']} | {requests} | {wall:.1f} | "
-                        f"{summary['pairs'] / wall:.3f} | {summary['no_verdict']} | {demo:.0f} s = "
-                        f"{demo / (args.run_seconds + demo):.0%} |")
+        rows, rates = [], {}
+        for structured in (False, True):
+            for concurrency in (1, 4):
+                cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=concurrency,
+                                  max_tokens=args.max_tokens, timeout_s=300, structured_output=structured)
+                start = time.perf_counter()
+                cache = work / f"cache-{concurrency}-{structured}"
+                summary = judge_summary(judge_both_orders(evals, cfg, cache), cfg)
+                wall = time.perf_counter() - start
+                requests = 2 * summary["pairs"] + summary["retried"]
+                demo = wall / summary["pairs"] * DEMO_EVAL_PROMPTS
+                rates[structured, concurrency] = summary["pairs"] / wall
+                ratio = f"{rates[True, concurrency] / rates[False, concurrency]:.2f}x" if structured else "1 (baseline)"
+                rows.append(f"| {'schema' if structured else 'prompt only'} | {concurrency} | {summary['pairs']} | "
+                            f"{requests} | {wall:.1f} | {summary['pairs'] / wall:.3f} | {ratio} | "
+                            f"{summary['no_verdict']} | {demo:.0f} s = {demo / (args.run_seconds + demo):.0%} |")
     finally:
         if server is not None:
             server.terminate()
@@ -95,12 +100,13 @@ def main() -> None:
         "## Pairwise judge throughput", "",
         f"Command: `python bench/judge_speed.py --base {args.base} --pairs {args.pairs} --max-tokens "
         f"{args.max_tokens}`. Judge: `tunegate serve-model` on {args.base} (tracing off), {args.threads} torch "
-        "threads; each pair is judged in both orders, unparseable replies once more. The last column estimates "
+        "threads; each pair is judged in both orders, unparseable replies once more; `schema` sends the verdict's "
+        "JSON schema as response_format (constrained decoding), `prompt only` does not. The last column estimates "
         f"the judge's time for the demo's {DEMO_EVAL_PROMPTS} eval prompts and its share of a run of "
         f"{args.run_seconds:.0f} s plus that time.", "",
         f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}.", "",
-        "| max_concurrency | pairs | requests | wall s | pairs/s | no verdict | demo's prompts |",
-        "|---|---|---|---|---|---|---|", *rows, ""])
+        "| verdict asked for | max_concurrency | pairs | requests | wall s | pairs/s | vs prompt only | no verdict | "
+        "demo's prompts |", "|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(text)
     if not args.no_write:
         write_section(text)

@@ -31,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # A first run migrates a fresh Prefect database; Prefect's 20 s start limit is too short on a busy 2-core box.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# The Makefile's DO_NOT_TRACK=1 does not reach Prefect's server-side telemetry, which logs an ERROR offline.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def stage_seconds(flow_run_id) -> list[tuple[str, float]]:
