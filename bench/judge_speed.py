@@ -7,8 +7,9 @@ The judge is `tunegate serve-model` (tracing off) on a version of the base model
 MLflow store; the pairs are the demo's general holdout questions with their reference answer
 against a shortened one. Each pair is two requests (both orders), a third and fourth when replies
 do not parse (asked in the prompt only, a small model rarely writes the JSON, so expect retries;
-under the verdict's schema every finished reply parses). Every row starts with an empty judge cache. The share of a pipeline run is estimated for the demo's eval
-prompts (15 domain + 7 assertion docs) against the demo's wall time given with --run-seconds.
+under the verdict's schema every finished reply parses). Every row starts with an empty judge
+cache. The share of a pipeline run is estimated for the demo's eval prompts (15 domain + 7
+assertion docs) against the demo's wall time given with --run-seconds.
 """
 
 from __future__ import annotations

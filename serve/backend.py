@@ -121,7 +121,9 @@ def generate_kwargs(loaded: LoadedVersion, sampling: Sampling) -> dict:
 
         from serve.structured import schema_constraint
 
-        kwargs["logits_processor"] = LogitsProcessorList([schema_constraint(sampling.grammar, tok, eos_ids(loaded))])
+        ends = eos_ids(loaded)  # the grammar ends on any of them, so generation must stop on each
+        kwargs |= {"logits_processor": LogitsProcessorList([schema_constraint(sampling.grammar, tok, ends)]),
+                   "eos_token_id": ends}
     return kwargs
 
 

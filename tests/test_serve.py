@@ -181,7 +181,8 @@ def test_the_official_client_raises_the_matching_errors(server):
 
 
 ANSWER_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer", "sure"],
-                 "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]}, "sure": {"type": "boolean"}}}
+                 "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
+                                "sure": {"type": "boolean"}}}
 
 
 def test_response_format_makes_even_the_tiny_model_answer_json_under_the_schema(server):
