@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.serving import free_port, wait_healthy  # noqa: E402
 from machine import cpu  # noqa: E402
 
 
@@ -104,20 +104,6 @@ def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
     return merge_rounds([timed_round(fn, prompts, concurrency)])
 
 
-def wait_health(url: str, seconds: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/health did not answer 200 within {seconds:.0f} s")
-
-
 def raw_generate(merged_dir: str, max_tokens: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,9 +123,7 @@ def raw_generate(merged_dir: str, max_tokens: int):
 
 def start_server(tracking, work: Path, args, tracing: bool) -> tuple[subprocess.Popen, str]:
     """`tunegate serve-model` on the champion as a subprocess; returns it and its URL once it is healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve-model", "--config", "configs/tiny.yaml",
            "--set", f"tracking.tracking_uri={tracking.tracking_uri}", "--set", f"tracking.artifact_root={work}/artifacts",
            "--set", "tracking.experiment=bench", "--set", "tracking.registered_model=bench-model",
@@ -147,7 +131,7 @@ def start_server(tracking, work: Path, args, tracing: bool) -> tuple[subprocess.
            "--port", str(port), "--threads", str(args.threads), "--poll-seconds", str(args.poll_seconds)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_health(url)
+    wait_healthy(url, 300, server)
     return server, url
 
 
@@ -254,7 +238,7 @@ def main() -> None:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         try:
-            wait_health(f"http://127.0.0.1:{tport}")
+            wait_healthy(f"http://127.0.0.1:{tport}", 300)
             tclient = OpenAI(base_url=f"http://127.0.0.1:{tport}/v1", api_key="-", max_retries=0, timeout=600)
 
             def transformers_served(prompt: str) -> int:

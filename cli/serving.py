@@ -27,11 +27,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None, log_path: Path | None = None):
+    """Return once GET url/health is 200; raise if `proc` exits first, TimeoutError after `seconds`."""
+    import httpx
+
+    tail = f"; its log ({log_path}) ends:\n{{}}" if log_path else "{}"
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it served"
+                               + tail.format(log_path.read_text()[-3000:] if log_path else ""))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/health did not answer 200 in {seconds:.0f} s"
+                               + tail.format(log_path.read_text()[-3000:] if log_path else ""))
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group a `start_new_session` child leads; SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextmanager
 def serve_model_process(args: list[str], log_path: Path, start_seconds: float = 120, cwd: Path | None = None):
     """`tunegate serve-model ARGS` on a free port until the block ends; yields its base URL once /health is 200."""
-    import httpx
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,29 +69,10 @@ def serve_model_process(args: list[str], log_path: Path, start_seconds: float = 
         proc = subprocess.Popen([sys.executable, "-m", "cli", "serve-model", *args, "--port", str(port)], cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + start_seconds
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tunegate serve-model exited with code {proc.returncode} before it served; "
-                                   f"its log ({log_path}) ends:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tunegate serve-model did not answer {url}/health in {start_seconds:.0f} s; "
-                                   f"its log ({log_path}) ends:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(url, start_seconds, proc, log_path)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cli.serving import free_port, serve_model_process
+from cli.serving import stop_process as stop
 from conftest import ROOT
 
 
@@ -35,15 +35,6 @@ def wait_for(check, seconds: float, what: str, every: float = 2):
             return result
         time.sleep(every)
     raise TimeoutError(f"gave up waiting for {what} after {seconds:.0f}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextmanager
