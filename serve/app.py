@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serve.backend import LoadedVersion, Sampling, complete, eos_ids, prompt_ids, stream
 from serve.champion import ChampionFollower
-from serve.structured import SchemaError, grammar_for
+from serve.structured import SchemaError, matcher_for
 from serve.tracing import FeedbackRefused, RequestTracer, request_id
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,11 @@ def check_request(req: ChatRequest, loaded: LoadedVersion | None, served_name: s
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     fmt = req.response_format
     try:
-        grammar = grammar_for(fmt.type, fmt.json_schema and fmt.json_schema.json_schema, loaded.tokenizer,
+        matcher = matcher_for(fmt.type, fmt.json_schema and fmt.json_schema.json_schema, loaded.tokenizer,
                               eos_ids(loaded)) if fmt else None
     except SchemaError as err:
         raise RequestError(400, str(err), "response_format") from None
-    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop, grammar)
+    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop, matcher)
 
 
 def completion_body(cid: str, created: int, served_name: str, loaded: LoadedVersion, text: str, prompt_tokens: int,

@@ -44,7 +44,7 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
-    grammar: str | None = None  # response_format as an llguidance grammar (serve/structured.py)
+    matcher: Any = None  # response_format: this reply's llguidance matcher (serve/structured.py)
 
 
 def load_version(client, name: str, version: str) -> LoadedVersion:
@@ -116,14 +116,13 @@ def generate_kwargs(loaded: LoadedVersion, sampling: Sampling) -> dict:
         kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if sampling.stop:
         kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": tok}
-    if sampling.grammar:
+    if sampling.matcher is not None:
         from transformers import LogitsProcessorList
 
         from serve.structured import schema_constraint
 
-        ends = eos_ids(loaded)  # the grammar ends on any of them, so generation must stop on each
-        kwargs |= {"logits_processor": LogitsProcessorList([schema_constraint(sampling.grammar, tok, ends)]),
-                   "eos_token_id": ends}
+        kwargs |= {"logits_processor": LogitsProcessorList([schema_constraint(sampling.matcher)]),
+                   "eos_token_id": eos_ids(loaded)}  # the grammar may end on any of them: stop on each
     return kwargs
 
 

@@ -8,7 +8,8 @@ Before each token, llguidance's matcher for the schema masks every token that ca
 valid reply, so the answer parses whatever the model is: a 135M model asked to judge writes
 `{"verdict":"A","reason":"..."}` instead of prose. JSON is compact (no free whitespace between
 tokens): small models under a flexible-whitespace grammar tend to emit newlines until max_tokens.
-A schema llguidance cannot compile is refused before generation (400, with its message). A reply
+A schema llguidance cannot compile is refused before generation (400, with its message); the
+matcher built to check it is the one that then decodes the reply. A reply
 cut by max_tokens is unfinished JSON with finish_reason "length", as with OpenAI.
 """
 
@@ -40,8 +41,9 @@ def ll_tokenizer(tokenizer, eos_ids: list[int]):
         return _tokenizers[tokenizer]
 
 
-def grammar_for(kind: str, schema: dict | None, tokenizer, eos_ids: list[int]) -> str | None:
-    """The llguidance grammar for a response_format type (and its schema), None for text; SchemaError if unusable."""
+def matcher_for(kind: str, schema: dict | None, tokenizer, eos_ids: list[int]):
+    """A fresh llguidance matcher for one reply under a response_format type (and its schema); None for text.
+    SchemaError when the schema cannot be decoded under."""
     from llguidance import LLMatcher
 
     if kind == "text":
@@ -51,29 +53,26 @@ def grammar_for(kind: str, schema: dict | None, tokenizer, eos_ids: list[int]) -
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
     except ValueError as err:
         raise SchemaError(f"response_format.json_schema.schema is not a JSON schema: {err}") from err
-    problem = LLMatcher.validate_grammar(grammar, ll_tokenizer(tokenizer, eos_ids))
-    if problem and not problem.startswith("WARNING"):
-        raise SchemaError(f"response_format.json_schema.schema cannot be decoded under: {problem}")
-    return grammar
+    # log_level 0: the error goes back in the 400, not to the server log (a schema may quote the request)
+    matcher = LLMatcher(ll_tokenizer(tokenizer, eos_ids), grammar, log_level=0)
+    if matcher.is_error():
+        raise SchemaError(f"response_format.json_schema.schema cannot be decoded under: {matcher.get_error()}")
+    return matcher
 
 
-def schema_constraint(grammar: str, tokenizer, eos_ids: list[int]):
-    """A fresh transformers LogitsProcessor for one generation (the matcher holds that reply's state)."""
+def schema_constraint(matcher):
+    """A transformers LogitsProcessor that keeps one generation inside `matcher`'s grammar."""
     import torch
-    from llguidance import LLMatcher
     from transformers import LogitsProcessor
 
     class SchemaConstraint(LogitsProcessor):
-        def __init__(self):
-            self.matcher = LLMatcher(ll_tokenizer(tokenizer, eos_ids), grammar)
-            self.prompt_length: int | None = None
+        started = False  # the first call sees only the prompt; each later one, the token chosen last
 
         def __call__(self, input_ids, scores):
-            if self.prompt_length is None:
-                self.prompt_length = input_ids.shape[1]
-            elif not self.matcher.consume_token(int(input_ids[0, -1])):
-                raise RuntimeError(f"constrained decoding lost the grammar: {self.matcher.get_error()}")
-            allowed = np.frombuffer(self.matcher.compute_logit_bias(), dtype=np.uint8) > 0
+            if self.started and not matcher.consume_token(int(input_ids[0, -1])):
+                raise RuntimeError(f"constrained decoding lost the grammar: {matcher.get_error()}")
+            self.started = True
+            allowed = np.frombuffer(matcher.compute_logit_bias(), dtype=np.uint8) > 0
             mask = torch.ones(scores.shape[-1], dtype=torch.bool)  # logits past the tokenizer's vocab: never
             mask[:min(len(allowed), scores.shape[-1])] = torch.from_numpy(~allowed[:scores.shape[-1]])
             return scores.masked_fill(mask, float("-inf"))
