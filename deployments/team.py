@@ -116,11 +116,13 @@ def pid_alive(s: dict[str, str], service: str) -> bool:
         return False
 
 
-def spawn(s: dict[str, str], service: str, cmd: list[str], env: dict[str, str]) -> None:
-    """Start a server in its own process group (uvicorn workers die with it), log to logs/<service>.log."""
+def spawn(s: dict[str, str], service: str, cmd: list[str], env: dict[str, str | None]) -> None:
+    """Start a server in its own process group (uvicorn workers die with it), log to logs/<service>.log;
+    env is added to this process's environment, a None value removes that variable."""
     log = Path(s["TEAM_DIR"]) / "logs" / f"{service}.log"
+    merged = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=merged, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file(s, service).write_text(str(proc.pid))
 
@@ -183,8 +185,9 @@ def prefect_env(s: dict[str, str]) -> dict[str, str]:
 
 
 def start_prefect(s: dict[str, str]) -> None:
-    env = {**prefect_env(s), "PREFECT_API_DATABASE_CONNECTION_URL": pg_url(s, "prefect", "postgresql+asyncpg")}
-    env.pop("PREFECT_API_URL", None)
+    # The server is the API: a PREFECT_API_URL in the caller's shell (e.g. from `env`) is not passed on.
+    env = {**prefect_env(s), "PREFECT_API_DATABASE_CONNECTION_URL": pg_url(s, "prefect", "postgresql+asyncpg"),
+           "PREFECT_API_URL": None}
     spawn(s, "prefect", [str(Path(sys.executable).parent / "prefect"), "server", "start",
                          "--host", s["TEAM_HOST"], "--port", s["TEAM_PREFECT_PORT"]], env)
 
