@@ -103,9 +103,11 @@ def cmd_run(args) -> int:
     start = time.perf_counter()
     if args.local_judge:
         from cli.serving import local_judge
+        from tunegate.config import JudgeConfig
 
-        with local_judge(args.local_judge, summary_path.parent / "local-judge.log") as judge_sets:
-            params = load_config(args.config, [*args.set, *judge_sets, f"run_name={params.run_name}"])
+        with local_judge(args.local_judge, summary_path.parent / "local-judge.log") as endpoint:
+            # the config's judge section (rubric, max_tokens, ...) stays; only where the judge is changes
+            params.judge = JudgeConfig(**{**(params.judge.model_dump() if params.judge else {}), **endpoint})
             state = finetune_pipeline(params, return_state=True)
     else:
         state = finetune_pipeline(params, return_state=True)

@@ -1,7 +1,7 @@
 """`tunegate serve-model` as a child process: started on a free loopback port, used, stopped.
 
-    with local_judge("bundled:smollm2-135m-instruct", Path("outputs/local-judge.log")) as overrides:
-        ...  # `tunegate run --local-judge MODEL`: overrides point judge.base_url and judge.model at it
+    with local_judge("bundled:smollm2-135m-instruct", Path("outputs/local-judge.log")) as endpoint:
+        ...  # `tunegate run --local-judge MODEL`: endpoint = {"base_url": ..., "model": ...} for the judge
 
 The local judge serves MODEL as it is (`--model-dir`: structured outputs on, no registry, no
 tracing) for the length of one run, and stops when the run ends, also on Ctrl-C or a failed run.
@@ -77,9 +77,9 @@ def serve_model_process(args: list[str], log_path: Path, start_seconds: float = 
 
 @contextmanager
 def local_judge(model: str, log_path: Path, start_seconds: float = 300):
-    """Yield the `--set` overrides that point the judge at a server of `model`, running until the block ends."""
+    """Yield judge.base_url and judge.model of a server of `model`, running until the block ends."""
     # One torch thread: the server shares the machine with the run that calls it.
     args = ["--model-dir", model, "--served-name", JUDGE_NAME, "--threads", "1"]
     with serve_model_process(args, log_path, start_seconds) as url:
         print(f"tunegate: local judge {model} on {url}/v1 (log: {log_path})", file=sys.stderr, flush=True)
-        yield [f"judge.base_url={url}/v1", f"judge.model={JUDGE_NAME}"]
+        yield {"base_url": f"{url}/v1", "model": JUDGE_NAME}
