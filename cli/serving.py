@@ -31,15 +31,15 @@ def wait_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None,
     """Return once GET url/health is 200; raise if `proc` exits first, TimeoutError after `seconds`."""
     import httpx
 
-    tail = f"; its log ({log_path}) ends:\n{{}}" if log_path else "{}"
+    def log_tail() -> str:
+        return f"; its log ({log_path}) ends:\n{log_path.read_text()[-3000:]}" if log_path else ""
+
     deadline = time.monotonic() + seconds
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode} before it served"
-                               + tail.format(log_path.read_text()[-3000:] if log_path else ""))
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it served{log_tail()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{url}/health did not answer 200 in {seconds:.0f} s"
-                               + tail.format(log_path.read_text()[-3000:] if log_path else ""))
+            raise TimeoutError(f"{url}/health did not answer 200 in {seconds:.0f} s{log_tail()}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
