@@ -37,20 +37,29 @@ def flag_expectations(columns: dict[str, str], max_fraction: float | dict[str, f
     ]
 
 
+def rule_summary(rule: str, description: str, max_fraction: float, failed: int = 0, measured: int = 0,
+                 success: bool = True) -> dict:
+    """One rule's outcome. Over zero measured rows nothing failed and no fraction was measured: 0.0, measured 0."""
+    return {"rule": rule, "description": description, "success": bool(success) or measured == 0,
+            "failed_rows": failed, "measured_rows": measured,
+            "failed_fraction": failed / measured if measured else 0.0, "max_fraction": max_fraction}
+
+
+def suite_summary(name: str, rules: list[dict]) -> dict:
+    """A suite's outcome; `nothing_to_check` when no rule had a row to measure (an empty window, no pairs)."""
+    return {"suite": name, "success": all(r["success"] for r in rules), "rules": rules,
+            "nothing_to_check": all(r["measured_rows"] == 0 for r in rules)}
+
+
 def _summary(name: str, result) -> dict:
-    rules = []
-    for r in result.results:
-        rules.append(
-            {
-                "rule": r.expectation_config.meta["rule"],
-                "description": r.expectation_config.meta["description"],
-                "success": bool(r.success),
-                "failed_rows": int(r.result.get("unexpected_count", 0)),
-                "failed_fraction": float(r.result.get("unexpected_percent", 0.0)) / 100.0,
-                "max_fraction": round(1.0 - r.expectation_config.kwargs.get("mostly", 1.0), 6),
-            }
-        )
-    return {"suite": name, "success": bool(result.success), "rules": rules}
+    # GE's unexpected_percent is None when every value is null (no row measured): read counts instead.
+    return suite_summary(name, [
+        rule_summary(r.expectation_config.meta["rule"], r.expectation_config.meta["description"],
+                     round(1.0 - r.expectation_config.kwargs.get("mostly", 1.0), 6),
+                     failed=int(r.result.get("unexpected_count") or 0),
+                     measured=int(r.result.get("element_count") or 0) - int(r.result.get("missing_count") or 0),
+                     success=r.success)
+        for r in result.results])
 
 
 class GxRun:
@@ -77,10 +86,8 @@ class GxRun:
         """Validate `frame` with one expectation per rule; return a JSON-safe summary per rule."""
         import great_expectations as gx
 
-        if frame.empty:
-            return {"suite": name, "success": True, "rules": [
-                {"rule": r, "description": d, "success": True, "failed_rows": 0, "failed_fraction": 0.0,
-                 "max_fraction": max_fraction[r]} for r, d in rules.items()]}
+        if frame.empty:  # GE refuses an empty batch; zero rows read as nothing failed, nothing measured
+            return suite_summary(name, [rule_summary(r, d, max_fraction[r]) for r, d in rules.items()])
         batch = (
             self.context.data_sources.add_pandas(f"{name}_source")
             .add_dataframe_asset(f"{name}_asset")

@@ -245,9 +245,9 @@ def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records
                 src = rows[c["row"]]["source"]
                 g["prompts"].append(f"{_excerpt(c['prompt'], 80)!r} ({src['file']}:{src['line']})")
     summaries = {s["suite"]: s for s in sft["summaries"] + (pref["summaries"] if pref else [])}
-    shares = {kind: summaries[name]["rules"][0]["failed_fraction"]
+    shares = {kind: summaries[name]["rules"][0]["failed_fraction"]  # only windows that had rows to measure
               for kind, name in (("sft", "contradiction"), ("preference", "preference_contradiction"))
-              if name in summaries}
+              if name in summaries and summaries[name]["rules"][0]["measured_rows"]}
     return {
         "conflicting_rows": sum(len((r or {}).get("conflicts", [])) for r in (sft, pref)),
         "max_fraction": checks.conflict_max_fraction,
@@ -424,6 +424,7 @@ def validate_records(
                   "strata": coverage} if data is not None else None,
         "conflicts": conflict_summary(sft, pref, checks, records, preferences),
         "suites": suites,
+        "nothing_to_check": [f"{s['data']}/{s['suite']}" for s in suites if s["nothing_to_check"]],
         "success": all(s["success"] for s in suites),
         "examples": {
             **_examples(records, rejected_sft, sft["details"]),
@@ -456,9 +457,13 @@ def failure_message(report: dict) -> str:
     return "Data validation failed:\n" + "\n".join(lines) + f"\nEvery rejected row and its reasons: {report['quarantine']}"
 
 
+def _fraction(rule: dict) -> str:
+    return f"{rule['failed_fraction']:.2%}" if rule["measured_rows"] else "nothing to check"
+
+
 def report_markdown(report: dict) -> str:
     rows = [
-        f"| {s.get('data', 'sft')} | {s['suite']} | {r['rule']} | {r['failed_rows']} | {r['failed_fraction']:.2%} | "
+        f"| {s.get('data', 'sft')} | {s['suite']} | {r['rule']} | {r['failed_rows']} | {_fraction(r)} | "
         f"{r['max_fraction']:.0%} | {'pass' if r['success'] else '**FAIL**'} |"
         for s in report["suites"]
         for r in s["rules"]
@@ -474,6 +479,8 @@ def report_markdown(report: dict) -> str:
             f"kept: {report['preferences_kept']}. PII redacted: {redacted}.",
             f"Length: {report['length']['method'] if report['length'] else 'skipped'}. "
             f"Data Docs: {report['data_docs']}",
+            *([f"Nothing to check (no rows to measure): {', '.join(report['nothing_to_check'])}."]
+              if report["nothing_to_check"] else []),
             "",
             "| data | suite | rule | failed rows | fraction | allowed | verdict |",
             "|---|---|---|---|---|---|---|",
