@@ -113,12 +113,14 @@ def row_problems(rec: dict, by_shape: dict | None = None) -> dict[str, str]:
 
 def text_problems(view: TextView) -> tuple[np.ndarray, np.ndarray]:
     """(rows with control characters, rows with lone surrogates), from one pass over the shared bytes."""
+    n = len(view)
+    if n == 0:  # no texts: the buffer holds only padding, which belongs to no row
+        return np.zeros(0, bool), np.zeros(0, bool)
     buf = view.buf[:-15]  # without the padding after the last text's NUL
     control = _CONTROL[buf]
     control[view.starts + view.nbytes] = False  # the NUL that ends each text
     c1 = np.flatnonzero((buf[:-1] == 0xC2) & (buf[1:] >= 0x80) & (buf[1:] <= 0x9F))
     surrogate = np.flatnonzero((buf[:-1] == 0xED) & (buf[1:] >= 0xA0))
-    n = len(view)
     ctrl_rows, bad_rows = np.zeros(n, bool), np.zeros(n, bool)
     ctrl_rows[view.row_of(np.concatenate([np.flatnonzero(control), c1]))] = True
     bad_rows[view.row_of(surrogate)] = True

@@ -71,6 +71,14 @@ JSON_VALUED = ("messages", "conversations", "chosen", "rejected", "prompt", "com
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
 
 
+class DataInputError(ValueError):
+    """A listed data file that cannot be used at all: missing, or without a single row. Retrying cannot help."""
+
+    def __init__(self, file: str, problem: str):
+        super().__init__(f"{file}: {problem}")
+        self.file, self.problem = str(file), problem
+
+
 class RowError(ValueError):
     """A row that cannot become a canonical record; `rule` names the format rule it breaks."""
 
@@ -468,9 +476,9 @@ def ingest_files(
         for file, wanted in [(f, "sft") for f in files] + [(f, "preference") for f in preference_files]:
             path = Path(file)
             if not path.exists():
-                raise FileNotFoundError(f"data file not found: {file}")
+                raise DataInputError(file, "data file not found")
             spec = formats.get(str(file)) or {}
-            kept = 0
+            kept, any_row = 0, False
             for line, row, error in read_rows(path, max_row_bytes):
                 source = {"file": str(file), "line": line}
                 if error is not None and error.rule == "blank_line":  # not a row: counted, with its line
@@ -478,6 +486,7 @@ def ingest_files(
                                               "reasons": [f"{error.rule}: {error}"], "row": None}) + "\n")
                     counts["blank_lines"] += 1
                     continue
+                any_row = True
                 if error is None:
                     try:
                         kind, rec = convert_row(row, spec.get("format", "auto"), spec.get("columns"))
@@ -497,6 +506,9 @@ def ingest_files(
                     flush(kind)
                 counts["records" if kind == "sft" else "preferences"] += 1
                 kept += 1
+            if kept == 0 and not any_row:
+                raise DataInputError(file, "no rows (an empty file, an empty JSON array or only blank lines); "
+                                     "fill it or remove it from the config")
             counts["per_file"][str(file)] = kept
         flush("sft")
         flush("preference")
@@ -514,13 +526,28 @@ class Ingested(BaseModel):
     counts: dict
 
 
-@task(retries=2, retry_delay_seconds=[2, 5], cache_policy=STAGE_CACHE, persist_result=True)
+def listed_as(data: DataConfig, file: str) -> str:
+    """The config field that lists a data file, for error messages."""
+    fields = ("domain_files", "general_files", "feedback_files", "preference_files", "feedback_preference_files")
+    return next((f"data.{name}" for name in fields if file in getattr(data, name)), "data")
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry I/O hiccups, not a file that is missing or empty: a second read finds it the same."""
+    return not isinstance(state.result(raise_on_failure=False), DataInputError)
+
+
+@task(retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=retry_unless_bad_input, cache_policy=STAGE_CACHE,
+      persist_result=True)
 def ingest(data: DataConfig, out_dir: str) -> Ingested:
     """Read the dataset files into canonical SFT records and preference pairs."""
-    return Ingested(**ingest_files(data.domain_files + data.general_files + data.feedback_files, Path(out_dir),
-                        data.preference_files + data.feedback_preference_files,
-                        {f: spec.model_dump() for f, spec in data.file_formats.items()},
-                        int(data.checks.max_row_mb * 2**20)))
+    try:
+        return Ingested(**ingest_files(data.domain_files + data.general_files + data.feedback_files, Path(out_dir),
+                                       data.preference_files + data.feedback_preference_files,
+                                       {f: spec.model_dump() for f, spec in data.file_formats.items()},
+                                       int(data.checks.max_row_mb * 2**20)))
+    except DataInputError as err:
+        raise DataInputError(err.file, f"{err.problem} (listed in {listed_as(data, err.file)})") from None
 
 
 if __name__ == "__main__":

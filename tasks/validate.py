@@ -287,6 +287,32 @@ def _examples(records, ingest_rejected, details, limit: int = 3) -> dict[str, li
     return examples
 
 
+def file_outcomes(rows: list[dict], ingest_rejected: list[dict], rejected_mask: np.ndarray,
+                  details: list[dict[str, str]]) -> dict[str, dict]:
+    """Per source file: rows read, rows kept, and how often each rule rejected one of its rows."""
+    out: dict[str, dict] = {}
+    for i, row in enumerate(rows + ingest_rejected):
+        entry = out.setdefault(row["source"]["file"], {"rows": 0, "kept": 0, "rules": {}})
+        entry["rows"] += 1
+        if i < len(rows) and not rejected_mask[i]:
+            entry["kept"] += 1
+        else:
+            for rule in details[i]:
+                entry["rules"][rule] = entry["rules"].get(rule, 0) + 1
+    return out
+
+
+def emptied_files(report: dict, listed: list[str]) -> str | None:
+    """A message naming each listed file that had rows and kept none of them; None when every file kept some."""
+    lines = [f"  {file}: all {o['rows']} rows quarantined (" + ", ".join(
+        f"{rule} {n}" for rule, n in sorted(o["rules"].items(), key=lambda x: -x[1])[:4]) + ")"
+             for file in listed if (o := report["files"].get(file)) and o["rows"] and not o["kept"]]
+    if not lines:
+        return None
+    return ("Data validation: nothing of these files survived the checks, so they would train nothing:\n"
+            + "\n".join(lines) + f"\nFix or remove them (every row and its reasons: {report['quarantine']}).")
+
+
 def gc_paused(fn):
     """Run fn with the garbage collector paused: the stage builds millions of small dicts and no
     cycles, and collections triggered by those allocations cost more than the checks (3x on reading alone)."""
@@ -376,6 +402,7 @@ def validate_records(
     write_started = time.perf_counter()
     paths = {name: out_dir / f"{name}.jsonl" for name in ("clean", "clean_preferences", "quarantine")}
     kept = {"sft": 0, "preference": 0}
+    per_file: dict[str, dict] = {}
     with paths["quarantine"].open("wb") as q, paths["clean"].open("wb") as c, paths["clean_preferences"].open("wb") as cp:
         for kind, rows, bad, result, out in (("sft", records, rejected_sft, sft, c), ("preference", preferences,
                                                                                         rejected_pref, pref, cp)):
@@ -398,6 +425,7 @@ def validate_records(
                            "facts": facts.facts(contradiction.answer_text(rec))}
                 out.write(orjson.dumps(rec) + b"\n")
             kept[kind] = int((~rejected_mask).sum())
+            per_file.update(file_outcomes(rows, bad, rejected_mask, result["details"]))
     write_seconds = time.perf_counter() - write_started
 
     docs = gx.build_docs()
@@ -423,6 +451,7 @@ def validate_records(
         "split": {"fraction": data.eval_fraction, "seed": data.split_seed, "min_per_stratum": data.min_eval_per_stratum,
                   "strata": coverage} if data is not None else None,
         "conflicts": conflict_summary(sft, pref, checks, records, preferences),
+        "files": per_file,
         "suites": suites,
         "nothing_to_check": [f"{s['data']}/{s['suite']}" for s in suites if s["nothing_to_check"]],
         "success": all(s["success"] for s in suites),
@@ -546,6 +575,10 @@ def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir
         raise ConflictReviewRequired(conflict_message(report))
     if failed:
         raise DataValidationError(failure_message(report))
+    # Files a user listed; a feedback window whose every row is, say, a duplicate is a normal outcome.
+    emptied = emptied_files(report, data.domain_files + data.general_files + data.preference_files)
+    if emptied:
+        raise DataValidationError(emptied)
     return Validated.of(report, Path(out_dir) / "report.json")
 
 

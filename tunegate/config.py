@@ -131,6 +131,15 @@ class DataConfig(_Section):
     )
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="Data check thresholds and settings.")
 
+    @model_validator(mode="after")
+    def _domain_data_given(self) -> DataConfig:
+        if not self.domain_files:
+            raise ValueError(
+                "data.domain_files is empty: list at least one file of your task's own SFT data. Its held-out rows "
+                "are the domain eval every candidate is gated on, and the curated answers that general data, "
+                "preferences and feedback are checked against; general, preference or feedback files alone have none.")
+        return self
+
 
 # Usual peak learning rates; outside them training usually diverges or does nothing.
 LR_RANGES = {"lora": (1e-5, 5e-3), "dora": (1e-5, 5e-3), "qlora": (1e-5, 5e-3), "full": (1e-7, 2e-4)}
