@@ -81,7 +81,9 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
 
 def judge_line(j: dict) -> str:
     """The pairwise judge's result in one line: win rate, interval, counts, sign test, position bias."""
-    if j["win_rate"] is None:
+    if not j["pairs"]:
+        rate = "nothing to judge (no generation task answered by both models)"
+    elif j["win_rate"] is None:
         rate = "no win rate (no verdict on any pair)"
     else:
         rate = f"win rate {j['win_rate']:.3f} [{j['ci_low']:.3f}, {j['ci_high']:.3f}]"

@@ -141,6 +141,19 @@ def write_assertion_docs(assertions: list[Assertion], base_model_path: str, out:
     out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+# Where an eval task's docs come from, for the error when there are none (format raises its own, earlier).
+EMPTY_TASK_SOURCE = {
+    "domain": "no clean domain row was held out (data.eval_fraction, data.min_eval_per_stratum)",
+    "general": "data.general_holdout_file has no readable Alpaca rows",
+    "production": "data.production_eval_file has no rows",
+}
+
+
+def count_docs(path: Path) -> int:
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
 def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], out_dir: Path,
                       key_facts: dict[str, KeyFactTerms] | None = None, assertions: list[Assertion] | None = None,
                       trust_remote_code: bool = False) -> Path:
@@ -159,6 +172,10 @@ def materialize_tasks(prepared: dict, max_gen_toks: int, task_names: list[str], 
         data_files["assertions"] = str(out_dir / "assertions.jsonl")
         write_assertion_docs(assertions or [], prepared["base_model_path"], Path(data_files["assertions"]),
                              trust_remote_code)
+    for name in task_names:
+        if name in data_files and not count_docs(Path(data_files[name])):
+            source = EMPTY_TASK_SOURCE.get(name, "its data file is empty")
+            raise EvalSuiteError(f"eval task tunegate_{name} has no docs to score: {source}")
     key_facts = key_facts or {}
     scored = {f"tunegate_{t}" for t in ("domain", "production") if t in task_names}
     unknown = sorted(set(key_facts) - scored)

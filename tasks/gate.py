@@ -109,6 +109,8 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
     sign = 1.0 if higher_is_better else -1.0
     cand_s = np.asarray(cand_task["samples"][rule.metric], dtype=float)
     base_s = np.asarray(base_task["samples"][rule.metric], dtype=float)
+    if len(cand_s) == 0:
+        return unmeasured_rule(rule, higher_is_better)
     gain = sign * (cand_s - base_s)  # per doc, > 0 means the candidate is better
     binary = bool(np.isin(cand_s, (0.0, 1.0)).all() and np.isin(base_s, (0.0, 1.0)).all())
     test = rule.test if rule.test != "auto" else ("mcnemar" if binary else "bootstrap")
@@ -137,8 +139,6 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
         reasons.append(f"score {cand:.4f} > maximum {rule.max_score}")
     if reasons:
         verdict, note = "regressed", "; ".join(reasons)
-    elif len(gain) == 0:
-        verdict, note = "uninformative", "no samples to compare (e.g. a judge that gave no verdict on any pair)"
     elif constant:
         seen = f"{float(cand_s[0]):g} on all {len(gain)} samples of both models: the comparison sees nothing"
         verdict, note = ("unchanged", f"{seen}; the absolute limit holds") if has_limit else ("uninformative", seen)
@@ -175,6 +175,21 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
     }
 
 
+def unmeasured_rule(rule: GateRule, higher_is_better: bool) -> dict:
+    """A rule over zero samples (no eval docs, a judge without a verdict): uninformative, and no number is made up."""
+    return {"task": rule.task, "metric": rule.metric, "higher_is_better": higher_is_better, "baseline_score": None,
+            "candidate_score": None, "delta": None, "ci_low": None, "ci_high": None, "p_value": None,
+            "test": "none (n=0)", "rule": f"{'higher' if higher_is_better else 'lower'} is better, "
+            f"max_drop={rule.max_drop}", "mde": None, "n": 0, "verdict": "uninformative",
+            "note": "no samples to compare (e.g. no eval docs, or a judge that gave no verdict on any pair)",
+            "strata": []}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A measured number, or n/a where nothing was measured."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def excerpt(text: str, limit: int = 160, tail: bool = False) -> str:
     """One line of at most limit characters; chat-template markup (<|...|>) dropped. tail: keep the end."""
     flat = " ".join(re.sub(r"<\|[^|>]*\|>", " ", text).split())
@@ -198,14 +213,14 @@ def answer_drift(cfg: GateConfig, candidate_eval: dict, baseline_eval: dict) -> 
                                 "prompt": excerpt(cand["prompts"][i], tail=True),
                                 "baseline": excerpt(old, 300), "candidate": excerpt(new, 300)})
         tasks[name] = {"n": len(cand["answers"]), "drifted": drifted,
-                       "share": round(drifted / max(len(cand["answers"]), 1), 6)}
+                       "share": round(drifted / len(cand["answers"]), 6) if cand["answers"] else None}
     n, drifted = sum(t["n"] for t in tasks.values()), sum(t["drifted"] for t in tasks.values())
-    share = drifted / n if n else 0.0
+    share = round(drifted / n, 6) if n else None  # no generation answers: no drift measured
     first_model = baseline_eval["version"] is None
-    blocks = cfg.max_answer_drift is not None and not first_model and share > cfg.max_answer_drift
+    blocks = cfg.max_answer_drift is not None and not first_model and share is not None and share > cfg.max_answer_drift
     changes.sort(key=lambda c: c["f1"])  # stable: ties keep task and doc order
     return {
-        "share": round(share, 6),
+        "share": share,
         "n": n,
         "drifted": drifted,
         "f1_below": cfg.answer_drift_f1,
@@ -224,10 +239,10 @@ def review_reasons(cfg: GateConfig, rows: list[dict], candidate_eval: dict) -> l
     if cfg.review_ci_width is not None:
         reasons += [f"{r['task']}/{r['metric']}: interval [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] is wider than "
                     f"{cfg.review_ci_width}: the eval cannot tell whether it dropped"
-                    for r in rows if r["tier"] != "advisory" and r["verdict"] != "regressed"
+                    for r in rows if r["tier"] != "advisory" and r["verdict"] != "regressed" and r["n"]
                     and r["ci_high"] - r["ci_low"] > cfg.review_ci_width]
     judged = candidate_eval["tasks"].get("judge", {}).get("judge")
-    if judged and judged["no_verdict_rate"] > cfg.judge_max_no_verdict:
+    if judged and judged["pairs"] and judged["no_verdict_rate"] > cfg.judge_max_no_verdict:
         reasons.append(f"the judge gave no verdict on {judged['no_verdict']} of {judged['pairs']} pairs "
                        f"({judged['no_verdict_rate']:.0%} > {cfg.judge_max_no_verdict:.0%})")
     return reasons
@@ -357,8 +372,9 @@ def decision_markdown(decision: dict, version: str, links: dict[str, str] | None
         verdict = f"**{r['verdict']}**" if r["verdict"] in ("regressed", "uninformative") else r["verdict"]
         mde = "none" if r["mde"] is None else f"{r['mde']:.4f}"
         lines.append(
-            f"| {r['task']} | {r['metric']} | {r['baseline_score']:.4f} | {r['candidate_score']:.4f} | "
-            f"{r['delta']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3g} | {mde} | "
+            f"| {r['task']} | {r['metric']} | {fmt(r['baseline_score'], '.4f')} | {fmt(r['candidate_score'], '.4f')} | "
+            f"{fmt(r['delta'], '+.4f')} | [{fmt(r['ci_low'], '+.4f')}, {fmt(r['ci_high'], '+.4f')}] | "
+            f"{fmt(r['p_value'], '.3g')} | {mde} | "
             f"{r['test']} | {r['rule']} | {verdict}: {r['note']} |"
         )
     lines += ["", "Per stratum (n docs, mean score):", "",
@@ -374,7 +390,7 @@ def decision_markdown(decision: dict, version: str, links: dict[str, str] | None
            f"cap {drift['max']} not applied against the base model")
     per_task = ", ".join(f"{t} {v['drifted']}/{v['n']}" for t, v in drift["tasks"].items())
     lines += ["", f"Answer drift: {drift['drifted']}/{drift['n']} eval answers changed materially "
-                  f"({drift['share']:.1%}; token F1 between the two answers < {drift['f1_below']}; {per_task}); {cap}."]
+                  f"({fmt(drift['share'], '.1%')}; token F1 between the two answers < {drift['f1_below']}; {per_task}); {cap}."]
     for c in drift["examples"]:
         lines.append(f"- {c['task']} doc {c['doc_id']} ({c['stratum']}, F1 {c['f1']:.2f}): prompt `{c['prompt']}`; "
                      f"{decision['baseline']}: `{c['baseline']}`; candidate: `{c['candidate']}`")
@@ -422,12 +438,12 @@ def gate(cfg: GateConfig, registered: Registered, tracking: TrackingConfig) -> G
     for row in decision["rows"]:
         client.set_model_version_tag(
             name, version, f"gate.{row['task']}.{row['metric']}",
-            f"{row['verdict']}: delta {row['delta']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
-            f"p={row['p_value']:.3g}, MDE {'none' if row['mde'] is None else format(row['mde'], '.4f')}; {row['note']}",
+            f"{row['verdict']}: delta {fmt(row['delta'], '+.4f')} [{fmt(row['ci_low'], '+.4f')}, "
+            f"{fmt(row['ci_high'], '+.4f')}], p={fmt(row['p_value'], '.3g')}, MDE {fmt(row['mde'], '.4f')}; {row['note']}",
         )
     drift = decision["answer_drift"]
     client.set_model_version_tag(name, version, "gate.answer_drift",
-                                 f"{drift['share']:.4f} ({drift['drifted']}/{drift['n']}), max {drift['max']}")
+                                 f"{fmt(drift['share'], '.4f')} ({drift['drifted']}/{drift['n']}), max {drift['max']}")
     client.set_model_version_tag(name, version, "gate.uninformative", ",".join(decision["uninformative"]))
     client.set_model_version_tag(name, version, "gate.baseline", decision["baseline"])
     client.set_model_version_tag(name, version, "gate.regressed", ",".join(decision["regressed"]))

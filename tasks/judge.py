@@ -170,7 +170,7 @@ def judge_summary(pairs: list[dict], cfg: JudgeConfig, n_bootstrap: int = 2000, 
     return {
         "judge": cfg.model, "pairs": len(pairs), "wins": wins, "losses": losses,
         "ties": outcomes.count("tie"), "no_verdict": outcomes.count("no_verdict"),
-        "no_verdict_rate": outcomes.count("no_verdict") / len(pairs) if pairs else 0.0,
+        "no_verdict_rate": outcomes.count("no_verdict") / len(pairs) if pairs else None,
         "win_rate": float(decided.mean()) if len(decided) else None, "ci_low": low, "ci_high": high,
         "sign_test_p": p_value,
         # Both orders named the same position (A/A or B/B): the judge followed the place, not the answer.
@@ -201,12 +201,14 @@ def with_judge(evals: Comparison, pairs: list[dict], cfg: JudgeConfig) -> tuple[
     common = {"doc_ids": [f"{p['task']}/{p['doc_id']}" for p in kept], "higher_is_better": {"win_rate": True},
               "definition_hash": cache_key(cfg, "", "", ""), "data_hash": evals.candidate.model_hash,
               "limit": None, "footing": {"judge": cfg.model}, "strata": [p["task"] for p in kept]}
-    cand = {**common, "metrics": {"win_rate": summary["win_rate"] if kept else 0.5,
-                                  "no_verdict_rate": summary["no_verdict_rate"]},
+    # Only what was measured: no win rate without a verdict, no no-verdict rate without a pair.
+    measured = {**({"win_rate": summary["win_rate"]} if kept else {}),
+                **({"no_verdict_rate": summary["no_verdict_rate"]} if pairs else {})}
+    cand = {**common, "metrics": measured,
             "samples": {"win_rate": [OUTCOME[p["outcome"]] for p in kept]}, "judge": summary,
             "verdicts": [{k: p[k] for k in ("task", "doc_id", "outcome")} | {
                 "reason_a_first": p["first"]["reason"], "reason_b_first": p["second"]["reason"]} for p in pairs]}
-    base = {**common, "metrics": {"win_rate": 0.5, "no_verdict_rate": summary["no_verdict_rate"]},
+    base = {**common, "metrics": {**measured, **({"win_rate": 0.5} if kept else {})},
             "samples": {"win_rate": [0.5] * len(kept)}}
     return evals.model_copy(update={
         "candidate": evals.candidate.model_copy(update={"tasks": {**evals.candidate.tasks, "judge": cand}}),

@@ -232,6 +232,32 @@ def test_a_named_task_whose_data_is_missing_fails_naming_it(prepared, tmp_path):
                    tmp_path / "run")
 
 
+def test_an_eval_task_with_no_docs_fails_before_training_naming_its_source(prepared, tmp_path):
+    empty = tmp_path / "empty_holdout.json"
+    empty.write_text("[]")
+    no_holdout = {**prepared, "general_eval": str(tmp_path / "general_eval.jsonl")}
+    Path(no_holdout["general_eval"]).write_text("")  # what prepare writes for a holdout without rows
+    with pytest.raises(EvalSuiteError, match=r"tunegate_general has no docs to score: data.general_holdout_file"):
+        eval_suite(no_holdout, EvalConfig(tasks=["domain", "general"]), [], tmp_path / "cache", tmp_path / "a")
+    with pytest.raises(ValueError, match=r"eval.tasks lists 'assertions' but eval.assertions is empty"):
+        EvalConfig(tasks=["domain", "assertions"])  # the config refuses it first
+    production = tmp_path / "production_eval.jsonl"
+    production.write_text("\n")
+    with pytest.raises(EvalSuiteError, match=r"tunegate_production has no docs to score: data.production_eval_file"):
+        eval_suite({**prepared, "production_eval": str(production)}, EvalConfig(tasks=["domain", "production"]), [],
+                   tmp_path / "cache", tmp_path / "c")
+    tasks_dir = tmp_path / "my_tasks"  # a task of your own whose data file has no rows
+    tasks_dir.mkdir()
+    (tmp_path / "none.jsonl").write_text("")
+    (tasks_dir / "none.yaml").write_text(
+        f"task: my_none\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'none.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "metric_list:\n  - metric: acc\n")
+    cfg = EvalConfig(tasks=["general"], lm_eval_tasks=["my_none"], include_paths=[str(tasks_dir)])
+    with pytest.raises(EvalSuiteError, match=r"my_none"):
+        eval_suite(prepared, cfg, [], tmp_path / "cache", tmp_path / "d")
+
+
 @pytest.mark.slow
 def test_a_standard_task_without_reachable_data_fails_naming_it(prepared, tmp_path):
     """Nothing is downloaded here: arc_easy's data is not in the local cache. (Indexes lm-eval's tasks: ~15 s.)"""

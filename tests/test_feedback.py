@@ -205,3 +205,21 @@ def test_production_set_grows_with_references_no_window_can_rewrite(tmp_path, tr
                                                                  conv=[{"role": "user", "content": "Yes in German?"}])]),
                                   str(clean), "2", 0.5)
     assert v3["added"] == 0 and v3["version"] == 2
+
+
+def test_a_production_set_without_rows_adds_no_eval_task_and_no_gate_rule():
+    from flows.retrain_from_feedback import with_feedback
+    from tasks.feedback import production_rows
+    from tunegate.config import FeedbackConfig, load_config
+
+    # No prompts, no curated rows: nothing to add, nothing skipped, no crash.
+    assert production_rows([], [], None, set(), "w", 0.5) == ([], {"known": 0, "pii": 0, "no_reference": 0})
+    params = load_config("configs/tiny.yaml")
+    window = {"sft_file": None, "preference_file": None}
+    empty = {"version": 0, "rows": 0, "file": None, "run_id": None}
+    run = with_feedback(params, window, params.data.checks, empty, FeedbackConfig(), "w")
+    assert "production" not in run.eval.tasks and run.data.production_eval_file is None
+    assert not [r for r in run.gate.rules if r.task == "tunegate_production"]
+    with_rows = with_feedback(params, window, params.data.checks, {**empty, "version": 1, "rows": 2, "file": "p.jsonl"},
+                              FeedbackConfig(), "w")
+    assert "production" in with_rows.eval.tasks and with_rows.data.production_eval_file == "p.jsonl"

@@ -158,3 +158,18 @@ def test_an_interval_too_wide_to_tell_asks_for_review():
     assert wide["outcome"] == "needs_review" and "is wider than 0.2" in wide["review"][0]
     assert decide(gate_config(rule, review_ci_width=width + 0.01), evaluation("c", "t", "acc", cand),
                   evaluation("b", "t", "acc", base))["outcome"] == "passed"
+
+
+def test_a_rule_over_zero_samples_is_uninformative_and_reports_no_number():
+    decision = decide(gate_config(RULE, GateRule(task="t", metric="acc", min_score=0.9, max_drop=0.0)),
+                      evaluation("cand", "t", "acc", []), evaluation("champion v1", "t", "acc", []))
+    assert [r["verdict"] for r in decision["rows"]] == ["uninformative", "uninformative"]
+    assert all(r[k] is None for r in decision["rows"] for k in ("candidate_score", "delta", "p_value", "ci_low"))
+    assert decision["answer_drift"]["share"] is None and decision["answer_drift"]["n"] == 0
+    assert decision["outcome"] == "passed" and decision["uninformative"] == ["t/acc", "t/acc"]
+    markdown = decision_markdown(decision, "2")
+    assert "| t | acc | n/a | n/a | n/a | [n/a, n/a] | n/a | none | none (n=0) |" in markdown
+    assert "Answer drift: 0/0 eval answers changed materially (n/a;" in markdown
+    blocked = decide(gate_config(RULE, block_uninformative=True), evaluation("cand", "t", "acc", []),
+                     evaluation("champion v1", "t", "acc", []))
+    assert blocked["outcome"] == "blocked"  # a team that asked for it blocks on what it cannot measure

@@ -84,6 +84,22 @@ def test_the_gate_on_the_judge_blocks_passes_or_asks_for_review():
     assert decision["outcome"] == "needs_review" and "no verdict on 4 of 4 pairs" in decision["review"][0]
 
 
+def test_a_judge_with_no_pairs_reports_nothing_it_did_not_measure(tmp_path):
+    """No generation task answered by both models: zero pairs, no rates, an uninformative rule, no review."""
+    from cli.main import judge_line
+
+    judged, summary = with_judge(comparison(0), judge_both_orders(comparison(0), CFG, tmp_path), CFG)
+    assert (summary["pairs"], summary["win_rate"], summary["no_verdict_rate"], summary["ci_low"]) == (0, None, None, None)
+    assert judged.candidate.tasks["judge"]["metrics"] == {} == judged.baseline.tasks["judge"]["metrics"]
+    decision = decide(GateConfig(rules=[GateRule(task="judge", metric="win_rate", min_score=0.5)]),
+                      judged.candidate.model_dump(), judged.baseline.model_dump())
+    row = decision["rows"][0]
+    assert row["verdict"] == "uninformative" and row["n"] == 0 and row["candidate_score"] is None
+    assert decision["outcome"] == "passed" and decision["review"] == []  # nothing measured, nothing to review
+    assert judge_line(summary).startswith("nothing to judge (no generation task answered by both models) by judge-model "
+                                          "over 0 pairs")
+
+
 @pytest.fixture(scope="module")
 def judge_server(tiny_model, tmp_path_factory):
     """The serving issue's server with the tiny model as the judge: poor verdicts, real HTTP."""

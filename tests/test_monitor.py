@@ -34,6 +34,17 @@ def test_unrated_version_has_no_downvote_rate_rather_than_zero(tracking):
     assert measure_serving.fn(tracking, MonitorWindow.day(DAY + timedelta(days=3))).versions == []
 
 
+def test_a_day_without_traffic_reports_no_numbers_and_logs_no_runs(tracking):
+    from tasks.monitor import log_monitoring_runs, report_markdown
+
+    report = measure_serving.fn(tracking, MonitorWindow.day(DAY))  # a fresh store: nothing was ever served
+    assert report.versions == []
+    assert report_markdown(report) == "## Served traffic 2026-11-30 (UTC)\n\nNo requests in this window."
+    assert log_monitoring_runs.fn(tracking, report).runs == {}
+    client, experiment_id = monitoring_experiment(tracking)
+    assert client.search_runs([experiment_id]) == []  # no run with made-up zeros
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_flow_logs_one_run_per_version_and_day_and_a_rerun_picks_up_late_ratings(tracking):
     from prefect.artifacts import Artifact

@@ -40,6 +40,22 @@ def test_every_stratum_gets_its_minimum_and_short_strata_are_reported():
     assert mask.sum() == sum(c["eval"] for c in coverage)
 
 
+def test_a_stratum_of_one_row_trains_and_gets_no_eval_rows_or_scores():
+    """One row cannot be held out and trained on: 0 eval rows, listed as short, and no per-stratum score anywhere."""
+    from tasks.gate import strata_table
+
+    rows = [conv(f"What is the weather like on day {i}?", "It is sunny.", "a.json", i) for i in range(20)]
+    rows.append(conv("第一个问题：你是谁？", "我是 Gatekeeper。", "a.json", 99))
+    mask, strata, coverage = eval_split(rows, ["a.json"], 0.2, 0, 3)
+    by = {c["stratum"]: c for c in coverage}
+    assert by["a.json/zh"] == {"stratum": "a.json/zh", "rows": 1, "eval": 0, "train": 1, "short": True}
+    assert not mask[-1] and by["a.json/en"]["eval"] >= 3
+    held_out = [s for s, m in zip(strata, mask) if m]
+    table = strata_table(held_out, np.ones(len(held_out)), np.zeros(len(held_out)))
+    assert [t["stratum"] for t in table] == ["a.json/en"]  # the empty stratum gets no made-up mean
+    assert strata_table([], np.zeros(0), np.zeros(0)) == []
+
+
 def test_language_by_script_and_langid():
     assert [language(t) for t in ["你是谁？我是助手。", "Who built you? I am an assistant built by a team.",
                                   "Wer hat dich gebaut? Ich bin ein Assistent.", "12345"]] == ["zh", "en", "de", "und"]
