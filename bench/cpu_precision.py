@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from tasks.sft import cpu_identity, cpu_matmul_speeds, precision_from_speeds  # noqa: E402
+from tunegate.precision import cpu_identity, cpu_matmul_speeds, precision_from_speeds  # noqa: E402
 from tunegate.models import resolve_base_model  # noqa: E402
 
 

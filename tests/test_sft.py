@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import tasks.sft
+import tunegate.precision
 from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
-                       choose_precision, cpu_matmul_speeds, estimate_training_bytes, last_complete_checkpoint,
-                       launch_distributed, precision_from_speeds, train_sft)
+                       estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
+from tunegate.precision import choose_precision, cpu_matmul_speeds, precision_from_speeds
 from tunegate.config import SFTConfig, load_config
 
 BASE_KEY = "model.layers.0.self_attn.q_proj.weight"
@@ -29,7 +30,7 @@ def speeds(bf16: float, fp32: float, cached: str | None = None) -> dict:
 
 
 def test_a_precision_set_in_the_config_is_used_without_measuring(monkeypatch):
-    monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda: pytest.fail("measured although the config set it"))
+    monkeypatch.setattr(tunegate.precision, "cpu_matmul_speeds", lambda: pytest.fail("measured although the config set it"))
     assert choose_precision("bf16") == ("bf16", "set in the config", None)
     assert choose_precision("fp32") == ("fp32", "set in the config", None)
 
@@ -49,7 +50,7 @@ def test_cpu_precision_is_the_faster_of_the_measured_bf16_and_fp32():
 
 def test_auto_on_cpu_follows_the_measurement_and_returns_it(monkeypatch):
     for bf16, fp32, expected in [(0.7, 65.0, "fp32"), (122.7, 52.0, "bf16")]:
-        monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda b=bf16, f=fp32: speeds(b, f))
+        monkeypatch.setattr(tunegate.precision, "cpu_matmul_speeds", lambda b=bf16, f=fp32: speeds(b, f))
         precision, why, measured = choose_precision("auto")
         assert precision == expected and measured["bf16_gflops"] == bf16 and f"fp32 {fp32:.1f} GFLOP/s" in why
 
@@ -60,13 +61,13 @@ def test_the_matmul_measurement_is_quick_positive_and_cached_per_machine(tmp_pat
     assert first["seconds"] < 2.0
     assert first["cpu"] and first["torch"] == torch.__version__
     # Reused: the second call reads the file and measures nothing.
-    monkeypatch.setattr(tasks.sft, "measure_matmul_gflops", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(tunegate.precision, "measure_matmul_gflops", lambda *a, **k: pytest.fail("measured again"))
     again = cpu_matmul_speeds(tmp_path)
     assert again["cached"] and {k: v for k, v in again.items() if k != "cached"} == \
         {k: v for k, v in first.items() if k != "cached"}
     # Another torch version (or CPU, flags, thread count) is another machine: measured anew.
     monkeypatch.setattr(torch, "__version__", "9.9.9")
-    monkeypatch.setattr(tasks.sft, "measure_matmul_gflops", lambda name, **k: {"bf16": 3.0, "fp32": 4.0}[name])
+    monkeypatch.setattr(tunegate.precision, "measure_matmul_gflops", lambda name, **k: {"bf16": 3.0, "fp32": 4.0}[name])
     other = cpu_matmul_speeds(tmp_path)
     assert (other["bf16_gflops"], other["fp32_gflops"], other["torch"]) == (3.0, 4.0, "9.9.9")
     assert len(list(tmp_path.glob("*.json"))) == 2
@@ -74,7 +75,7 @@ def test_the_matmul_measurement_is_quick_positive_and_cached_per_machine(tmp_pat
 
 def test_a_distributed_run_chooses_the_precision_once_for_all_ranks(tmp_path, monkeypatch):
     # Ranks measuring side by side could disagree; the launcher measures and hands every rank its choice.
-    monkeypatch.setattr(tasks.sft, "cpu_matmul_speeds", lambda: speeds(122.7, 52.0))
+    monkeypatch.setattr(tunegate.precision, "cpu_matmul_speeds", lambda: speeds(122.7, 52.0))
     launched = []
 
     def fake_launch(cmd, check):
