@@ -191,7 +191,7 @@ def cmd_serve_model(args) -> int:
         from tunegate.models import resolve_base_model
 
         serve_checkpoint(Path(resolve_base_model(args.model_dir)).expanduser(), args.served_name, args.host,
-                         args.port, args.max_tokens, args.threads, params.trust_remote_code)
+                         args.port, args.max_tokens, args.threads, params.trust_remote_code, params.serve)
         return 0
     serve_champion(params.tracking, params.serve, args.host, args.port, args.poll_seconds, args.served_name,
                    args.max_tokens, args.threads)

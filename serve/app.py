@@ -29,7 +29,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from serve.backend import LoadedVersion, Sampling, complete, eos_ids, prompt_ids, stream
+from serve.backend import LoadedVersion, Sampling, eos_ids, prompt_ids
+from serve.batching import Batcher, Job
 from serve.champion import ChampionFollower
 from serve.structured import SchemaError, matcher_for
 from serve.tracing import FeedbackRefused, RequestTracer, request_id
@@ -150,7 +151,7 @@ def completion_body(cid: str, created: int, served_name: str, loaded: LoadedVers
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
-def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, inputs, sampling: Sampling,
+def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, inputs, job: Job,
                tracer: RequestTracer, span):
     """The answer as chat.completion.chunk server-sent events, ending with [DONE]; the trace closes with it."""
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served_name,
@@ -163,7 +164,7 @@ def sse_events(cid: str, created: int, served_name: str, loaded: LoadedVersion, 
     yield event({"role": "assistant", "content": ""})
     pieces = []
     try:
-        for piece in stream(loaded, inputs, sampling):
+        for piece in job.pieces():
             if isinstance(piece, tuple):
                 tracer.finish(span, completion_body(cid, created, served_name, loaded, "".join(pieces),
                                                    inputs["input_ids"].shape[1], piece[0], piece[1]))
@@ -197,14 +198,19 @@ class FeedbackRequest(BaseModel):
         return self
 
 
-def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: str, default_max_tokens: int = 256):
-    """The FastAPI app; `follower` owns the loaded version and its polling thread, `tracer` the traces."""
+def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: str, default_max_tokens: int = 256,
+              batcher: Batcher | None = None):
+    """The FastAPI app; `follower` owns the loaded version and its polling thread, `tracer` the traces,
+    `batcher` the decoding (serve/batching.py; default: batches of up to 8)."""
     from contextlib import asynccontextmanager
+
+    batcher = batcher or Batcher()
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         follower.stop()
+        batcher.stop()
 
     app = FastAPI(title=f"tunegate: {served_name}", lifespan=lifespan)
 
@@ -235,11 +241,12 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
                                                              "temperature": req.temperature, "stream": req.stream})
         cid = request_id(span.trace_id) if span is not None else f"chatcmpl-{uuid.uuid4().hex}"
         created, headers = int(time.time()), {"X-Request-Id": cid}
+        job = batcher.submit(loaded, inputs, sampling)
         if req.stream:
-            return StreamingResponse(sse_events(cid, created, served_name, loaded, inputs, sampling, tracer, span),
+            return StreamingResponse(sse_events(cid, created, served_name, loaded, inputs, job, tracer, span),
                                      media_type="text/event-stream", headers=headers)
         try:
-            text, completion_tokens, finish = await run_in_threadpool(complete, loaded, inputs, sampling)
+            text, completion_tokens, finish = await run_in_threadpool(job.result)
         except Exception as err:
             tracer.fail(span, err)
             raise
@@ -270,6 +277,8 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
     async def health():
         loaded = follower.current
         return JSONResponse({"serving": loaded.version if loaded else None, "champion": follower.champion,
-                             "load_errors": follower.failed}, status_code=200 if loaded else 503)
+                             "load_errors": follower.failed, "dtype": loaded.dtype if loaded else None,
+                             "batching": {"max_batch": batcher.max_batch, "recent_waves": batcher.waves[-20:]}},
+                            status_code=200 if loaded else 503)
 
     return app

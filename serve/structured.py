@@ -60,21 +60,11 @@ def matcher_for(kind: str, schema: dict | None, tokenizer, eos_ids: list[int]):
     return matcher
 
 
-def schema_constraint(matcher):
-    """A transformers LogitsProcessor that keeps one generation inside `matcher`'s grammar."""
+def disallowed(matcher, vocab_size: int):
+    """A bool mask over the logits: True for every token that cannot continue the reply under the grammar."""
     import torch
-    from transformers import LogitsProcessor
 
-    class SchemaConstraint(LogitsProcessor):
-        started = False  # the first call sees only the prompt; each later one, the token chosen last
-
-        def __call__(self, input_ids, scores):
-            if self.started and not matcher.consume_token(int(input_ids[0, -1])):
-                raise RuntimeError(f"constrained decoding lost the grammar: {matcher.get_error()}")
-            self.started = True
-            allowed = np.frombuffer(matcher.compute_logit_bias(), dtype=np.uint8) > 0
-            mask = torch.ones(scores.shape[-1], dtype=torch.bool)  # logits past the tokenizer's vocab: never
-            mask[:min(len(allowed), scores.shape[-1])] = torch.from_numpy(~allowed[:scores.shape[-1]])
-            return scores.masked_fill(mask, float("-inf"))
-
-    return SchemaConstraint()
+    allowed = np.frombuffer(matcher.compute_logit_bias(), dtype=np.uint8) > 0
+    mask = torch.ones(vocab_size, dtype=torch.bool)  # logits past the tokenizer's vocab: never
+    mask[:min(len(allowed), vocab_size)] = torch.from_numpy(~allowed[:vocab_size])
+    return mask

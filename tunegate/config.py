@@ -472,6 +472,13 @@ class ServeConfig(_Section):
                           "<tracking.experiment>-serving); users' feedback attaches to these traces.")
     redact_pii: bool = Field(True, description="Replace personal data and secrets in traced messages, answers and "
                              "corrections with placeholders (<EMAIL>, ...), using the data checks' PII detector.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="What serve-model decodes in. auto: the faster of bf16 and fp32 by the same matmul "
+        "measurement sft.precision uses (once per machine, cached; fp32 unless bf16 is at least 1.1x faster).")
+    max_batch_size: int = Field(8, ge=1, le=64, description="Requests decoded together in one left-padded batch "
+                                "(serve/batching.py); 1 decodes them one at a time.")
+    batch_wait_ms: float = Field(50, ge=0, le=2000, description="How long a batch waits, at most, for as many "
+                                 "requests as the last batch had before it starts; a lone request never waits.")
 
 
 class ModelRef(_Section):

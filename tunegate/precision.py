@@ -112,6 +112,13 @@ def choose_precision(requested: str) -> tuple[str, str, dict | None]:
     return "fp16", f"{torch.cuda.get_device_name()} has no bf16: fp16 with loss scaling", None
 
 
+def cpu_decode_precision(requested: str) -> tuple[str, str]:
+    """serve-model decodes on the CPU: (precision, reason), measured like training's when `auto`."""
+    if requested != "auto":
+        return requested, "set in the config (serve.precision)"
+    return precision_from_speeds(cpu_matmul_speeds())
+
+
 if __name__ == "__main__":
     print(json.dumps(cpu_matmul_speeds(force=True), indent=2))
     print(choose_precision("auto")[1])
