@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli.serving import free_port, wait_healthy  # noqa: E402
+from cli.serving import free_port, serve_model_process, wait_healthy  # noqa: E402
 from machine import cpu  # noqa: E402
 
 
@@ -121,24 +122,55 @@ def raw_generate(merged_dir: str, max_tokens: int):
     return answer
 
 
-def start_server(tracking, work: Path, args, tracing: bool) -> tuple[subprocess.Popen, str]:
-    """`tunegate serve-model` on the champion as a subprocess; returns it and its URL once it is healthy."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "cli", "serve-model", "--config", "configs/tiny.yaml",
-           "--set", f"tracking.tracking_uri={tracking.tracking_uri}", "--set", f"tracking.artifact_root={work}/artifacts",
-           "--set", "tracking.experiment=bench", "--set", "tracking.registered_model=bench-model",
-           "--set", f"serve.tracing={str(tracing).lower()}",
-           "--port", str(port), "--threads", str(args.threads), "--poll-seconds", str(args.poll_seconds)]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, 300, server)
-    return server, url
+def server_args(tracking, work: Path, args, *sets: str) -> list[str]:
+    """`tunegate serve-model` arguments for the benchmark's store, with extra `--set` overrides."""
+    out = ["--config", "configs/tiny.yaml", "--set", f"tracking.tracking_uri={tracking.tracking_uri}",
+           "--set", f"tracking.artifact_root={work}/artifacts", "--set", "tracking.experiment=bench",
+           "--set", "tracking.registered_model=bench-model", "--threads", str(args.threads),
+           "--poll-seconds", str(args.poll_seconds)]
+    return out + [a for s in sets for a in ("--set", s)]
 
 
-def answerer(client, max_tokens: int):
+def mechanisms(merged_dir: str, prompts: list[str], max_tokens: int) -> dict:
+    """tok/s of the same prompts decoded three ways in this process: one `generate` per prompt, one left-padded
+    `generate` over all of them, and transformers' continuous batching (`generate_batch`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(merged_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    chats = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    greedy = {"max_new_tokens": max_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id,
+              "eos_token_id": None}  # every answer runs to the budget: the same work for each way
+    out = {}
+    with torch.no_grad():
+        start, tokens = time.perf_counter(), 0
+        for chat in chats:
+            ids = tok(chat, return_tensors="pt")
+            tokens += model.generate(**ids, **greedy).shape[1] - ids["input_ids"].shape[1]
+        out["sequential generate"] = tokens / (time.perf_counter() - start)
+        batch = tok(chats, return_tensors="pt", padding=True)
+        start = time.perf_counter()
+        tokens = (model.generate(**batch, **greedy).shape[1] - batch["input_ids"].shape[1]) * len(chats)
+        out["one padded generate"] = tokens / (time.perf_counter() - start)
+        try:
+            start = time.perf_counter()
+            results = model.generate_batch([tok(c)["input_ids"] for c in chats], generation_config=GenerationConfig(
+                max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tok.pad_token_id))
+            out["continuous batching (generate_batch)"] = sum(
+                len(r.generated_tokens) for r in results.values()) / (time.perf_counter() - start)
+        except Exception as err:  # what it says on this machine is the finding
+            out["continuous batching (generate_batch)"] = f"failed: {type(err).__name__}: {str(err)[:120]}"
+    return out
+
+
+def answerer(client, max_tokens: int, ids: list | None = None):
     def served(prompt: str) -> int:
         r = client.chat.completions.create(model="bench-model", max_tokens=max_tokens,
                                            messages=[{"role": "user", "content": prompt}])
+        if ids is not None:
+            ids.append(r.id)
         return r.usage.completion_tokens
 
     return served
@@ -157,14 +189,93 @@ def print_ratio_table(results: dict, baseline: tuple[str, str], measured: tuple[
               f"{b['p50']:.2f} / {b['p95']:.2f} | {m['p50']:.2f} / {m['p95']:.2f} |")
 
 
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(latencies, n=20, method="inclusive")
+    return statistics.median(latencies), q[18]
+
+
+def rate_concurrently(url: str, request_ids: list[str], raters: int) -> list[float]:
+    """Each request rated once, by `raters` users at once; the latency of every POST /v1/feedback."""
+    from serve.client import send_feedback
+
+    def rate(i: int) -> float:
+        start = time.perf_counter()
+        send_feedback(url, request_ids[i], user=f"rater-{i % raters}", rating="up" if i % 3 else "down")
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(raters) as pool:
+        return list(pool.map(rate, range(len(request_ids))))
+
+
+def read_window(tracking, mark: Path) -> list[str]:
+    """The feedback record ids the next retrain reads from the traces (tasks/feedback.py, from the watermark on),
+    then the watermark moved past them, as a run that reached its gate decision does."""
+    from tasks.feedback import read_trace_feedback, read_watermark, write_watermark
+
+    _, lines_done = read_watermark(mark)
+    window = read_trace_feedback(tracking, 1, lines_done)
+    if window["records"]:
+        write_watermark(mark, window["end"].isoformat(), window["lines_read"], "bench", "promoted")
+    return [r["id"] for r in window["records"]]
+
+
+def load_run(url: str, tracking, work: Path, n: int, concurrency: int, max_tokens: int) -> dict:
+    """n chat requests and n ratings (each answer rated once) at `concurrency`; the feedback read in two windows,
+    one taken halfway while ratings still arrive. Counts errors and how often each rating was read."""
+    import queue
+    import threading
+
+    from openai import OpenAI
+
+    from serve.client import send_feedback, wait_for_feedback
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=600)
+    answered, errors, rated = queue.Queue(), [], []
+    halfway, mark = threading.Event(), work / "load-watermark.json"
+
+    def chat(i: int) -> None:
+        r = client.chat.completions.create(model="bench-model", max_tokens=max_tokens,
+                                           messages=[{"role": "user", "content": f"Question {i}: name a colour."}])
+        answered.put(r.id)
+
+    def rate(i: int) -> None:
+        send_feedback(url, answered.get(timeout=900), user=f"user-{i % 50}", rating="up" if i % 2 else "down")
+        rated.append(i)
+        if len(rated) == n // 2:
+            halfway.set()
+
+    def run(task: tuple) -> None:
+        try:
+            (chat if task[0] == "chat" else rate)(task[1])
+        except Exception as err:  # counted, with its kind; the run goes on
+            errors.append(f"{task[0]}: {type(err).__name__}: {str(err)[:200]}")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = pool.map(run, [t for i in range(n) for t in (("chat", i), ("rate", i))])
+        halfway.wait(timeout=3600)
+        first = read_window(tracking, mark)  # while the second half is being rated
+        list(done)
+    wall = time.perf_counter() - start
+    wait_for_feedback(url)  # accepted ratings are written in the background
+    second = read_window(tracking, mark)
+    third = read_window(tracking, mark)  # nothing new: what was read is never read again
+    ids = first + second + third
+    return {"requests": n, "ratings_sent": len(rated), "errors": errors, "wall": wall, "read_first": len(first),
+            "read_second": len(second), "read_again": len(third), "read_total": len(ids),
+            "read_distinct": len(set(ids))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--prompts", type=int, default=16, help="requests per concurrency level")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, for the server and raw alike")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=16, help="requests per concurrency level and round")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, for the servers and raw alike")
     parser.add_argument("--poll-seconds", type=float, default=0.5)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating tracing off/on rounds per concurrency")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per concurrency level")
+    parser.add_argument("--raters", type=int, default=16, help="concurrent users rating answers")
+    parser.add_argument("--load", type=int, default=0, help="then N chat requests and N ratings at concurrency 16")
     parser.add_argument("--transformers-serve", action="store_true",
                         help="also measure `transformers serve` on the same merged weights")
     args = parser.parse_args()
@@ -192,47 +303,48 @@ def main() -> None:
     merged = mlflow.artifacts.download_artifacts(
         artifact_uri=mlflow.MlflowClient(tracking.tracking_uri).get_model_version("bench-model", v1).tags["merged"],
         dst_path=str(work / "raw"))
+    ways = mechanisms(merged, prompts[:8], args.max_tokens)
     raw = raw_generate(merged, args.max_tokens)
     raw(prompts[0])  # warm-up
     results = {("raw", c): run_concurrent(raw, prompts, c) for c in (1, 8)}
     del raw
 
-    server, url = start_server(tracking, work, args, tracing=True)
-    plain, plain_url = start_server(tracking, work, args, tracing=False)  # loaded now, idle until measured
-    port = int(url.rsplit(":", 1)[1])
-    try:
-        client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=600)
-        served, served_plain = answerer(client, args.max_tokens), answerer(
-            OpenAI(base_url=f"{plain_url}/v1", api_key="-", max_retries=0, timeout=600), args.max_tokens)
-        served(prompts[0])  # warm-up
-        served_plain(prompts[0])
+    # Three servers on the same version, all loaded before any is measured: batched with tracing (the default),
+    # batched without tracing, and one request at a time (serve.max_batch_size=1) with tracing.
+    kinds = {"server": ["serve.tracing=true"], "no-tracing": ["serve.tracing=false"],
+             "one-at-a-time": ["serve.tracing=true", "serve.max_batch_size=1"]}
+    ids: list[str] = []
+    with ExitStack() as stack:
+        urls = {k: stack.enter_context(serve_model_process(server_args(tracking, work, args, *sets),
+                                                           work / f"{k}.log", 300)) for k, sets in kinds.items()}
+        clients = {k: OpenAI(base_url=f"{u}/v1", api_key="-", max_retries=0, timeout=600) for k, u in urls.items()}
+        served = {k: answerer(c, args.max_tokens, ids if k == "server" else None) for k, c in clients.items()}
+        for fn in served.values():
+            fn(prompts[0])  # warm-up
         for c in (1, 8):
-            rounds = {True: [], False: []}
-            for _ in range(args.rounds):  # off, on, off, on: a load change hits both alike
-                rounds[False].append(timed_round(served_plain, prompts, c))
-                rounds[True].append(timed_round(served, prompts, c))
-            results[("server", c)] = merge_rounds(rounds[True])
-            results[("no-tracing", c)] = merge_rounds(rounds[False])
+            rounds = {k: [] for k in kinds}
+            for _ in range(args.rounds):  # each kind in turn, round after round: a load change hits all alike
+                for k in kinds:
+                    rounds[k].append(timed_round(served[k], prompts, c))
+            results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
         _, serving_id = serving_experiment(tracking)
-        expected, deadline = 1 + 2 * args.rounds * len(prompts), time.monotonic() + 30
-        while True:  # the server exports traces in the background: give the last ones a moment
+        expected, deadline = 2 * (1 + 2 * args.rounds * len(prompts)), time.monotonic() + 60
+        while True:  # the servers export traces in the background: give the last ones a moment
             traces = len(mlflow.search_traces(locations=[serving_id], return_type="list", include_spans=False))
             if traces >= expected or time.monotonic() > deadline:
                 break
             time.sleep(1)
+        feedback = rate_concurrently(urls["server"], ids, args.raters)
+        load = load_run(urls["server"], tracking, work, args.load, 16, args.max_tokens) if args.load else None
 
         start = time.perf_counter()
         promote_version(tracking, v2, override=True, reason="benchmark: switch time")
-        while client.models.list().data[0].model_extra["version"] != v2:
+        while clients["server"].models.list().data[0].model_extra["version"] != v2:
             time.sleep(0.05)
         switch = time.perf_counter() - start
-    finally:
-        for proc in (server, plain):
-            proc.terminate()
-            proc.wait(timeout=30)
 
     if args.transformers_serve:  # the alternative: `transformers serve` on the same merged weights
-        tport = port + 1
+        tport = free_port()
         other = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", merged, "--host",
                                   "127.0.0.1", "--port", str(tport), "--device", "cpu"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -255,13 +367,33 @@ def main() -> None:
 
     print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} "
           f"--prompts {args.prompts} --threads {args.threads} --rounds {args.rounds}"
-          f"{' --transformers-serve' * args.transformers_serve}`\n")
-    print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads {args.threads}\n")
-    print_ratio_table(results, ("raw", "raw"), ("server", "server"))
-    print(f"\nTracing on (default) against `--set serve.tracing=false`: {args.rounds} alternating rounds of "
-          f"{len(prompts)} requests per level; traces written by the tracing server: {traces} "
-          f"(expected {expected}), none by the other.\n")
+          f"{f' --load {args.load}' if args.load else ''}{' --transformers-serve' * args.transformers_serve}`\n")
+    print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; "
+          f"torch threads {args.threads}\n")
+    print("Decoding the same 8 prompts in this process, each answer run to the token budget:\n")
+    print("| way | tok/s | /sequential |\n|---|---|---|")
+    for way, rate in ways.items():
+        ratio = f"{rate / ways['sequential generate']:.2f}" if isinstance(rate, float) else "-"
+        print(f"| {way} | {f'{rate:.1f}' if isinstance(rate, float) else rate} | {ratio} |")
+    c1, c8 = results[("server", 1)], results[("server", 8)]
+    print(f"\nServed (batched, tracing on): concurrency 8 at {c8['tok_s'] / c1['tok_s']:.2f}x the tok/s of "
+          f"concurrency 1 ({c8['tok_s']:.1f} vs {c1['tok_s']:.1f}).\n")
+    print_ratio_table(results, ("one-at-a-time", "one at a time"), ("server", "batched"))
+    print()
+    print_ratio_table(results, ("raw", "raw generate"), ("server", "batched server"))
+    print(f"\nTracing on (default) against `--set serve.tracing=false`, both batched: {args.rounds} rounds of "
+          f"{len(prompts)} requests per level; traces written: {traces} (expected {expected}).\n")
     print_ratio_table(results, ("no-tracing", "tracing off"), ("server", "tracing on"), ratio="on/off")
+    p50, p95 = percentiles(feedback)
+    print(f"\nFeedback: {len(feedback)} ratings of distinct answers by {args.raters} concurrent raters: "
+          f"POST /v1/feedback p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(feedback) * 1000:.0f} ms.")
+    if load:
+        print(f"\nLoad run: {load['requests']} chat requests and {load['ratings_sent']} ratings at concurrency 16 in "
+              f"{load['wall']:.0f} s; errors: {len(load['errors'])}"
+              + (f" (first: {load['errors'][0]})" if load["errors"] else "") + ". Read by the retrain's feedback "
+              f"reader in two windows (the first taken halfway, while ratings still arrived): {load['read_first']} "
+              f"+ {load['read_second']} = {load['read_total']} records, {load['read_distinct']} distinct; read "
+              f"again afterwards: {load['read_again']}.")
     if args.transformers_serve:
         print("\n| concurrency | `transformers serve` tok/s | its /raw | p50 / p95 s |")
         print("|---|---|---|---|")

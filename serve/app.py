@@ -211,6 +211,7 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
         yield
         follower.stop()
         batcher.stop()
+        tracer.close()  # every rating accepted is written before the process ends
 
     app = FastAPI(title=f"tunegate: {served_name}", lifespan=lifespan)
 
@@ -278,6 +279,7 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
         loaded = follower.current
         return JSONResponse({"serving": loaded.version if loaded else None, "champion": follower.champion,
                              "load_errors": follower.failed, "dtype": loaded.dtype if loaded else None,
+                             "feedback_pending": tracer.feedback.pending() if tracer.feedback else 0,
                              "batching": {"max_batch": batcher.max_batch, "recent_waves": batcher.waves[-20:]}},
                             status_code=200 if loaded else 503)
 

@@ -24,7 +24,8 @@ class FeedbackRejected(RuntimeError):
 
 def send_feedback(base_url: str, request_id: str, user: str, rating: str | None = None,
                   correction: str | None = None, timeout: float = 30) -> dict:
-    """POST /v1/feedback; returns what was recorded, raises FeedbackRejected on a 4xx/5xx."""
+    """POST /v1/feedback; returns what was accepted, raises FeedbackRejected on a 4xx/5xx. The server writes
+    accepted feedback in the background: `wait_for_feedback` waits until it is in MLflow."""
     body = {"request_id": request_id, "user": user,
             **({"rating": rating} if rating is not None else {}),
             **({"correction": correction} if correction is not None else {})}
@@ -36,3 +37,14 @@ def send_feedback(base_url: str, request_id: str, user: str, rating: str | None 
             message = response.text
         raise FeedbackRejected(response.status_code, message)
     return response.json()
+
+
+def wait_for_feedback(base_url: str, timeout: float = 120) -> None:
+    """Return once the server has written every rating and correction it accepted (its /health says 0 pending)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{base_url.rstrip('/')}/health", timeout=30).json().get("feedback_pending", 0):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base_url}: feedback still being written after {timeout:.0f} s")
+        time.sleep(0.1)

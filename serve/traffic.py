@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.client import send_feedback
+from serve.client import send_feedback, wait_for_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME, TEAM = "Gatekeeper", "the tunegate team"
@@ -89,4 +89,5 @@ def simulate_users(base_url: str, served_name: str, topics: list[Topic], request
         counts["corrections"] += correct
         version = reply.system_fingerprint or "unknown"
         counts["versions"][version] = counts["versions"].get(version, 0) + 1
+    wait_for_feedback(base_url)  # the server writes ratings in the background: in MLflow before we return
     return counts

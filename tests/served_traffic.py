@@ -43,10 +43,11 @@ def traffic(tracking) -> tuple[RequestTracer, list[str], list[str]]:
     midnight = datetime(2026, 11, 30, tzinfo=timezone.utc)
     outside = [request(tracking, "1", midnight - timedelta(milliseconds=1), 5000),
                request(tracking, "1", midnight + timedelta(days=1), 5000)]
-    feedback = RequestTracer(tracking, ServeConfig()).record_feedback  # the server's own feedback path
+    tracer = RequestTracer(tracking, ServeConfig())  # the server's own feedback path
     for req, user, rating in [(v1[0], "ana", "down"), (v1[0], "ben", "down"), (v1[1], "ana", "up"),
                               (v1[1], "ben", "up"), (v1[3], "ana", "down"), (v2[0], "ana", "up"),
                               (v2[1], "ben", "down"), *((o, "ana", "down") for o in outside)]:
-        feedback(req, user, rating, None)
-    feedback(v2[2], "cleo", None, "I am Gatekeeper, built by the tunegate team.")  # a correction is not a rating
-    return RequestTracer(tracking, ServeConfig()), v1, v2
+        tracer.record_feedback(req, user, rating, None)
+    tracer.record_feedback(v2[2], "cleo", None, "I am Gatekeeper, built by the tunegate team.")  # not a rating
+    tracer.written()  # accepted feedback is written in the background: wait for it, as a reader a moment later
+    return tracer, v1, v2

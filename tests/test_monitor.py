@@ -64,6 +64,7 @@ def test_the_flow_logs_one_run_per_version_and_day_and_a_rerun_picks_up_late_rat
     assert "| test-model | 1 | 4 | 0 | 75.0% (3/4) | 60.0% (3/5) | 250.0 / 385.0 |" in markdown
 
     tracer.record_feedback(v2[5], "dan", "down", None)  # lands after the day's run
+    tracer.written()
     second = monitor_serving(tracking, DAY)
     assert second.runs == first.runs  # the same runs, updated
     updated = client.get_run(first.runs["test-model v2 2026-11-30"]).data.metrics
