@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.backend import LoadedVersion, Sampling, eos_ids, prompt_ids
 from serve.batching import Batcher, Job
 from serve.champion import ChampionFollower
+from serve.engine import EngineError
 from serve.structured import SchemaError, matcher_for
 from serve.tracing import FeedbackRefused, RequestTracer, request_id
 
@@ -138,7 +139,8 @@ def check_request(req: ChatRequest, loaded: LoadedVersion | None, served_name: s
                               eos_ids(loaded)) if fmt else None
     except SchemaError as err:
         raise RequestError(400, str(err), "response_format") from None
-    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop, matcher)
+    return loaded, inputs, Sampling(asked or min(default_max_tokens, room), req.temperature, req.top_p, stop, matcher,
+                                    fmt.model_dump(by_alias=True, exclude_none=True) if fmt else None)
 
 
 def completion_body(cid: str, created: int, served_name: str, loaded: LoadedVersion, text: str, prompt_tokens: int,
@@ -201,7 +203,8 @@ class FeedbackRequest(BaseModel):
 def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: str, default_max_tokens: int = 256,
               batcher: Batcher | None = None):
     """The FastAPI app; `follower` owns the loaded version and its polling thread, `tracer` the traces,
-    `batcher` the decoding (serve/batching.py; default: batches of up to 8)."""
+    `batcher` the decoding: serve/batching.py in-process (default: batches of up to 8), or an engine's
+    serve/engine.py EngineDecoder."""
     from contextlib import asynccontextmanager
 
     batcher = batcher or Batcher()
@@ -242,7 +245,7 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
                                                              "temperature": req.temperature, "stream": req.stream})
         cid = request_id(span.trace_id) if span is not None else f"chatcmpl-{uuid.uuid4().hex}"
         created, headers = int(time.time()), {"X-Request-Id": cid}
-        job = batcher.submit(loaded, inputs, sampling)
+        job = batcher.submit(loaded, inputs, sampling, messages)
         if req.stream:
             return StreamingResponse(sse_events(cid, created, served_name, loaded, inputs, job, tracer, span),
                                      media_type="text/event-stream", headers=headers)
@@ -250,6 +253,8 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
             text, completion_tokens, finish = await run_in_threadpool(job.result)
         except Exception as err:
             tracer.fail(span, err)
+            if isinstance(err, EngineError):
+                raise RequestError(502, str(err), None, "engine_error") from None
             raise
         body = completion_body(cid, created, served_name, loaded, text, inputs["input_ids"].shape[1],
                                completion_tokens, finish)

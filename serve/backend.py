@@ -32,7 +32,8 @@ class LoadedVersion:
     context_length: int
     load_seconds: float
     source: str = ""  # where the weights came from: models:/NAME/VERSION or a local folder
-    dtype: str = "fp32"  # what it decodes in (serve.precision)
+    dtype: str = "fp32"  # what it decodes in (serve.precision); "engine" when an engine decodes it
+    engine_model: str | None = None  # serve.engine: openai: the name requests use on the engine
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Sampling:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     matcher: Any = None  # response_format: this reply's llguidance matcher (serve/structured.py)
+    response_format: dict | None = None  # the request's, as sent: an engine decodes under it itself
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -92,13 +94,13 @@ def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = F
         raise
     except Exception as err:  # any failure to load means: keep serving the old version
         raise LoadError(f"{name} version {version} failed to load: {type(err).__name__}: {err}") from err
-    return LoadedVersion(name, version, model, tokenizer, context_length(model, tokenizer),
+    return LoadedVersion(name, version, model, tokenizer,
+                         context_length(model.config.max_position_embeddings, tokenizer),
                          time.perf_counter() - start, str(folder), dtype)
 
 
-def context_length(model, tokenizer) -> int:
+def context_length(limit: int, tokenizer) -> int:
     """Tokens the model attends to: the config's position limit, or the tokenizer's when it is smaller."""
-    limit = model.config.max_position_embeddings
     declared = tokenizer.model_max_length  # a huge placeholder when the tokenizer does not know
     return min(limit, declared) if declared and declared < 10**8 else limit
 

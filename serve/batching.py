@@ -223,7 +223,9 @@ class Batcher:
         self.thread = threading.Thread(target=self._work, name="batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, loaded: LoadedVersion, inputs: dict, sampling: Sampling) -> Job:
+    def submit(self, loaded: LoadedVersion, inputs: dict, sampling: Sampling,
+               messages: list[dict] | None = None) -> Job:
+        """Queue one request (`messages` is for an engine; here the prompt is `inputs`)."""
         job = Job(loaded, inputs, sampling)
         with self.cond:
             if self.closed:

@@ -50,24 +50,29 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
     from serve.backend import load_version
     from serve.batching import Batcher
     from serve.champion import ChampionFollower
+    from serve.engine import EngineDecoder, engine_loader
     from serve.tracing import RequestTracer
 
     if threads:
         torch.set_num_threads(threads)
     client, _ = connect(tracking)
     name = tracking.registered_model
-    dtype, why = cpu_decode_precision(cfg.precision)
-    log.info("decoding in %s: %s", dtype, why)
-    follower = ChampionFollower(client, name, poll_seconds,
-                                lambda c, n, v: load_version(c, n, v, dtype))
+    if cfg.engine == "openai":
+        loader, decoder = engine_loader(cfg), EngineDecoder(cfg)
+        log.info("decoding on the engine at %s (versions loaded by %s)", cfg.engine_url, cfg.engine_load)
+    else:
+        dtype, why = cpu_decode_precision(cfg.precision)
+        log.info("decoding in %s: %s", dtype, why)
+        loader, decoder = (lambda c, n, v: load_version(c, n, v, dtype)), Batcher(cfg.max_batch_size,
+                                                                                  cfg.batch_wait_ms / 1000)
+    follower = ChampionFollower(client, name, poll_seconds, loader)
     follower.check_once()
     if follower.current is None:
         log.warning("%s has no loadable champion yet (alias -> %s); serving 503 until it has one", name,
                     follower.champion)
     follower.start()
     tracer = RequestTracer(tracking, cfg)
-    app = build_app(follower, tracer, served_name or name, default_max_tokens,
-                    Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000))
+    app = build_app(follower, tracer, served_name or name, default_max_tokens, decoder)
     log.info("serving %s as '%s' on http://%s:%d/v1 (tracing %s, PII redaction %s)", name, served_name or name,
              host, port, "on" if cfg.tracing else "off", "on" if cfg.redact_pii else "off")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -479,6 +479,35 @@ class ServeConfig(_Section):
                                 "(serve/batching.py); 1 decodes them one at a time.")
     batch_wait_ms: float = Field(50, ge=0, le=2000, description="How long a batch waits, at most, for as many "
                                  "requests as the last batch had before it starts; a lone request never waits.")
+    engine: Literal["inprocess", "openai"] = Field(
+        "inprocess", description="Who decodes. inprocess: serve-model itself (transformers, batched). openai: an "
+        "OpenAI-compatible engine at serve.engine_url (vLLM, SGLang, TGI, transformers serve); serve-model stays "
+        "the gateway that validates, traces, takes feedback and follows the alias (serve/engine.py).")
+    engine_url: str | None = Field(None, description="The engine's OpenAI-compatible base URL, e.g. "
+                                   "http://127.0.0.1:8001/v1 (serve.engine: openai).")
+    engine_api_key_env: str | None = Field(None, description="Environment variable holding the engine's API key.")
+    engine_load: Literal["lora", "path", "command"] = Field(
+        "path", description="How a new champion gets onto the engine. lora: vLLM's runtime LoRA loading "
+        "(adapters); path: the engine loads the merged weights by their path on request (transformers serve); "
+        "command: serve.engine_reload is run (e.g. restart vLLM on the merged weights).")
+    engine_dir: str = Field("outputs/engine", description="Where a version's files are put for the engine to read: "
+                            "a folder the engine shares.")
+    engine_model: str = Field("{name}-v{version}", description="The model name requests use on the engine in lora "
+                              "and command modes ({name}, {version} filled in); path mode uses the folder's path.")
+    engine_reload: list[str] = Field(
+        default_factory=list, description="command mode: the argv that puts a version on the engine; {merged}, "
+        "{adapter}, {name}, {version} and {model} are filled in. It may return before the engine is up: the probe "
+        "waits for it.")
+    engine_timeout_s: float = Field(600, gt=0, description="How long loading and probing a version on the engine "
+                                    "may take before the old one keeps serving.")
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> ServeConfig:
+        if self.engine == "openai" and not self.engine_url:
+            raise ValueError("serve.engine=openai needs serve.engine_url, the engine's base URL (.../v1)")
+        if self.engine == "openai" and self.engine_load == "command" and not self.engine_reload:
+            raise ValueError("serve.engine_load=command needs serve.engine_reload, the command that loads a version")
+        return self
 
 
 class ModelRef(_Section):
