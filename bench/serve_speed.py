@@ -44,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli.serving import free_port, serve_model_process, wait_healthy  # noqa: E402
+from cli.serving import free_port, serve_model_process, stop_process, wait_healthy  # noqa: E402
 from machine import cpu  # noqa: E402
 
 
@@ -136,6 +136,7 @@ def mechanisms(merged_dir: str, prompts: list[str], max_tokens: int) -> dict:
     `generate` over all of them, and transformers' continuous batching (`generate_batch`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     tok = AutoTokenizer.from_pretrained(merged_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
@@ -156,8 +157,10 @@ def mechanisms(merged_dir: str, prompts: list[str], max_tokens: int) -> dict:
         out["one padded generate"] = tokens / (time.perf_counter() - start)
         try:
             start = time.perf_counter()
+            # Its paged cache would take up to 90% of free RAM by default: sized for these prompts instead.
             results = model.generate_batch([tok(c)["input_ids"] for c in chats], generation_config=GenerationConfig(
-                max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tok.pad_token_id))
+                max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tok.pad_token_id),
+                continuous_batching_config=ContinuousBatchingConfig(num_blocks=64, max_batch_tokens=512))
             out["continuous batching (generate_batch)"] = sum(
                 len(r.generated_tokens) for r in results.values()) / (time.perf_counter() - start)
         except Exception as err:  # what it says on this machine is the finding
@@ -266,6 +269,46 @@ def load_run(url: str, tracking, work: Path, n: int, concurrency: int, max_token
             "read_distinct": len(set(ids))}
 
 
+def gateway_overhead(tracking, work: Path, args, prompts: list[str], results: dict) -> None:
+    """The champion through `serve-model` as a gateway (serve.engine=openai, load by path) in front of `transformers
+    serve`, against the same engine asked directly: same model files, same prompts, alternating rounds."""
+    from openai import OpenAI
+
+    tport = free_port()
+    engine = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
+                               "--port", str(tport), "--device", "cpu"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    engine_url = f"http://127.0.0.1:{tport}/v1"
+    sets = ["serve.engine=openai", f"serve.engine_url={engine_url}", "serve.engine_load=path",
+            f"serve.engine_dir={work}/engine"]
+    try:
+        wait_healthy(f"http://127.0.0.1:{tport}", 300, engine)
+        with serve_model_process(server_args(tracking, work, args, *sets), work / "gateway.log", 600) as url:
+            version = OpenAI(base_url=f"{url}/v1", api_key="-").models.list().data[0].model_extra["version"]
+            path = str(next((work / "engine").glob(f"bench-model-v{version}/merged")))
+            direct = OpenAI(base_url=engine_url, api_key="-", max_retries=0, timeout=600)
+
+            def engine_served(prompt: str) -> int:
+                r = direct.chat.completions.create(model=path, max_tokens=args.max_tokens, temperature=0,
+                                                   messages=[{"role": "user", "content": prompt}])
+                return r.usage.completion_tokens
+
+            served = {"engine": engine_served, "gateway": answerer(OpenAI(base_url=f"{url}/v1", api_key="-",
+                                                                          max_retries=0, timeout=600),
+                                                                   args.max_tokens)}
+            for fn in served.values():
+                fn(prompts[0])
+            for c in (1, 8):
+                rounds = {k: [] for k in served}
+                for _ in range(args.rounds):
+                    for k, fn in served.items():
+                        rounds[k].append(timed_round(fn, prompts, c))
+                results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+    finally:
+        stop_process(engine)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
@@ -278,6 +321,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0, help="then N chat requests and N ratings at concurrency 16")
     parser.add_argument("--transformers-serve", action="store_true",
                         help="also measure `transformers serve` on the same merged weights")
+    parser.add_argument("--gateway", action="store_true",
+                        help="also measure serve-model as a gateway in front of `transformers serve`, against it direct")
     args = parser.parse_args()
 
     import mlflow
@@ -363,11 +408,14 @@ def main() -> None:
         finally:
             other.terminate()
             other.wait(timeout=30)
+    if args.gateway:
+        gateway_overhead(tracking, work, args, prompts, results)
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} "
           f"--prompts {args.prompts} --threads {args.threads} --rounds {args.rounds}"
-          f"{f' --load {args.load}' if args.load else ''}{' --transformers-serve' * args.transformers_serve}`\n")
+          f"{f' --load {args.load}' if args.load else ''}{' --transformers-serve' * args.transformers_serve}"
+          f"{' --gateway' * args.gateway}`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; "
           f"torch threads {args.threads}\n")
     print("Decoding the same 8 prompts in this process, each answer run to the token budget:\n")
@@ -400,6 +448,10 @@ def main() -> None:
         for c in (1, 8):
             r, t = results[("raw", c)], results[("transformers", c)]
             print(f"| {c} | {t['tok_s']:.1f} | {t['tok_s'] / r['tok_s']:.2f} | {t['p50']:.2f} / {t['p95']:.2f} |")
+    if args.gateway:
+        print("\nThe gateway (serve.engine=openai: validation, tracing, alias-following) in front of `transformers "
+              "serve`, against the same engine asked directly, same model files, alternating rounds:\n")
+        print_ratio_table(results, ("engine", "engine direct"), ("gateway", "through the gateway"))
     print(f"\nSwitch on promotion (alias moved -> first answer from the new version): {switch:.2f} s, "
           f"poll interval {args.poll_seconds} s included.")
 
