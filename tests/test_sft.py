@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tasks.sft
+import tasks.sft_training
 import tunegate.precision
-from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
-                       estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
+from tasks.sft_training import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
+                                estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
 from tunegate.precision import choose_precision, cpu_matmul_speeds, precision_from_speeds
 from tunegate.config import SFTConfig, load_config
 
@@ -82,7 +82,7 @@ def test_a_distributed_run_chooses_the_precision_once_for_all_ranks(tmp_path, mo
         launched.append(cmd)
         (tmp_path / "sft_summary.json").write_text("{}")
 
-    monkeypatch.setattr(tasks.sft.subprocess, "run", fake_launch)
+    monkeypatch.setattr(tasks.sft_training.subprocess, "run", fake_launch)
     launch_distributed({"cfg": {}}, SFTConfig(num_processes=2), tmp_path)
     handed = json.loads((tmp_path / "sft_spec.json").read_text())["precision"]
     assert handed["precision"] == "bf16" and "bf16 matmul 122.7 GFLOP/s" in handed["reason"]
@@ -131,7 +131,7 @@ def test_gradient_checkpointing_only_when_the_estimate_does_not_fit_the_gpu(monk
 def test_cpu_uses_the_plain_lm_head_and_trains_exactly_like_trls_chunked_head(prepared, tmp_path, monkeypatch):
     plain = two_steps(prepared, tmp_path / "plain", method="lora")
     assert plain["lm_head"] == "plain" and "fit in RAM" in plain["lm_head_reason"]
-    monkeypatch.setattr("tasks.sft.choose_lm_head", lambda cfg, vocab: ("chunked", "forced by the test"))
+    monkeypatch.setattr("tasks.sft_training.choose_lm_head", lambda cfg, vocab: ("chunked", "forced by the test"))
     chunked = two_steps(prepared, tmp_path / "chunked", method="lora")
     assert chunked["lm_head"] == "chunked"
     # Same loss (both fp32 log-softmax over the same tokens), so the same update and the same second step.
