@@ -58,6 +58,9 @@ class Trained(BaseModel):
     lm_head_reason: str
     trainable_params: int
     input_tokens_per_step: int
+    tokens_per_second: float | None
+    gpu_memory_at_start_bytes: int | None
+    peak_gpu_memory_bytes: int | None
     world_size: int
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from tunegate.config import SFTConfig
 from tunegate.precision import choose_precision
@@ -40,8 +43,19 @@ def check_training_setup(cfg: SFTConfig) -> None:
         )
     if cfg.optimizer == "adamw_8bit" and not cuda:
         raise ValueError("sft.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); use adamw_torch on CPU.")
-    if cfg.accelerate_config and not Path(cfg.accelerate_config).exists():
-        raise FileNotFoundError(f"sft.accelerate_config not found: {cfg.accelerate_config}")
+    # Without these checks a missing package fails minutes later: after the model has loaded, or inside a rank.
+    needs_bnb = cfg.method == "qlora" or cfg.optimizer == "adamw_8bit"
+    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"sft.method={cfg.method}, sft.optimizer={cfg.optimizer} needs bitsandbytes, which is not "
+                         "installed here: pip install bitsandbytes (`make gpu-wheels` carries it to a GPU machine).")
+    if cfg.accelerate_config:
+        path = Path(cfg.accelerate_config)
+        if not path.exists():
+            raise FileNotFoundError(f"sft.accelerate_config not found: {cfg.accelerate_config}")
+        deepspeed = yaml.safe_load(path.read_text()).get("distributed_type") == "DEEPSPEED"
+        if deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(f"sft.accelerate_config={cfg.accelerate_config} runs DeepSpeed, which is not installed "
+                             "here: pip install deepspeed (`make gpu-wheels` carries it to a GPU machine).")
 
 
 def precision_choice(requested: str) -> dict:
@@ -185,6 +199,51 @@ def marker_callback():
     return CheckpointCompleteMarker()
 
 
+def step_clock():
+    """A callback that times every optimizer step (forward, backward, optimizer; not the evaluations and
+    checkpoints between steps) and reads GPU memory when training starts (model and adapters in place) and at
+    its peak."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.step_seconds, self.gpu_memory_at_start, self.peak_gpu_memory = [], None, None
+            self._began = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if cuda:  # loading transients (quantizing, moving to the GPU) are not training memory
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                self.gpu_memory_at_start = torch.cuda.memory_allocated()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:  # kernels run asynchronously: a step ends when its kernels have
+                torch.cuda.synchronize()
+            self.step_seconds.append(time.perf_counter() - self._began)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if cuda:
+                self.peak_gpu_memory = torch.cuda.max_memory_allocated()
+
+    return StepClock()
+
+
+def throughput_and_memory(clock, log_history: list[dict], steps: int) -> dict:
+    """Input tokens per step (TRL's num_tokens: non-padding, all ranks), tokens/s over the steps after the first
+    (which pays for CUDA kernel selection and allocator growth; None with a single step), GPU memory in bytes."""
+    tokens = int(next((h["num_tokens"] for h in reversed(log_history) if "num_tokens" in h), 0)) // max(steps, 1)
+    timed = clock.step_seconds[1:]
+    rate = round(tokens * len(timed) / sum(timed), 1) if timed else None
+    return {"input_tokens_per_step": tokens, "tokens_per_second": rate,
+            "gpu_memory_at_start_bytes": clock.gpu_memory_at_start, "peak_gpu_memory_bytes": clock.peak_gpu_memory}
+
+
 def plot_losses(train: list, evals: list, path: Path) -> None:
     import matplotlib
 
@@ -270,7 +329,8 @@ def train_sft(
         report_to=[],
         dataloader_num_workers=0,
     )
-    callbacks = [marker_callback()]
+    clock = step_clock()
+    callbacks = [marker_callback(), clock]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = sft_trainer_class(lm_head)(
@@ -323,8 +383,7 @@ def train_sft(
         "lm_head": lm_head,
         "lm_head_reason": lm_head_why,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "input_tokens_per_step": int(next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), 0))
-        // max(trainer.state.global_step, 1),
+        **throughput_and_memory(clock, history, trainer.state.global_step),
         "world_size": trainer.args.world_size,
     }
     (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2))

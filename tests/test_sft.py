@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,18 @@ def test_qlora_and_8bit_adam_are_refused_up_front_on_cpu():
         check_training_setup(SFTConfig(optimizer="adamw_8bit"))
     # The config itself still loads: a GPU worker may run it.
     assert load_config("configs/tiny.yaml", ["sft.method=qlora"]).sft.method == "qlora"
+
+
+def test_a_missing_bitsandbytes_or_deepspeed_is_refused_before_the_model_loads(monkeypatch):
+    # A GPU machine without them (the device image has neither) fails here, not minutes into loading or in a rank.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # None in sys.modules: not importable, find_spec -> None
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    with pytest.raises(ValueError, match="sft.method=qlora, sft.optimizer=adamw_torch needs bitsandbytes"):
+        check_training_setup(SFTConfig(method="qlora"))
+    with pytest.raises(ValueError, match="deepspeed_zero2.yaml runs DeepSpeed, which is not installed"):
+        check_training_setup(SFTConfig(accelerate_config="configs/accelerate/deepspeed_zero2.yaml"))
+    check_training_setup(SFTConfig(accelerate_config="configs/accelerate/ddp.yaml"))  # DDP needs no DeepSpeed
 
 
 def test_warmup_zero_is_refused_with_an_explanation():
