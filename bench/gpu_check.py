@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))  # nothing is pip-installed on the GPU machine: ta
 
 import torch  # noqa: E402
 
-from tasks.sft_training import (check_training_setup, launch_distributed, peft_config_for, precision_choice,  # noqa: E402
-                                step_clock, throughput_and_memory, train_sft)
+from tasks.sft_training import (check_training_setup, launch_distributed, peft_config_for,  # noqa: E402
+                                precision_choice, step_clock, throughput_and_memory, train_sft)
 from tunegate.config import SFTConfig  # noqa: E402
-from tunegate.models import build_tiny_model, load_chat_tokenizer  # noqa: E402
+from tunegate.models import build_tiny_model, demo_texts, load_chat_tokenizer, tiny_tokenizer  # noqa: E402
 
 # SmolLM2's Llama configs (HuggingFaceTB/SmolLM2-*/config.json; 135M's match the bundled GGUF's metadata).
 SMOLLM2 = {"vocab_size": 49152, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
@@ -113,7 +113,8 @@ def sft_config(case: Case, workload: Workload) -> SFTConfig:
 
 def versions() -> dict:
     """The training stack as this machine has it (the GPU image's own packages plus the carried wheels)."""
-    names = ["torch", "transformers", "peft", "accelerate", "trl", "datasets", "bitsandbytes", "deepspeed", "pydantic"]
+    names = ["torch", "transformers", "peft", "accelerate", "trl", "datasets", "bitsandbytes", "deepspeed", "pydantic",
+             "huggingface-hub", "pyarrow", "fsspec"]  # the last three: datasets 5.2 pins ranges of them
     found = {}
     for name in names:
         try:
@@ -127,7 +128,8 @@ def machine() -> dict:
     info = {"python": sys.version.split()[0], "packages": versions(), "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info |= {"gpu": props.name, "gpu_memory_bytes": props.total_memory, "capability": f"{props.major}.{props.minor}"}
+        info |= {"gpu": props.name, "gpu_memory_bytes": props.total_memory,
+                 "capability": f"{props.major}.{props.minor}"}
     else:
         from tasks.sft_training import cpu_identity
 
@@ -140,7 +142,7 @@ def build_random_model(arch: str, out: Path) -> dict:
     tiny test model's (1024 tokens of the 49152-row embedding are used, which costs the same to train)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    tokenizer = load_chat_tokenizer(str(build_tiny_model()))
+    tokenizer = tiny_tokenizer(demo_texts())
     config = LlamaConfig(**SMOLLM2, **ARCHS[arch], bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -263,11 +265,13 @@ def run_case(case: Case, workload: Workload, model_path: str, train_path: Path, 
 
 def ratio_check(name: str, numerator: dict, denominator: dict, key: str, bound: float, at_most: bool,
                 required: bool, judged: bool) -> dict:
-    """numerator[key] / denominator[key] against the bound; 'not measured' names the case that has no number."""
+    """numerator[key] / denominator[key] against the bound; 'not measured' says which case has no number, and why."""
     check = {"name": name, "ratio": None, "bound": bound, "required": required}
-    missing = [c for c in (numerator, denominator) if c.get(key) is None]
-    if missing:
-        return check | {"verdict": "not measured (" + ", ".join(f"{c['name']} {c['status']}" for c in missing) + ")"}
+    pair = (numerator, denominator)
+    why = [f"{c['name']} {c['status']}" for c in pair if c["status"] != "measured"]
+    why += [f"{c['name']} has no {key}" for c in pair if c["status"] == "measured" and c[key] is None]
+    if why:
+        return check | {"verdict": f"not measured ({', '.join(why)})"}
     ratio = numerator[key] / denominator[key]
     ok = ratio <= bound if at_most else ratio >= bound
     verdict = ("pass" if ok else "fail") if judged else "not judged (dry run: tiny model on CPU)"
@@ -299,7 +303,8 @@ def markdown(report: dict) -> str:
     lines = [f"GPU check ({report['mode']}) on {where}, torch {m['packages']['torch']}, {report['started_at']}, "
              f"{report['seconds']:.0f} s in all",
              f"model: {model['arch']}, {model['params']:,} parameters, {model['weights']} weights; batch "
-             f"{w['batch_size']} x {w['max_length']} tokens; auto precision here: {report['auto_precision']['precision']}",
+             f"{w['batch_size']} x {w['max_length']} tokens; "
+             f"auto precision here: {report['auto_precision']['precision']}",
              "", "| case | status | steps | tokens/s | peak GPU GiB | GiB at start | loss first -> last | precision | "
              "checkpointing | LM head |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["cases"]:
