@@ -15,8 +15,8 @@ Every case trains through tasks/sft_training.py, the job the sft stage runs (tra
 launch_distributed for `accelerate launch`), except the baseline, which is TRL's SFTTrainer with its
 default SFTConfig. The model has a SmolLM2 architecture and random weights, built here from its config:
 the real weights would not fit in what travels to the GPU machine. Throughput and memory depend on the
-shapes, not the values, and the loss still falls on the fixed corpus (alpaca demo rows, each filling
-max_length). Imports no Prefect or MLflow: the GPU machine has neither.
+shapes, not the values; the first and last losses on the fixed corpus (alpaca demo rows, each filling
+max_length) show whether training moves. Imports no Prefect or MLflow: the GPU machine has neither.
 """
 
 from __future__ import annotations
@@ -339,8 +339,9 @@ def main() -> int:
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         sys.exit("No CUDA GPU here. On CPU run the dry run: GPU_CHECK_DRY=1 make gpu-check (or --dry-run).")
-    out = Path(args.out or os.environ.get("OUT") or ROOT / "outputs" / "gpu-check")
+    out = Path(args.out or os.environ.get("OUT") or ROOT / "outputs" / "gpu-check").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # config paths (the accelerate config, the DeepSpeed JSON it names) are relative to the root
     work = Path(tempfile.mkdtemp(prefix="tunegate-gpu-check-"))  # weights and checkpoints: never into $OUT
     workload = DRY_WORKLOAD if args.dry_run else GPU_WORKLOAD
     arch = args.arch or ("tiny" if args.dry_run else GPU_ARCH)
