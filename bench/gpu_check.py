@@ -131,7 +131,7 @@ def machine() -> dict:
         info |= {"gpu": props.name, "gpu_memory_bytes": props.total_memory,
                  "capability": f"{props.major}.{props.minor}"}
     else:
-        from tasks.sft_training import cpu_identity
+        from tunegate.precision import cpu_identity
 
         info |= {"gpu": None, "cpu": cpu_identity()["cpu"]}
     return info
