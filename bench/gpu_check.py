@@ -349,26 +349,28 @@ def main() -> int:
 
     model = tiny_model() if arch == "tiny" else build_random_model(arch, work / "model")
     train_path = write_corpus(work / "train.jsonl", workload)
-    results = []
+    report = {"mode": "dry run" if args.dry_run else "GPU", "started_at": started, "complete": False,
+              "machine": machine(), "model": model, "cases": [],
+              "workload": {"batch_size": workload.batch_size, "max_length": workload.max_length, "rows": workload.rows}}
     for case in CASES:
         if time.perf_counter() - start > args.budget_s:
-            results.append({"name": case.name, "what": case.what, "status": "skipped",
-                            "reason": f"time budget: {args.budget_s:.0f} s spent before it could start"})
+            report["cases"].append({"name": case.name, "what": case.what, "status": "skipped",
+                                    "reason": f"time budget: {args.budget_s:.0f} s spent before it could start"})
             continue
         print(f"gpu-check: {case.name} ...", flush=True)
-        results.append(run_case(case, workload, model["path"], train_path, work))
-        print(f"gpu-check: {case.name} {results[-1]['status']}", flush=True)
+        report["cases"].append(run_case(case, workload, model["path"], train_path, work))
+        print(f"gpu-check: {case.name} {report['cases'][-1]['status']}", flush=True)
+        # After every case: a run cut off by the device call's timeout still brings back what it measured.
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
 
-    report = {"mode": "dry run" if args.dry_run else "GPU", "started_at": started,
-              "seconds": round(time.perf_counter() - start, 1), "machine": machine(), "model": model,
-              "workload": {"batch_size": workload.batch_size, "max_length": workload.max_length, "rows": workload.rows},
-              "auto_precision": precision_choice("auto"), "cases": results,
-              "criteria": criteria(results, judged=not args.dry_run)}
+    report |= {"complete": True, "seconds": round(time.perf_counter() - start, 1),
+               "auto_precision": precision_choice("auto"), "criteria": criteria(report["cases"], not args.dry_run)}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (out / "gpu_check.md").write_text(table)
     print("\n" + table + f"\nwritten: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
-    return 1 if any(r["status"] == "failed" for r in results) else 0
+    return 1 if any(r["status"] == "failed" for r in report["cases"]) else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def dry_run(tiny_model, without_prefect_and_mlflow, tmp_path_factory) -> dict:
 
 
 def test_every_case_is_measured_or_skipped_with_the_setup_checks_reason(dry_run):
+    assert dry_run["report"]["complete"]  # written after each case too; this is the final report
     cases = {c["name"]: c for c in dry_run["report"]["cases"]}
     assert {name: c["status"] for name, c in cases.items()} == {
         "lora-bf16": "measured", "qlora": "skipped", "full-bf16": "measured", "lora-zero2": "measured",
