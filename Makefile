@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup lock check-lock demo test test-slow ui serve clean team-up team-down test-team
+.PHONY: setup lock check-lock demo test test-slow ui serve clean team-up team-down test-team gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -84,6 +84,38 @@ team-down: $(STAMP)
 # Needs `make team-up` first: concurrent runs and faults against the team's servers.
 test-team: $(STAMP)
 	$(PY) -m pytest -q -m team -rP tests/test_team.py   # -rP: the passed tests print the runs' timeline
+
+# The GPU check (bench/gpu_check.py; the device command is at its top). gpu-wheels, here: what the GPU machine's
+# image lacks (bench/gpu_wheels.txt) as wheels for its CPython 3.12 on x86_64 Linux, into .whl/; deepspeed is an
+# sdist, so its wheel is built here (pure Python). Fails when .whl/ and the working tree pass what a device call
+# carries (64 MiB). gpu-check, there: no .venv and no network, so it installs .whl/ with pip --no-index into
+# $(GPU_SITE), then runs the check with that python3. GPU_CHECK_DRY=1 make gpu-check: the CPU dry run (CI).
+GPU_SITE     := /tmp/tunegate-gpu-site
+GPU_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp \
+	$(foreach n,28 27 24 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
+CARRY_LIMIT  := 67108864
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir .whl
+	grep -o '^[^ #]*==[^ ]*' bench/gpu_wheels.txt | grep -v '^deepspeed==' | \
+		xargs $(PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d .whl
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir -w .whl \
+		$$(grep -o '^deepspeed==[^ ]*' bench/gpu_wheels.txt)
+	@ls -l .whl
+	@wheels=$$(du -cb .whl/*.whl | tail -1 | cut -f1); \
+	tree=$$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1); \
+	echo "gpu-wheels: .whl $$wheels bytes ($$(ls .whl | wc -l) wheels) + working tree $$tree bytes = $$((wheels + tree)) of the $(CARRY_LIMIT) a device call carries"; \
+	test $$((wheels + tree)) -le $(CARRY_LIMIT) || { echo "gpu-wheels: over the carry limit"; exit 1; }
+
+ifeq ($(wildcard $(PY)),)
+gpu-check:
+	if [ -d .whl ]; then python3 -m pip install -q --no-index --find-links .whl --no-deps --no-compile \
+		--no-cache-dir --upgrade --root-user-action=ignore --target $(GPU_SITE) -r bench/gpu_wheels.txt; fi
+	PYTHONPATH=$(GPU_SITE) python3 bench/gpu_check.py $(if $(GPU_CHECK_DRY),--dry-run)
+else
+gpu-check:
+	$(PY) bench/gpu_check.py $(if $(GPU_CHECK_DRY),--dry-run)
+endif
 
 clean:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts mlruns/eval-cache mlruns/mlflow.aliases.lock

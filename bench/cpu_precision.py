@@ -1,4 +1,4 @@
-"""Does the CPU precision tasks/sft.py measures (a matmul) pick the faster training step?
+"""Does the CPU precision tunegate/precision.py measures (a matmul) pick the faster training step?
 
     .venv/bin/python bench/cpu_precision.py [--model bundled:smollm2-135m-instruct] [--rounds 4] [--seq 128] [--batch 8]
 

@@ -63,7 +63,7 @@ def reversed_answers(train: Path, out: Path) -> Path:
 
 
 def train_and_score(label: str, train_file: Path, seed: int, params, prepared: dict, suite: dict, work: Path) -> dict:
-    from tasks.sft import train_sft
+    from tasks.sft_training import train_sft
 
     cfg = params.sft.model_copy(update={"seed": seed})
     trained = train_sft(prepared["base_model_path"], str(train_file), None, cfg, work / label, work / label / "ckpt")

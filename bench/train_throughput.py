@@ -5,7 +5,7 @@
 All three train the same LoRA (r=16, all linear layers) on the same pre-tokenized batches of
 exactly --seq tokens. Tokens/s is measured over steps after the first (warm-up) step.
 - raw: a hand loop of forward + backward + AdamW step in fp32: the ceiling to compare against.
-- tunegate: the trainer and settings tasks/sft.py picks on this hardware (on CPU: the faster of bf16 and fp32
+- tunegate: the trainer and settings tasks/sft_training.py picks on this hardware (on CPU: the faster of bf16 and fp32
   by its matmul measurement, no checkpointing, and the model's own loss over the full logits instead of TRL's
   chunked LM head); and the same in the precision it did not pick, to check the pick on real training steps.
 - chunked head: the same, with TRL's SFTTrainer as it is (its chunked LM head recomputes the head in backward).
@@ -29,8 +29,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 from trl import SFTConfig  # noqa: E402
 
 from tunegate.models import load_chat_tokenizer  # noqa: E402
-from tasks.sft import choose_lm_head, choose_precision, cpu_identity, sft_trainer_class  # noqa: E402
+from tasks.sft_training import choose_lm_head, sft_trainer_class  # noqa: E402
 from tunegate.config import SFTConfig as TunegateSFTConfig  # noqa: E402
+from tunegate.precision import choose_precision, cpu_identity  # noqa: E402
 from tunegate.models import resolve_base_model  # noqa: E402
 
 
@@ -97,9 +98,9 @@ def main() -> None:
     results = {}
     results["raw PyTorch (fp32 fwd+bwd+AdamW)"] = raw_loop(path, data)
     precision, precision_why, _ = choose_precision("auto")
-    print(f"tasks/sft.py picks {precision}: {precision_why}")
+    print(f"tasks/sft_training.py picks {precision}: {precision_why}")
     head, why = choose_lm_head(TunegateSFTConfig(batch_size=args.batch, max_length=args.seq), vocab)
-    print(f"tasks/sft.py picks the {head} LM head: {why}")
+    print(f"tasks/sft_training.py picks the {head} LM head: {why}")
     for name in (precision, "fp32" if precision == "bf16" else "bf16"):
         ours = SFTConfig(max_steps=args.steps, bf16=name == "bf16", gradient_checkpointing=False, **common)
         label = "tunegate SFT" if name == precision else "tunegate SFT in the precision it did not pick"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.sft import launch_distributed, run_spec
+from tasks.sft_training import launch_distributed, run_spec
 from tunegate.config import SFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent

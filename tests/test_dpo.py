@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tasks.dpo import dpo, train_dpo
-from tasks.sft import train_sft
+from tasks.sft_training import train_sft
 from tunegate.config import DPOConfig, SFTConfig
 
 from conftest import DEMO, typed_prepared, typed_trained

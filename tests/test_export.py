@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tasks.export import export_model
-from tasks.sft import train_sft
+from tasks.sft_training import train_sft
 from tunegate.config import SFTConfig
 
 

@@ -57,7 +57,8 @@ def register_once(tracking, adapter, f1, feedback=False, judged_against: str | N
                       steps=2, stopped_early=False, resumed_from=None, resumed_at_step=0, seconds=3.0,
                       precision="fp32", precision_reason="test", cpu_matmul_gflops=None, gradient_checkpointing=False,
                       gradient_checkpointing_reason="test", lm_head="frozen", lm_head_reason="test",
-                      trainable_params=10, input_tokens_per_step=5, world_size=1)
+                      trainable_params=10, input_tokens_per_step=5, tokens_per_second=2.5,
+                      gpu_memory_at_start_bytes=None, peak_gpu_memory_bytes=None, world_size=1)
     aligned = Aligned(skipped=True, skip_reason="no pairs", adapter=str(adapter), model=None, sft=trained)
     if feedback:
         params.data.feedback_files = [write_jsonl(adapter.parent / "feedback_sft.jsonl", [

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.sft import COMPLETE_MARKER, run_spec
+from tasks.sft_training import COMPLETE_MARKER, run_spec
 from tunegate.config import SFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(prepared, t
             "trust_remote_code": False}
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.sft", "--spec", str(spec_path)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.sft_training", "--spec", str(spec_path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list((tmp_path / "ckpt").glob(f"checkpoint-10/{COMPLETE_MARKER}")):

@@ -2,16 +2,17 @@
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import tasks.sft
+import tasks.sft_training
 import tunegate.precision
-from tasks.sft import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
-                       estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
+from tasks.sft_training import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
+                                estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
 from tunegate.precision import choose_precision, cpu_matmul_speeds, precision_from_speeds
 from tunegate.config import SFTConfig, load_config
 
@@ -82,7 +83,7 @@ def test_a_distributed_run_chooses_the_precision_once_for_all_ranks(tmp_path, mo
         launched.append(cmd)
         (tmp_path / "sft_summary.json").write_text("{}")
 
-    monkeypatch.setattr(tasks.sft.subprocess, "run", fake_launch)
+    monkeypatch.setattr(tasks.sft_training.subprocess, "run", fake_launch)
     launch_distributed({"cfg": {}}, SFTConfig(num_processes=2), tmp_path)
     handed = json.loads((tmp_path / "sft_spec.json").read_text())["precision"]
     assert handed["precision"] == "bf16" and "bf16 matmul 122.7 GFLOP/s" in handed["reason"]
@@ -131,7 +132,7 @@ def test_gradient_checkpointing_only_when_the_estimate_does_not_fit_the_gpu(monk
 def test_cpu_uses_the_plain_lm_head_and_trains_exactly_like_trls_chunked_head(prepared, tmp_path, monkeypatch):
     plain = two_steps(prepared, tmp_path / "plain", method="lora")
     assert plain["lm_head"] == "plain" and "fit in RAM" in plain["lm_head_reason"]
-    monkeypatch.setattr("tasks.sft.choose_lm_head", lambda cfg, vocab: ("chunked", "forced by the test"))
+    monkeypatch.setattr("tasks.sft_training.choose_lm_head", lambda cfg, vocab: ("chunked", "forced by the test"))
     chunked = two_steps(prepared, tmp_path / "chunked", method="lora")
     assert chunked["lm_head"] == "chunked"
     # Same loss (both fp32 log-softmax over the same tokens), so the same update and the same second step.
@@ -153,6 +154,18 @@ def test_qlora_and_8bit_adam_are_refused_up_front_on_cpu():
         check_training_setup(SFTConfig(optimizer="adamw_8bit"))
     # The config itself still loads: a GPU worker may run it.
     assert load_config("configs/tiny.yaml", ["sft.method=qlora"]).sft.method == "qlora"
+
+
+def test_a_missing_bitsandbytes_or_deepspeed_is_refused_before_the_model_loads(monkeypatch):
+    # A GPU machine without them (the device image has neither) fails here, not minutes into loading or in a rank.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # None in sys.modules: not importable, find_spec -> None
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    with pytest.raises(ValueError, match="sft.method=qlora, sft.optimizer=adamw_torch needs bitsandbytes"):
+        check_training_setup(SFTConfig(method="qlora"))
+    with pytest.raises(ValueError, match="deepspeed_zero2.yaml runs DeepSpeed, which is not installed"):
+        check_training_setup(SFTConfig(accelerate_config="configs/accelerate/deepspeed_zero2.yaml"))
+    check_training_setup(SFTConfig(accelerate_config="configs/accelerate/ddp.yaml"))  # DDP needs no DeepSpeed
 
 
 def test_warmup_zero_is_refused_with_an_explanation():

@@ -25,7 +25,7 @@ import pytest
 
 from deployments import team
 from live_stack import wait_for
-from tasks.sft import COMPLETE_MARKER
+from tasks.sft_training import COMPLETE_MARKER
 from tunegate.config import FeedbackConfig, load_config
 
 pytestmark = pytest.mark.team

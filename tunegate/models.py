@@ -129,36 +129,10 @@ def build_tiny_model(corpus_files: list[Path] | None = None) -> Path:
     if (target / "model.safetensors").exists():
         return target
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    data = Path(__file__).resolve().parent.parent / "data"
-    files = corpus_files or [data / "llamafactory" / "alpaca_en_demo.json"]
-    holdout = {r["instruction"] for r in json.loads((data / "demo" / "general_holdout.json").read_text())}
-    texts = []
-    for f in files:
-        for row in json.loads(Path(f).read_text()):
-            if row["instruction"] not in holdout:
-                prompt = row["instruction"] + ("\n" + row["input"] if row["input"] else "")
-                texts.append(_chatml_text(prompt, row["output"]))
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    # The tokenizer also sees the identity rows (mostly Chinese), so they are not split into bytes;
-    # the model itself never trains on them before fine-tuning.
-    identity = [r["instruction"] + r["output"] for r in json.loads((data / "demo" / "identity.json").read_text())]
-    bpe.train_from_iterator(
-        texts + identity,
-        trainers.BpeTrainer(
-            vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    texts = demo_texts(corpus_files)
+    tokenizer = tiny_tokenizer(texts)
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -182,6 +156,47 @@ def build_tiny_model(corpus_files: list[Path] | None = None) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     return _publish(tmp, target)
+
+
+def demo_texts(corpus_files: list[Path] | None = None) -> list[str]:
+    """The Alpaca demo rows (minus the general holdout) as ChatML conversations: the tiny model's pretraining."""
+    data = Path(__file__).resolve().parent.parent / "data"
+    files = corpus_files or [data / "llamafactory" / "alpaca_en_demo.json"]
+    holdout = {r["instruction"] for r in json.loads((data / "demo" / "general_holdout.json").read_text())}
+    texts = []
+    for f in files:
+        for row in json.loads(Path(f).read_text()):
+            if row["instruction"] not in holdout:
+                prompt = row["instruction"] + ("\n" + row["input"] if row["input"] else "")
+                texts.append(_chatml_text(prompt, row["output"]))
+    return texts
+
+
+def tiny_tokenizer(texts: list[str]):
+    """A byte-level BPE of 1024 tokens with ChatML's specials and template, trained in a few seconds: the tiny
+    model's tokenizer, and the GPU check's (bench/gpu_check.py), which has no other offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    # The tokenizer also sees the identity rows (mostly Chinese), so they are not split into bytes;
+    # the model itself never trains on them before fine-tuning.
+    identity = [r["instruction"] + r["output"] for r in json.loads((data / "demo" / "identity.json").read_text())]
+    bpe.train_from_iterator(
+        texts + identity,
+        trainers.BpeTrainer(
+            vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
 
 
 def _chatml_text(user: str, assistant: str) -> str:
