@@ -50,3 +50,24 @@ def test_an_unrelated_field_reuses_the_stage_and_a_field_it_reads_reruns_it(tmp_
     longer = params.model_copy(update={"run_name": "fourth",
                                        "sft": params.sft.model_copy(update={"max_length": 1024})})
     assert data_stages(longer)["states"][1] == "Completed"
+
+
+def test_the_same_bytes_at_another_path_are_ingested_again_under_that_path(tmp_path, prefect_harness, tiny_model):
+    """Rows name their source file, and checks select rows by file (the feedback window): a cache hit across paths
+    would hand a new window the rows of an earlier one with the same bytes, outside the window's checks."""
+    import json
+    import shutil
+
+    params = load_config("configs/tiny.yaml").model_copy(update={"output_dir": str(tmp_path / "out")})
+    copy = tmp_path / "copy" / "identity.json"
+    copy.parent.mkdir()
+    shutil.copy(params.data.domain_files[0], copy)
+    first = data_stages(params.model_copy(update={"run_name": "first"}))
+    moved = params.model_copy(update={"run_name": "moved",
+                                      "data": params.data.model_copy(update={"domain_files": [str(copy)]})})
+    second = data_stages(moved)
+    assert second["states"][0] == "Completed"
+    records = (tmp_path / "out" / "moved" / "data" / "records.jsonl").read_text().splitlines()
+    sources = {json.loads(line)["source"]["file"] for line in records}
+    assert str(copy) in sources and params.data.domain_files[0] not in sources, sources
+    assert first["prepared"].counts == second["prepared"].counts  # same rows, same split

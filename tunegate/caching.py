@@ -1,4 +1,4 @@
-"""Prefect cache keys for the pipeline stages: content, not paths.
+"""Prefect cache keys for the pipeline stages: input files by content and path, never the run's own folder.
 
 Cached results hold paths under the outputs folder. A token stored in that folder joins every key,
 so deleting the folder invalidates the cache instead of returning paths to files that are gone.
@@ -37,7 +37,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _canonical(value):
-    """Parameters as JSON-able values, with every existing file replaced by the hash of its content."""
+    """Parameters as JSON-able values, every existing file by its path and the hash of its content.
+
+    The path counts too: cached results name their input files (each row's source), and later checks select rows
+    by file, e.g. the feedback window the contradiction check measures. A window with the same bytes as an earlier
+    one must not come back under the earlier one's paths."""
     from pydantic import BaseModel
 
     if isinstance(value, BaseModel):  # typed stage results and config sections hold file paths too
@@ -47,13 +51,13 @@ def _canonical(value):
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, str) and 0 < len(value) < 4096 and Path(value).is_file():
-        return {"file_sha256": file_sha256(value)}
+        return {"file": value, "file_sha256": file_sha256(value)}
     return value
 
 
 def stage_cache_key(context, parameters) -> str:
-    """Prefect cache key for a data stage writing to <output_dir>/<run>/<stage>: its inputs' content, not
-    their paths, so a re-run (another run folder) reuses the finished stage."""
+    """Prefect cache key for a data stage writing to <output_dir>/<run>/<stage>: its inputs, not its run folder,
+    so a re-run (another run folder) reuses the finished stage."""
     import json
 
     out_dir = Path(parameters["out_dir"])
