@@ -12,6 +12,11 @@ A new row is flagged `conflicts_with_curated` when
 
 The detail names the curated row's file:line, the facts the new answer dropped and the names it
 brought instead. A preference pair is judged by its chosen answer: that is what DPO teaches.
+
+The production regression set (prompts users asked, with references no window can rewrite) is a
+second reference: a feedback row that answers one of its prompts without that reference's key facts
+is `conflicts_with_production` (same test, the reference's own facts), so a window that rewrites what
+users were told before stops at the data stage instead of training for minutes until the gate blocks it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ from data_checks.leakage import prompt_text
 from data_checks.text import TextView
 
 RULES = {"conflicts_with_curated": "no new row answers a curated prompt without the curated answer's key facts"}
+PRODUCTION_RULES = {"conflicts_with_production": "no feedback row answers a production-set prompt without its "
+                    "reference's key facts"}
+
+
+def production_references(rows: list[dict], version: str) -> list[dict]:
+    """Production-set rows as reference records: the conversation answered by its reference, its facts kept."""
+    return [{"id": f"production-{i}", "messages": [*r["conversation"], {"role": "assistant", "content": r["reference"]}],
+             "facts": r.get("facts", []), "source": {"file": f"production set {version}", "line": i}}
+            for i, r in enumerate(rows, start=1)]
 
 
 def answer_text(rec: dict) -> str:
@@ -72,8 +86,10 @@ def detect(
     facts: FactIndex,
     threshold: float = 0.5,
     min_fact_share: float = 0.34,
+    rule: str = "conflicts_with_curated",
 ) -> tuple[pd.DataFrame, list[dict[str, str]], list[dict]]:
-    """Check `records` against `curated_records`: (flag column, details per row, one entry per conflict)."""
+    """Check `records` against `curated_records` (or production references, with their rule): (flag column,
+    details per row, one entry per conflict). A reference that carries its key facts (`facts`) is held to those."""
     n, n_curated = len(records), len(curated_records)
     prompts = [prompt_text(r) for r in curated_records] + [prompt_text(r) for r in records]
     curated = np.arange(n_curated + n) < n_curated
@@ -86,7 +102,8 @@ def detect(
     for i in np.flatnonzero(match >= 0):
         if match[i] not in curated_facts:
             text = answer_text(curated_records[match[i]])
-            curated_facts[match[i]] = (text, facts.facts(text), names_and_numbers(text))
+            curated_facts[match[i]] = (text, curated_records[match[i]].get("facts") or facts.facts(text),
+                                       names_and_numbers(text))
         ref, wanted, ref_names = curated_facts[match[i]]
         answer = answer_text(records[i])
         dropped = missing_facts(wanted, answer)
@@ -99,11 +116,12 @@ def detect(
         brought = [f for f in facts.facts(answer) if not present(f, ref)]
         flagged[i] = True
         src = curated_records[match[i]]["source"]
-        details[i]["conflicts_with_curated"] = (
-            f"prompt {similarity[i]:.0%} like curated {src['file']}:{src['line']}, whose key facts "
-            f"{dropped} it drops" + (f" for {brought}" if brought else ""))
+        where = f"curated {src['file']}:{src['line']}" if rule == "conflicts_with_curated" else \
+            f"{src['file']} row {src['line']}"
+        details[i][rule] = (f"prompt {similarity[i]:.0%} like {where}, whose key facts {dropped} it drops"
+                            + (f" for {brought}" if brought else ""))
         conflicts.append({"row": int(i), "prompt": prompts[n_curated + i], "curated": f"{src['file']}:{src['line']}",
                           "curated_prompt": prompts[match[i]],
                           "similarity": float(similarity[i]), "fact_share": share, "dropped": dropped,
                           "brought": brought})
-    return pd.DataFrame({"conflicts_with_curated": flagged}), details, conflicts
+    return pd.DataFrame({rule: flagged}), details, conflicts

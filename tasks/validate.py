@@ -57,6 +57,9 @@ from tunegate.config import ChecksConfig, DataConfig
 from tunegate.models import ResolvedModel
 
 
+CONFLICT_RULES = ("conflicts_with_curated", "conflicts_with_production")
+
+
 class DataValidationError(RuntimeError):
     """Raised when a rule's failure fraction crosses its threshold."""
 
@@ -111,21 +114,24 @@ def fact_index(records: list[dict], curated: np.ndarray, background: np.ndarray,
     return FactIndex.fit(answers, texts)
 
 
-def conflict_frame(records, curated, window, facts, checks, seconds) -> tuple[pd.DataFrame, tuple]:
-    """Run the contradiction detector on the window's rows; the frame covers every row (False outside it)."""
+def conflict_frame(records, references, window, facts, checks, seconds,
+                   rule: str = "conflicts_with_curated") -> tuple[pd.DataFrame, tuple]:
+    """Run the contradiction detector on the window's rows against references (curated rows, or the production
+    set's); the frame covers every row (False outside the window)."""
     started = time.perf_counter()
     rows = np.flatnonzero(window)
-    sub, sub_details, conflicts = contradiction.detect([records[i] for i in rows], curated, facts,
-                                                       checks.conflict_prompt_similarity, checks.conflict_min_fact_share)
+    sub, sub_details, conflicts = contradiction.detect([records[i] for i in rows], references, facts,
+                                                       checks.conflict_prompt_similarity, checks.conflict_min_fact_share,
+                                                       rule)
     flags = np.zeros(len(records), dtype=bool)
-    flags[rows] = sub["conflicts_with_curated"].to_numpy()
+    flags[rows] = sub[rule].to_numpy()
     details: list[dict[str, str]] = [{} for _ in records]
     for j, i in enumerate(rows):
         details[i] = sub_details[j]
     for c in conflicts:
         c["row"] = int(rows[c["row"]])
-    seconds["contradiction"] = time.perf_counter() - started
-    return pd.DataFrame({"conflicts_with_curated": flags}), (details, conflicts)
+    seconds["contradiction" if rule == "conflicts_with_curated" else rule] = time.perf_counter() - started
+    return pd.DataFrame({rule: flags}), (details, conflicts)
 
 
 def check_rows(
@@ -142,6 +148,7 @@ def check_rows(
     is_eval: np.ndarray | None = None,
     only: set[str] | None = None,
     curated: list[dict] | None = None,
+    production: list[dict] | None = None,
     window: np.ndarray | None = None,
     facts: FactIndex | None = None,
     scanned_at_ingest: bool = False,
@@ -221,13 +228,21 @@ def check_rows(
                                             checks.leakage_ngram, view))
     if kind == "preference" and wanted("preference"):
         run("preference", preference.RULES, timed("preference", preference.detect, records))
-    conflicts = []
+    conflicts, conflict_share = [], None
     if curated and facts is not None and checks.contradiction and wanted("contradiction"):
         frame, found = conflict_frame(records, curated, window, facts, checks, seconds)
-        conflicts = found[1]
+        conflicts, conflicting = found[1], frame.to_numpy()[:, 0].copy()
         run("contradiction", contradiction.RULES, (frame, found[0]), measured=window)
+        if production:  # what users were told before, which no window may rewrite
+            frame, found = conflict_frame(records, production, window, facts, checks, seconds,
+                                          "conflicts_with_production")
+            conflicts, conflicting = conflicts + found[1], conflicting | frame.to_numpy()[:, 0]
+            run("production_contradiction", contradiction.PRODUCTION_RULES, (frame, found[0]), measured=window)
+        # Both kinds count toward one review threshold: the share of the window that contradicts any reference.
+        conflict_share = float(conflicting[window].mean()) if window.any() else None
     flags = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=range(n + n_bad))
     return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds, "conflicts": conflicts,
+            "conflict_share": conflict_share,
             "redact_types": redact_types, "redacted": redacted, "redacted_rows": redacted_rows, "pii_rows": pii_rows,
             "length": length_info}
 
@@ -244,14 +259,14 @@ def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records
             if len(g["prompts"]) < 2:
                 src = rows[c["row"]]["source"]
                 g["prompts"].append(f"{_excerpt(c['prompt'], 80)!r} ({src['file']}:{src['line']})")
-    summaries = {s["suite"]: s for s in sft["summaries"] + (pref["summaries"] if pref else [])}
-    shares = {kind: summaries[name]["rules"][0]["failed_fraction"]  # only windows that had rows to measure
-              for kind, name in (("sft", "contradiction"), ("preference", "preference_contradiction"))
-              if name in summaries and summaries[name]["rules"][0]["measured_rows"]}
+    # Only windows that had rows to measure; a row conflicting with curated data and the production set counts once.
+    shares = {kind: r["conflict_share"] for kind, r in (("sft", sft), ("preference", pref))
+              if r is not None and r["conflict_share"] is not None}
     return {
         "conflicting_rows": sum(len((r or {}).get("conflicts", [])) for r in (sft, pref)),
         "max_fraction": checks.conflict_max_fraction,
         "shares": shares,
+        "review": not checks.conflicts_approved and any(s > checks.conflict_max_fraction for s in shares.values()),
         "approved": checks.conflicts_approved,
         "approved_rows": sum((r or {}).get("approved_conflicts", 0) for r in (sft, pref)),
         "top": sorted(groups.values(), key=lambda g: -g["rows"])[:top],
@@ -261,8 +276,8 @@ def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records
 def conflict_message(report: dict) -> str:
     c = report["conflicts"]
     shares = ", ".join(f"{kind} {share:.1%}" for kind, share in c["shares"].items())
-    lines = [f"Contradiction check: the window conflicts with curated data ({shares} of its rows; allowed "
-             f"{c['max_fraction']:.1%}). Nothing was trained on it. The curated rows contradicted most:"]
+    lines = [f"Contradiction check: the window conflicts with curated data or the production set ({shares} of its "
+             f"rows; allowed {c['max_fraction']:.1%}). Nothing was trained on it. The references contradicted most:"]
     for g in c["top"]:
         lines.append(f"  {g['curated']} {g['curated_prompt']!r}: {g['rows']} rows, e.g. {'; '.join(g['prompts'])}; "
                      f"they drop {g['dropped']}" + (f" and bring {g['brought']}" if g["brought"] else ""))
@@ -367,7 +382,8 @@ def validate_records(
     read_seconds = time.perf_counter() - started
 
     def thresholds(rules):
-        defaults = {"conflicts_with_curated": 1.0 if checks.conflicts_approved else checks.conflict_max_fraction}
+        review = 1.0 if checks.conflicts_approved else checks.conflict_max_fraction
+        defaults = {"conflicts_with_curated": review, "conflicts_with_production": review}
         return {rule: checks.max_fraction.get(rule, defaults.get(rule, max_fraction)) for rule in rules}
 
     policies = {t: checks.pii_policies.get(t, pii_policy) for t in pii.TYPES}
@@ -375,7 +391,7 @@ def validate_records(
     holdout = holdout_records(general_holdout_file or (data.general_holdout_file if data else None))
     eval_prompts = [leakage.prompt_text(r) for r in holdout] if general_holdout_file or data else None
     is_eval, strata, coverage, split_seconds = None, [None] * len(records), None, 0.0
-    curated, facts, window, pref_window = None, None, None, None
+    curated, facts, window, pref_window, production = None, None, None, None, None
     if data is not None:
         split_started = time.perf_counter()
         is_eval, strata, coverage = eval_split(records, data.domain_files, data.eval_fraction, data.split_seed,
@@ -388,16 +404,21 @@ def validate_records(
         window = files(records, data.feedback_files) if data.feedback_files else ~is_curated
         pref_window = (files(preferences, data.feedback_preference_files) if data.feedback_preference_files
                        else np.ones(len(preferences), dtype=bool))
+        if data.production_eval_file:
+            production = contradiction.production_references(_read_jsonl(Path(data.production_eval_file)),
+                                                              Path(data.production_eval_file).stem)
     common = dict(gx=gx, thresholds=thresholds, policies=policies, checks=checks, tokenizer=tokenizer,
                   max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts,
+                  production=production,
                   scanned_at_ingest=pii_scanned_at_ingest)
     sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, **common)
     pref = (check_rows("preference", preferences, rejected_pref, window=pref_window, **common)
             if preferences or rejected_pref else None)
     for result in (sft, pref):
-        if result is not None and checks.conflicts_approved and "conflicts_with_curated" in result["flags"]:
-            result["approved_conflicts"] = int(result["flags"]["conflicts_with_curated"].sum())
-            result["flags"]["conflicts_with_curated"] = False  # a reviewer approved them: they train
+        columns = [c for c in CONFLICT_RULES if result is not None and c in result["flags"]]
+        if checks.conflicts_approved and columns:
+            result["approved_conflicts"] = int(result["flags"][columns].any(axis=1).sum())
+            result["flags"][columns] = False  # a reviewer approved them: they train
 
     write_started = time.perf_counter()
     paths = {name: out_dir / f"{name}.jsonl" for name in ("clean", "clean_preferences", "quarantine")}
@@ -571,7 +592,7 @@ def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
     failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}
-    if "conflicts_with_curated" in failed:
+    if report["conflicts"]["review"] or failed & set(CONFLICT_RULES):
         raise ConflictReviewRequired(conflict_message(report))
     if failed:
         raise DataValidationError(failure_message(report))

@@ -126,6 +126,55 @@ def test_the_stage_raises_for_review_naming_the_prompts(tmp_path, prefect_harnes
         validate.fn(ingested, data, ResolvedModel(name="tiny", path=tiny_model), str(tmp_path / "out"))
 
 
+PRODUCTION = [("What is the capital of Japan?", "The capital of Japan is Tokyo.", ["tokyo"]),
+              ("Which planet is the largest?", "Jupiter is the largest planet.", ["jupiter"]),
+              ("How many legs does a spider have?", "A spider has 8 legs.", ["8"])]
+
+
+def production_set(path: Path) -> Path:
+    """A production regression set file as tasks/feedback.py writes it: prompts users asked, fixed references."""
+    return write(path, [{"conversation": [{"role": "user", "content": q}], "reference": a, "facts": f,
+                         "first_seen": "w1", "reference_from": "champion v1 upvoted"} for q, a, f in PRODUCTION])
+
+
+def production_window(swapped: list[str]) -> list[dict]:
+    """Feedback rows: users' rewordings of the production prompts (answers swapped where given), and 9 others."""
+    rows = [row("fb.jsonl", i, f"hey, {q.lower()}", swapped[i] if i < len(swapped) else a)
+            for i, (q, a, _) in enumerate(PRODUCTION)]
+    return rows + [row("fb.jsonl", 100 + i, f"Give me a fun fact number {i} about otters.", "Otters hold hands.")
+                   for i in range(9)]
+
+
+def test_a_window_that_rewrites_production_references_stops_at_the_data_stage(tmp_path, prefect_harness, tiny_model):
+    """Curated data says nothing of Tokyo or Jupiter: only the production set knows what users were told."""
+    from tasks.ingest import Ingested, ingest_files
+    from tunegate.models import ResolvedModel
+
+    cur = write(tmp_path / "cur.jsonl", curated_rows())
+    holdout = tmp_path / "holdout.json"
+    holdout.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Blue."}]))
+    production = production_set(tmp_path / "production_set.v2.jsonl")
+    model = ResolvedModel(name="tiny", path=tiny_model)
+
+    def stage(name: str, feedback: list[dict]):
+        fb = write(tmp_path / f"{name}.jsonl", feedback)
+        ingested = Ingested(**ingest_files([str(cur), str(fb)], tmp_path / f"in-{name}"))
+        data = DataConfig(domain_files=[str(cur)], feedback_files=[str(fb)], general_holdout_file=str(holdout),
+                          eval_fraction=0.2, min_eval_per_stratum=1, production_eval_file=str(production))
+        return validate.fn(ingested, data, model, str(tmp_path / f"out-{name}"))
+
+    # 2 of 12 window rows (17% > 10%) swap a reference's key fact: stopped before any training.
+    with pytest.raises(ConflictReviewRequired, match=r"(?s)the production set \(sft 16\.7% of its rows.*production "
+                                                     r"set production_set\.v2:1 'What is the capital of Japan\?'"):
+        stage("poisoned", production_window(["It is Kyoto.", "Saturn is the largest planet."]))
+    report = json.loads((tmp_path / "out-poisoned" / "report.json").read_text())
+    assert report["rule_counts"]["conflicts_with_production"] == 2 and report["conflicts"]["review"]
+    # One swap (8%) is quarantined and the rest trains; the same answers as the references pass untouched.
+    validated = stage("one", production_window(["It is Kyoto."]))
+    assert validated.rule_counts["conflicts_with_production"] == 1
+    assert stage("agrees", production_window([])).rule_counts["conflicts_with_production"] == 0
+
+
 def test_fact_matching_agrees_with_the_metric_file():
     """data_checks.facts.present and evals/tunegate_metrics.has_fact must judge alike (lm-eval loads the latter)."""
     import importlib.util
