@@ -10,6 +10,8 @@
     tunegate traffic [--url http://127.0.0.1:8000]               # simulated users rate the server's real answers
     tunegate ui                                                  # Prefect server + MLflow UI, prints both URLs
     tunegate serve [--config configs/demo.yaml]                  # the finetune, retrain and monitor deployments
+    tunegate retrain [--config CFG] [--approve|--reject LABEL --note "..."]   # retrain from feedback, or settle
+    tunegate feedback status [--config CFG]                      # watermark, pending review, new feedback, prod set
     tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
     tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
 
@@ -212,7 +214,63 @@ def cmd_serve(args) -> int:
 
     feedback = FeedbackConfig(logs=args.feedback_logs, watermark_file=args.watermark_file,
                               work_dir=args.feedback_work_dir)
-    serve_deployments(args.config, args.set, args.cron, args.timezone, feedback)
+    serve_deployments(args.config, args.set, args.cron, args.timezone, feedback, paused=args.paused)
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """Retrain from the feedback since the watermark, or settle a window that waits for review first."""
+    from flows.retrain_from_feedback import retrain_from_feedback
+    from tunegate.config import load_config
+
+    params = load_config(args.config, args.set)
+    decision = {"approved_window": args.approve, "rejected_window": args.reject, "review_note": args.note}
+    if args.approve or args.reject:
+        if not (args.note or "").strip():
+            print("tunegate retrain: --approve/--reject need --note '<reviewer>: <reason>' (recorded with the "
+                  "decision)", file=sys.stderr)
+            return 2
+        params = params.model_copy(update={"feedback": params.feedback.model_copy(update=decision)})
+    state = retrain_from_feedback(params, return_state=True)
+    if state.is_failed():  # a window stopped for review, or a run failed before its gate decision
+        print(f"\ntunegate: retrain failed: {state.message}\n`tunegate feedback status` shows what waits.",
+              file=sys.stderr)
+        return 1
+    result = state.result()
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result["status"] in ("promoted", "no_new_feedback", "rejected") else 1
+
+
+def status_text(s: dict) -> str:
+    """`tunegate feedback status` for people: the watermark, what waits for review, what is new, the production set."""
+    mark, new, prod = s["watermark"], s["since_watermark"], s["production_set"]
+    lines = [f"feedback sources: traces {'on' if s['sources']['traces'] else 'off'}, logs "
+             f"{s['sources']['logs'] or 'none (served traces only)'}; watermark file {s['sources']['watermark_file']}",
+             (f"watermark: {mark['timestamp']} (run {mark['run']}, {mark['outcome']}, written {mark['written_at']})"
+              if mark and mark.get("timestamp") else "watermark: none yet (nothing trained on feedback)")]
+    if s["pending"]:
+        p = s["pending"]
+        lines += [f"PENDING REVIEW: window {p['label']} ({p['start']} .. {p['end']}), stopped by run {p['run']} "
+                  f"since {p['since']}; later feedback waits behind it.",
+                  "  why: " + p["reason"].replace("\n", "\n  "),
+                  f"  approve: tunegate retrain --approve {p['label']} --note '<reviewer>: <reason>'",
+                  f"  reject:  tunegate retrain --reject {p['label']} --note '<reviewer>: <reason>'"]
+    lines.append(f"{'in the pending window' if s['pending'] else 'since the watermark'}: {new['records']} records"
+                 + (f" ({new['up']} up, {new['down']} down, {new['corrections']} corrections) -> {new['sft_rows']} SFT "
+                    f"rows, {new['pairs']} preference pairs; {new['start']} .. {new['end']}" if new["records"] else "")
+                 + (f"; {new['unusable']} unusable" if new["unusable"] else ""))
+    lines.append(f"production regression set: version {prod['version']}, {prod['rows']} prompts"
+                 + (f" (MLflow run {prod['run_id']})" if prod["run_id"] else ""))
+    return "\n".join(lines)
+
+
+def cmd_feedback(args) -> int:
+    from tasks.feedback import feedback_status
+    from tunegate.config import load_config
+
+    params = load_config(args.config, args.set)
+    status = feedback_status(params.feedback, params.tracking)
+    print(json.dumps(status, indent=2, default=str) if args.json else status_text(status))
     return 0
 
 
@@ -376,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     srv.add_argument("--cron", default="0 3 * * *", help="retrain-from-feedback schedule (default: nightly 03:00)")
     srv.add_argument("--timezone", default="Europe/Berlin", help="timezone of the cron schedule")
-    srv.add_argument("--feedback-logs", default="data/feedback/*.jsonl", help="glob of feedback JSONL logs")
+    srv.add_argument("--paused", action="store_true", help="register the schedules inactive: runs start only on "
+                     "demand (the UI's Run button, the API) until a schedule is switched on in the UI")
+    srv.add_argument("--feedback-logs", help="glob of feedback JSONL logs (default: none; feedback comes from the "
+                     "served traces)")
     srv.add_argument("--watermark-file", default="outputs/feedback/watermark.json")
     srv.add_argument("--feedback-work-dir", default="outputs/feedback")
     srv.set_defaults(func=cmd_serve)
@@ -398,6 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--requests", type=int, default=60)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=cmd_traffic)
+    rt = sub.add_parser("retrain", help="retrain from the feedback since the watermark (or settle a window that "
+                        "waits for review)")
+    add_config_args(rt)
+    rt.add_argument("--approve", metavar="LABEL", help="approve the window waiting for review: its rows train")
+    rt.add_argument("--reject", metavar="LABEL", help="reject it: its lines are marked read, never trained")
+    rt.add_argument("--note", help="'<reviewer>: <reason>', recorded with the decision")
+    rt.set_defaults(func=cmd_retrain)
+    fb = sub.add_parser("feedback", help="the feedback loop's state")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    st = fb_sub.add_parser("status", help="the watermark, a window waiting for review, the feedback since the "
+                           "watermark, the production set's version")
+    add_config_args(st)
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_feedback)
     mon = sub.add_parser("monitor", help="requests, feedback and downvote rates, latency per model version for a "
                          "UTC day of served traffic; logged to MLflow (<experiment>-monitoring)")
     add_config_args(mon)

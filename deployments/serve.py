@@ -31,7 +31,7 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
     """The three deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
     import the flows by module path from the installed package. paused: their schedules are inactive (runs on
     demand still work)."""
-    params = load_config(config, overrides).model_dump()
+    params = {**load_config(config, overrides).model_dump(), "feedback": feedback.model_dump()}
     pool = {"job_variables": job_variables, "entrypoint_type": EntrypointType.MODULE_PATH} if job_variables else {}
     return [
         finetune_pipeline.to_deployment(
@@ -41,7 +41,7 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             name="retrain-from-feedback" + suffix, schedule=Cron(cron, timezone=timezone, active=not paused),
             tags=["tunegate"],
             concurrency_limit=1,  # a second run waits (Prefect's ENQUEUE): two runs over one window train on it twice
-            parameters={"params": params, "feedback": feedback.model_dump()}, **pool,
+            parameters={"params": params}, **pool,
             description="Nightly: fine-tune on the production feedback logged since the last watermark."),
         monitor_serving.to_deployment(
             name="monitor-serving" + suffix, schedule=Cron(MONITOR_DAILY, timezone="UTC", active=not paused),
@@ -52,9 +52,10 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
 
 
 def serve_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
-                      timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig()) -> None:
+                      timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig(),
+                      paused: bool = False) -> None:
     """Register the deployments and run their flow runs in subprocesses until Ctrl-C."""
-    serve(*build_deployments(config, overrides, cron, timezone, feedback))
+    serve(*build_deployments(config, overrides, cron, timezone, feedback, paused=paused))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Retrain from production feedback: the feedback logged since the watermark -> finetune_pipeline.
 
-    python -m flows.retrain_from_feedback configs/demo.yaml [--set k=v ...]   # once, by hand
+    tunegate retrain --config configs/demo.yaml [--approve LABEL --note "..."]   # once, by hand
+    python -m flows.retrain_from_feedback configs/demo.yaml [--set feedback.k=v ...]   # the same, no CLI
     tunegate serve                                                           # nightly, as a deployment
 
 Upvotes and corrections become SFT rows, corrections and up-vs-down answers become preference
@@ -13,7 +14,7 @@ A window that contradicts curated data past `data.checks.conflict_max_fraction` 
 training and waits for a reviewer (the watermark's `pending`). Until the decision, every run reads
 exactly that window and stops again; later windows wait behind it, so nothing a reviewer has not
 seen trains. `feedback.approved_window` (its rows train) or `feedback.rejected_window` (marked read,
-never trained), each with `feedback.review_note`, settles it.
+never trained), each with `feedback.review_note`, settles it (`tunegate retrain --approve/--reject`).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from tunegate.config import FeedbackConfig, PipelineParams, load_config
 
 
 @flow(name="retrain-from-feedback")
-def retrain_from_feedback(params: PipelineParams, feedback: FeedbackConfig = FeedbackConfig()) -> dict:
-    """Fine-tune on the config's data plus the feedback logged since the last watermark."""
+def retrain_from_feedback(params: PipelineParams) -> dict:
+    """Fine-tune on the config's data plus the feedback logged since the last watermark (params.feedback)."""
     log = get_run_logger()
+    feedback = params.feedback
     window = collect_feedback(feedback, params.tracking)
     pending = window["pending"]
     checks = params.data.checks

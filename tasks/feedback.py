@@ -76,7 +76,7 @@ def check_record(row: dict) -> str | None:
     return None
 
 
-def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | None = None,
+def read_feedback(pattern: str | None, watermark: datetime | None, lines_done: dict | None = None,
                   lines_limit: dict | None = None) -> dict:
     """Records not trained on yet, sorted by time, plus rejects and the lines read per file.
 
@@ -85,7 +85,7 @@ def read_feedback(pattern: str, watermark: datetime | None, lines_done: dict | N
     With lines_limit (a window waiting for review) nothing past its lines is read: later feedback waits.
     """
     records, rejected, lines_read, late = [], [], {}, 0
-    for file in sorted(glob.glob(pattern)):
+    for file in sorted(glob.glob(pattern)) if pattern else []:  # no logs named: traces only
         text = Path(file).read_text()
         complete = text[: text.rfind("\n") + 1]  # a line still being appended is read next time
         if not complete:
@@ -237,7 +237,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def feedback_window_data(pattern: str, watermark_path: Path, out_dir: Path, tracking=None,
+def feedback_window_data(pattern: str | None, watermark_path: Path, out_dir: Path, tracking=None,
                          lookback_days: float = 30) -> dict:
     """Read the window after the watermark (logs, and the served traces when tracking is given) and write
     its SFT and preference files."""
@@ -316,6 +316,33 @@ def hold_for_review(watermark_path: str, window: dict, run_name: str, reason: st
 def advance_watermark(watermark_path: str, end: str, lines_read: dict, run_name: str, outcome: str) -> dict:
     """Mark the window's lines (and feedback up to `end`) as trained on; called only after the run finished."""
     return write_watermark(Path(watermark_path), end, lines_read, run_name, outcome)
+
+
+def feedback_status(feedback: FeedbackConfig, tracking: TrackingConfig) -> dict:
+    """What the next retrain would find, read without writing anything: the watermark, a window waiting for a
+    review, the feedback since the watermark, and the production set's newest version (`tunegate feedback status`)."""
+    path = Path(feedback.watermark_file)
+    mark = json.loads(path.read_text()) if path.exists() else {}
+    watermark, lines_done = read_watermark(path)
+    pending = mark.get("pending")
+    limit = pending["lines_read"] if pending else None
+    window = read_feedback(feedback.logs, watermark, lines_done, limit)
+    if feedback.traces:
+        window = merge_windows(window, read_trace_feedback(tracking, feedback.trace_lookback_days, lines_done, limit))
+    sft, pairs, counts = training_rows(window["records"])
+    client, experiment_id = production_set_experiment(tracking)
+    newest = client.search_runs([experiment_id], order_by=["metrics.version DESC"], max_results=1)
+    return {
+        "sources": {"logs": feedback.logs, "traces": feedback.traces, "watermark_file": str(path)},
+        "watermark": {k: mark.get(k) for k in ("timestamp", "run", "outcome", "written_at")} if mark else None,
+        "pending": {k: pending[k] for k in ("label", "since", "run", "start", "end", "reason")} if pending else None,
+        "since_watermark": {"records": len(window["records"]), **counts, "sft_rows": len(sft), "pairs": len(pairs),
+                            "unusable": len(window["rejected"]),
+                            "start": window["start"].isoformat() if window["start"] else None,
+                            "end": window["end"].isoformat() if window["end"] else None},
+        "production_set": {"version": int(newest[0].data.metrics["version"]), "rows": int(newest[0].data.metrics["rows"]),
+                           "run_id": newest[0].info.run_id} if newest else {"version": 0, "rows": 0, "run_id": None},
+    }
 
 
 if __name__ == "__main__":

@@ -50,5 +50,5 @@ def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     form = parameter_schema(finetune_pipeline).model_dump_for_openapi()  # what the UI draws as the form
     assert "params" in form["properties"] and "PipelineParams" in form["definitions"]
     assert form["definitions"]["SFTConfig"]["properties"]["max_steps"]["description"]
-    assert set(parameter_schema(retrain_from_feedback).properties) == {"params", "feedback"}
+    assert set(parameter_schema(retrain_from_feedback).properties) == {"params"}  # feedback: params.feedback
     assert set(parameter_schema(monitor_serving).properties) == {"tracking", "day"}

@@ -108,12 +108,13 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     write_daily_logs(generate_feedback(datetime(2026, 11, 18, tzinfo=timezone.utc), 2, 20, seed=1), logs)
     feedback = FeedbackConfig(logs=str(logs / "*.jsonl"), watermark_file=str(tmp_path / "wm.json"),
                               work_dir=str(tmp_path / "fb"))
-    params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "output_dir": str(tmp_path)})
+    params = load_config("configs/tiny.yaml").model_copy(update={"tracking": tracking, "output_dir": str(tmp_path),
+                                                                "feedback": feedback})
 
     # A run that fails before its gate decision leaves the watermark where it was.
     broken = params.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
     with pytest.raises(RuntimeError, match="watermark kept at None"):
-        retrain_from_feedback(broken, feedback)
+        retrain_from_feedback(broken)
     assert not (tmp_path / "wm.json").exists()
 
     # The retry trains on that same window, gets a decision and moves the watermark to its last record,
@@ -123,7 +124,7 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     blocker = tmp_path / f"retrain-from-feedback-{window_label(window['start'], window['end'])}" / "export"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
-    first = retrain_from_feedback(params, feedback)
+    first = retrain_from_feedback(params)
     assert first["status"] == "promoted" and first["records"] == 40 and first["model_version"] == "1"
     assert blocker.read_text() == "not a folder" and json.loads((blocker.parent / "summary.json").read_text())["promoted"]
     # The window's prompts start the production regression set; nothing was there to evaluate yet.
@@ -138,8 +139,8 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
         [MlflowClient(tracking.tracking_uri).get_experiment_by_name("test").experiment_id])[0]
     assert run.info.run_name == first["run_name"]
 
-    assert retrain_from_feedback(params, feedback) == {"status": "no_new_feedback", "watermark": mark["timestamp"],
-                                                       "records": 0}
+    assert retrain_from_feedback(params) == {"status": "no_new_feedback", "watermark": mark["timestamp"],
+                                             "records": 0}
 
     # Only feedback logged after the watermark forms the next window; a gate block also uses it up.
     write_daily_logs(generate_feedback(datetime(2026, 11, 20, tzinfo=timezone.utc), 1, 6, seed=2), logs)
@@ -147,7 +148,7 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
 
     strict = params.gate.model_copy(update={"rules": params.gate.rules + [
         GateRule(task="tunegate_domain", metric="token_f1", min_score=0.99)]})  # unreachable for the tiny model
-    second = retrain_from_feedback(params.model_copy(update={"gate": strict}), feedback)
+    second = retrain_from_feedback(params.model_copy(update={"gate": strict}))
     assert second["status"] == "blocked" and second["records"] == 6
     assert second["production_set"]["evaluated"] == 1  # both models were scored on what users asked before
     run = MlflowClient(tracking.tracking_uri).search_runs(
@@ -157,7 +158,7 @@ def test_retrain_uses_each_window_once_and_retries_a_failed_one(tmp_path, tracki
     assert second["window"][0] > first["window"][1]
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert mark["outcome"] == "blocked" and mark["timestamp"] == second["window"][1]
-    assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
+    assert retrain_from_feedback(params)["status"] == "no_new_feedback"
 
 
 def test_production_set_grows_with_references_no_window_can_rewrite(tmp_path, tracking, prefect_harness):

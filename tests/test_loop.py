@@ -75,11 +75,11 @@ def test_served_traffic_and_its_feedback_retrain_a_champion_that_answers_the_cor
         # gets every rating again, and the one after it none.
         broken = params.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
         with pytest.raises(RuntimeError, match="watermark kept at None"):
-            retrain_from_feedback(broken, feedback)
-        result = retrain_from_feedback(params, feedback)
+            retrain_from_feedback(broken.model_copy(update={"feedback": feedback}))
+        result = retrain_from_feedback(params.model_copy(update={"feedback": feedback}))
         assert result["status"] == "promoted" and result["model_version"] == "2", result
         assert result["records"] == 40
-        assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
+        assert retrain_from_feedback(params.model_copy(update={"feedback": feedback}))["status"] == "no_new_feedback"
 
         deadline = time.monotonic() + 120
         while served_version(client) != "2":

@@ -55,24 +55,24 @@ def test_poisoned_window_is_stopped_at_the_data_stage_and_blocked_at_the_gate(tm
                               work_dir=str(tmp_path / "fb"))
     with pytest.raises(RuntimeError, match=r"(?s)stopped for review before training.*identity.jsonl:\d+ "
                                            r"'.+': \d+ rows.*bring \['chatgpt', 'openai'"):
-        retrain_from_feedback(params, feedback)
+        retrain_from_feedback(params.model_copy(update={"feedback": feedback}))
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert mark["timestamp"] is None and mark["pending"]["label"] == "20261121T0000-20261121T2302"
     assert versions(client) == ["1"]  # nothing was trained or registered
-    waiting = retrain_from_feedback(params, feedback)
+    waiting = retrain_from_feedback(params.model_copy(update={"feedback": feedback}))
     assert waiting["status"] == "awaiting_review" and versions(client) == ["1"]
     # A reviewer rejects it: marked read, never trained, recorded in the watermark.
     rejected = feedback.model_copy(update={"rejected_window": mark["pending"]["label"], "review_note": "ana: poisoned"})
-    assert retrain_from_feedback(params, rejected)["status"] == "rejected"
+    assert retrain_from_feedback(params.model_copy(update={"feedback": rejected}))["status"] == "rejected"
     mark = json.loads((tmp_path / "wm.json").read_text())
     assert "pending" not in mark and mark["outcome"] == "rejected by review: ana: poisoned"
-    assert retrain_from_feedback(params, feedback)["status"] == "no_new_feedback"
+    assert retrain_from_feedback(params.model_copy(update={"feedback": feedback}))["status"] == "no_new_feedback"
 
     # Layer 2, the gate, on its own: the contradiction check off, the same window trains and is blocked.
     checks = params.data.checks.model_copy(update={"contradiction": False, "max_fraction": {"duplicates_near": 1.0}})
     unchecked = params.model_copy(update={"data": params.data.model_copy(update={"checks": checks})})
     fresh = feedback.model_copy(update={"watermark_file": str(tmp_path / "wm2.json"), "work_dir": str(tmp_path / "fb2")})
-    result = retrain_from_feedback(unchecked, fresh)
+    result = retrain_from_feedback(unchecked.model_copy(update={"feedback": fresh}))
     assert result["status"] == "blocked" and versions(client) == ["1", "2"]
     v2 = client.get_model_version("test-model", "2")
     assert v2.tags["gate"] == "blocked"

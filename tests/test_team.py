@@ -192,7 +192,7 @@ def test_three_finetunes_and_a_retrain_at_once_leave_one_champion_judged_against
     began = time.monotonic()
     runs = [start_run(f"finetune-pipeline/finetune-{uid}", {"params": p}) for p in params]
     runs.append(start_run(f"retrain-from-feedback/retrain-from-feedback-{uid}",
-                          {"params": load_config("configs/tiny.yaml", sets).model_dump(), "feedback": feedback}))
+                          {"params": {**load_config("configs/tiny.yaml", sets).model_dump(), "feedback": feedback}}))
     done = finished([r.id for r in runs], 1500)
     wall = time.monotonic() - began
     stop.set()

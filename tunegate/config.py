@@ -552,6 +552,10 @@ class PipelineParams(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     judge: JudgeConfig | None = Field(None, description="Pairwise LLM judge of candidate vs champion answers; "
                                       "gate on it with a rule {task: judge, metric: win_rate, ...}.")
+    feedback: FeedbackConfig = Field(
+        default_factory=lambda: FeedbackConfig(),
+        description="Where production feedback comes from and how far it was trained on (retrain-from-feedback, "
+        "`tunegate retrain`, `tunegate feedback status`).")
 
     @property
     def model(self) -> ModelRef:
@@ -587,7 +591,9 @@ class PipelineParams(_Section):
 class FeedbackConfig(_Section):
     """Where production feedback is read from and how far it has been trained on (flows/retrain_from_feedback.py)."""
 
-    logs: str = Field("data/feedback/*.jsonl", description="Glob of feedback JSONL logs (format: README).")
+    logs: str | None = Field(
+        None, description="Glob of feedback JSONL logs (format: README), for frontends that log exchanges themselves. "
+        "None: feedback comes from the served traces only (data/feedback/ holds example logs; name them to use them).")
     watermark_file: str = Field(
         "outputs/feedback/watermark.json",
         description="Newest feedback timestamp already trained on; advanced only after a run reaches its gate decision.",
@@ -634,6 +640,9 @@ class FeedbackConfig(_Section):
         if self.approved_window and self.approved_window == self.rejected_window:
             raise ValueError("feedback: a window is either approved or rejected, not both")
         return self
+
+
+PipelineParams.model_rebuild()  # its `feedback` field names FeedbackConfig, defined after it
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
