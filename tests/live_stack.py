@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +21,19 @@ from cli.serving import stop_process as stop
 from conftest import ROOT
 
 
-def api(base: str, path: str, body: dict | None = None):
+def api(base: str, path: str, body: dict | None = None, attempts: int = 6):
+    """One Prefect API call. A 503 is retried with backoff, as Prefect's own client does: the server answers 503
+    when its sqlite database was busy (SQLITE_BUSY_SNAPSHOT), which a loaded 2-core machine hits."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+    for attempt in range(attempts):
+        req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == attempts - 1:
+                raise
+        time.sleep(2 ** attempt)
 
 
 def wait_for(check, seconds: float, what: str, every: float = 2):

@@ -31,7 +31,7 @@ pytestmark = [
 @pytest.fixture()
 def stack(tmp_path, tiny_model):
     """`tunegate ui` and `tunegate serve` as a person would start them, on free ports."""
-    with running_stack(tmp_path, ["--feedback-logs", f"{tmp_path}/no-feedback/*.jsonl"]) as running:
+    with running_stack(tmp_path, ["--paused", "--feedback-logs", f"{tmp_path}/no-feedback/*.jsonl"]) as running:
         yield running
 
 

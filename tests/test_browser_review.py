@@ -34,7 +34,8 @@ NEEDS_REVIEW = [
 
 @pytest.fixture()
 def stack(tmp_path, tiny_model):
-    with running_stack(tmp_path, ["--feedback-logs", f"{tmp_path}/no-feedback/*.jsonl", *NEEDS_REVIEW]) as running:
+    args = ["--paused", "--feedback-logs", f"{tmp_path}/no-feedback/*.jsonl", *NEEDS_REVIEW]
+    with running_stack(tmp_path, args) as running:
         yield running
 
 
