@@ -85,6 +85,7 @@ SSN_SHAPE = re.compile(r"\d{3}[- ]\d{2}[- ]\d{4}")
 NANP_PLAIN = re.compile(r"[2-9]\d\d[2-9]\d{6}")
 ARITHMETIC_BEFORE = re.compile(r"\d\s*(?:[×*+/-]\s*\d|=)")
 ARITHMETIC_AROUND = (re.compile(r"[=*+/×-]\s*$"), re.compile(r"\s*[=*+/×-]\s*\d"))
+AREA_CODE_BRACKETS = re.compile(r"1?[ .-]?\(\d{3}\)")
 US_NUMBER = re.compile(r"(?:1[-. ]?)?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}")
 ISBN10_GROUPED = re.compile(r"\d{1,5}([- ])\d{1,7}\1\d{1,7}\1[\dX]")  # group, publisher, title, check digit
 URL_BEFORE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*$|;base64,$")  # a URL's path; a data: URI's payload
@@ -282,8 +283,9 @@ def _in_arithmetic(text: str, s: int, e: int) -> bool:
 
 
 def _labelled_not_phone(text: str, start: int, end: int) -> bool:
-    """An identifier or ISBN label says what the number is ("Tracking #", "ISBN 10:"), unless a phone word is nearer."""
-    if text[start] == "+" or pii_context.phone_label_before(text, start):
+    """An identifier or ISBN label says what the number is ("Tracking #", "ISBN 10:"), unless a phone word is nearer
+    or the number is written as only phones are: a country code, or an area code in brackets ("(555) 201-9865")."""
+    if text[start] == "+" or AREA_CODE_BRACKETS.match(text, start) or pii_context.phone_label_before(text, start):
         return False
     return pii_context.identifier_label_before(text, start) or pii_context.isbn_named(text, start, end)
 

@@ -122,6 +122,9 @@ def test_a_phone_word_nearer_than_the_label_keeps_a_phone(rnd):
                    "Invoice queries, tel. {n}", "My number is {n}", "Phone #: {n}"]:
         n = ten_digits(rnd)
         assert found_whole(phrase.format(n=n), n, "PHONE"), phrase
+    for label in ID_LABELS:  # a bracketed area code is written only for phones
+        n = f"({rnd.randint(2, 9)}{rnd.randint(10, 99)}) {rnd.randint(2, 9)}{rnd.randint(10, 99)}-{rnd.randint(1000, 9999)}"
+        assert found_whole(f"{label}{n}", n, "PHONE"), label
 
 
 def isbn10(rnd) -> tuple[str, str]:
