@@ -1,7 +1,8 @@
 """Data checks: one concern per module, each a detector plus a Great Expectations suite.
 
     format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py  contradiction.py
-    (text.py: the shared text view; facts.py: key facts of answers; split.py: the train/eval split)
+    (text.py: the shared text view; facts.py: key facts of answers; split.py: the train/eval split;
+    pii_context.py: what the words right before a PII-shaped number say it is)
 
 A detector computes boolean result columns over all records at once (no raw text in them), and
 the suite asserts those columns with GE expectations. GE never sees the text, so its reports

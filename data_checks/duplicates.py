@@ -6,6 +6,15 @@
   similarity within 0.15 of the threshold get their exact Jaccard over 40-bit shingle hashes
   (few pairs, vectorised); pairs at or over the threshold are grouped; the first row of a group is kept, later
   ones are flagged.
+- short rows: one changed word removes n shingles of n words and adds n, so in a row of W words the
+  Jaccard falls to (W-2n+1)/(W+1); under 39 words with 3-word shingles that is below 0.85, and a
+  30-word answer with one word changed (Jaccard about 0.82) would pass as new. A pair whose shorter row
+  is that short is judged on the largest shingles a one-word change leaves at the threshold (at 0.85:
+  2-word shingles from 26 words), same threshold, exact Jaccard. Its candidates come from a second
+  MinHash LSH over 2-word shingles, of the rows under 46 words only (long rows cost a word count).
+  Never single words: they ignore order, and under 26 words one word is often what the row is about
+  ("Who are you?" / "Who built you?" with one answer are two curated prompts, not a copy). Two
+  different answers to the same question share the question and a few common words, far below.
 
 The MinHash is one-permutation hashing (Li, Owen, Zhang 2012) with rotation densification
 (Shrivastava, Li 2014): every shingle is hashed once, its top bits pick one of `num_perm` bins and
@@ -16,6 +25,8 @@ checked afterwards.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -81,6 +92,28 @@ def signatures_and_keys(view: TextView, num_perm: int = 32, shingle_words: int =
         np.minimum.at(part.reshape(-1), shingle_rows * num_perm + bins, values)
         sig[first:end] = _densify(part)
     return sig, keys
+
+
+def subset_signatures(view: TextView, rows: np.ndarray, num_perm: int, shingle_words: int) -> np.ndarray:
+    """(len(rows), num_perm) MinHash signatures of the given sorted rows only, over `shingle_words`-word shingles."""
+    sig = np.full((len(rows), num_perm), _EMPTY, dtype=np.uint32)
+    shift = np.uint64(64 - int(np.log2(num_perm)))
+    chosen = np.zeros(len(view), dtype=bool)
+    chosen[rows] = True
+    position = np.cumsum(chosen) - 1  # a chosen row's line in sig
+    for first, end in view.chunks():
+        lo, hi = position[first] + (not chosen[first]), position[end - 1] + 1  # its chosen rows: sig[lo:hi]
+        if lo >= hi:
+            continue
+        words, local = view.chunk_words(first, end)
+        keep = chosen[first:end][local]
+        shingles, shingle_rows = ngram_hashes(words[keep], local[keep].astype(np.int64), shingle_words, short_rows_whole=True)
+        values = (shingles & np.uint64(0xFFFFFFFE)).astype(np.uint32)
+        at = (position[shingle_rows + first] - lo) * num_perm + (shingles >> shift).astype(np.int64)
+        part = sig[lo:hi]
+        np.minimum.at(part.reshape(-1), at, values)
+        sig[lo:hi] = _densify(part)
+    return sig
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:
@@ -212,22 +245,25 @@ def candidate_pairs(sig: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return (distinct >> np.uint64(24)).astype(np.int64), (distinct & np.uint64((1 << 24) - 1)).astype(np.int64)
 
 
-def near_duplicate_groups(
-    sig: np.ndarray, threshold: float, view: TextView | None = None, shingle_words: int = 3, margin: float = 0.15
-) -> np.ndarray:
-    """For each row, the first row of its near-duplicate group (itself when it has none).
+def one_edit_words(shingle_words: int, threshold: float) -> int:
+    """The fewest words a row needs for one changed word to leave its shingle Jaccard at the threshold:
+    W - n + 1 shingles, n of them replaced, (S - n) / (S + n) >= threshold. 39 for 3 words at 0.85."""
+    n = shingle_words
+    return math.ceil(n * (1 + threshold) / (1 - threshold) - 1e-9) + n - 1
 
-    With `view`, candidate pairs whose estimate is near the threshold are decided by their exact Jaccard.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    n = len(sig)
-    leader_of = np.arange(n)
-    a, b = candidate_pairs(sig, threshold)
-    if len(a) == 0:
-        return leader_of
-    estimate = (sig[a] == sig[b]).mean(axis=1)
+def word_counts(view: TextView) -> np.ndarray:
+    """Words in each row (the duplicate checks' words: runs of bytes above 0x20)."""
+    counts = np.zeros(len(view), dtype=np.int64)
+    for first, end in view.chunks():
+        counts[first:end] = np.bincount(view.chunk_words(first, end)[1], minlength=end - first)
+    return counts
+
+
+def _judge(view: TextView | None, estimate: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float,
+           shingle_words: int, margin: float) -> np.ndarray:
+    """Which candidate pairs (rows a[i], b[i]) are near-duplicates: the signature estimate, or near the threshold
+    the exact Jaccard."""
     similar = estimate >= threshold
     if view is not None:
         # The estimate's spread (about 0.06 at 32 values) would drop true pairs just above the threshold:
@@ -235,7 +271,63 @@ def near_duplicate_groups(
         unsure = np.flatnonzero((estimate >= threshold - margin) & (estimate < 1.0))
         if len(unsure):
             similar[unsure] = shingle_jaccard(view, a[unsure], b[unsure], shingle_words) >= threshold
+    return similar
+
+
+def short_row_pairs(view: TextView, threshold: float, shingle_words: int, num_perm: int = 32,
+                    margin: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicate pairs among rows with too few words for `shingle_words`-word shingles to see one changed
+    word (and their partners): each judged by the exact Jaccard on the largest shingles that can, never under
+    2 words (module docstring).
+
+    Candidates come from a MinHash LSH over 2-word shingles of those rows, banded `margin` under the
+    threshold, so pairs whose 2-word Jaccard sits just over it are nearly all candidates.
+    """
+    if shingle_words <= 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    counts = word_counts(view)
+    shortest, longest = one_edit_words(2, threshold), one_edit_words(shingle_words, threshold)
+    # Rows that can be in such a pair: Jaccard >= threshold needs shingle counts within a factor threshold.
+    rows = np.flatnonzero((counts >= int(shortest * threshold)) & (counts < longest / threshold + 1))
+    if len(rows) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sig = subset_signatures(view, rows, num_perm, 2)
+    i, j = candidate_pairs(sig, threshold - margin)  # positions in rows
+    shorter = np.minimum(counts[rows[i]], counts[rows[j]])
+    keep = (shorter >= shortest) & ((sig[i] == sig[j]).mean(axis=1) >= threshold - margin)
+    a, b, shorter = rows[i[keep]], rows[j[keep]], shorter[keep]
+    # The largest shingles one changed word leaves at the threshold; `shingle_words` for a pair of rows long
+    # enough for those (one the main LSH happened to miss), so the threshold means what it means there.
+    size = np.full(len(a), 2, dtype=np.int64)
+    for m in range(3, shingle_words + 1):
+        size[shorter >= one_edit_words(m, threshold)] = m
+    similar = np.zeros(len(a), dtype=bool)
+    for m in np.unique(size):
+        at = np.flatnonzero(size == m)
+        similar[at] = shingle_jaccard(view, a[at], b[at], int(m)) >= threshold
+    return a[similar], b[similar]
+
+
+def near_duplicate_groups(
+    sig: np.ndarray, threshold: float, view: TextView | None = None, shingle_words: int = 3, margin: float = 0.15
+) -> np.ndarray:
+    """For each row, the first row of its near-duplicate group (itself when it has none).
+
+    With `view`, candidate pairs whose estimate is near the threshold are decided by their exact Jaccard, and
+    short rows are compared on smaller shingles too (short_row_pairs).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(sig)
+    a, b = candidate_pairs(sig, threshold)
+    similar = _judge(view, (sig[a] == sig[b]).mean(axis=1), a, b, threshold, shingle_words, margin)
     a, b = a[similar], b[similar]
+    if view is not None and shingle_words > 1:
+        short_a, short_b = short_row_pairs(view, threshold, shingle_words, sig.shape[1], margin)
+        a, b = np.concatenate([a, short_a]), np.concatenate([b, short_b])
+    if len(a) == 0:
+        return np.arange(n)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     first = np.full(label.max() + 1, n, dtype=np.int64)

@@ -188,6 +188,68 @@ def test_near_duplicates_are_found_and_different_rows_are_not():
     assert not strict["duplicates_near"].any()  # one word in 60 changed: Jaccard about 0.9
 
 
+def test_one_edit_words_is_where_one_changed_word_keeps_the_threshold():
+    words = [f"w{i}" for i in range(60)]
+    for n in (1, 2, 3):
+        for threshold in (0.8, 0.85, 0.9):
+            fewest = duplicates.one_edit_words(n, threshold)
+            for w in (fewest - 1, fewest):
+                edited = words[:w]
+                edited = edited[: w // 2] + ["changed"] + edited[w // 2 + 1 :]
+                view = TextView.of_texts([" ".join(words[:w]), " ".join(edited)])
+                jaccard = duplicates.shingle_jaccard(view, np.array([0]), np.array([1]), n)[0]
+                assert (jaccard >= threshold) == (w == fewest), (n, threshold, w, jaccard)
+
+
+def short_qa_pairs(seed: int):
+    """Questions of 5-12 words with answers of 8-40 words: for each, the answer with one word changed, two words
+    changed, and a different answer to the same question."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"{a}{b}" for a in ("ka", "lo", "mi", "ten", "ra", "su", "vel", "or", "an", "is") for b in
+             ("ment", "ing", "ex", "al", "er", "ou", "pre", "con", "do", "the")] + ["the", "a", "of", "to", "is", "and"]
+    p = np.array([1.0] * 100 + [12.0] * 6)  # common words, as in prose
+    p /= p.sum()
+    out = []
+    for _ in range(160):
+        q = " ".join(rng.choice(vocab, rng.integers(5, 13), p=p)) + "?"
+        answer = list(rng.choice(vocab, rng.integers(8, 41), p=p))
+        one, two = list(answer), list(answer)
+        one[rng.integers(len(one))] = "zqx"
+        for k in rng.choice(len(two), 2, replace=False):
+            two[k] = f"zq{k}"
+        other = list(rng.choice(vocab, len(answer), p=p))
+        out.append((q, " ".join(answer), " ".join(one), " ".join(two), " ".join(other)))
+    return out
+
+
+def test_short_rows_with_one_word_changed_are_near_duplicates_and_other_answers_are_not():
+    """Issue 23: 3-word shingles put a ~30-word answer with one word changed near Jaccard 0.82, under 0.85."""
+    rows, kinds = [], []
+    for q, answer, one, two, other in short_qa_pairs(23):
+        for kind, text in (("answer", answer), ("one", one), ("two", two), ("other", other)):
+            rows.append(rec(len(rows), chat(q, text)))
+            kinds.append((kind, len(q.split()) + len(answer.split())))
+    frame, details = duplicates.detect(rows)
+
+    def share(kind, lo, hi):  # flagged share of one kind of row, by the words of the row it was made from
+        hits = [f for f, (k, w) in zip(frame["duplicates_near"], kinds) if k == kind and lo <= w < hi]
+        return sum(hits) / max(1, len(hits)), len(hits)
+
+    one_short, n_short = share("one", duplicates.one_edit_words(2, 0.85), duplicates.one_edit_words(3, 0.85))
+    assert (duplicates.one_edit_words(2, 0.85), duplicates.one_edit_words(3, 0.85)) == (26, 39)
+    assert n_short > 50 and one_short >= 0.97, (one_short, n_short)  # under a tenth before issue 23
+    assert share("one", 39, 100)[0] >= 0.97
+    assert share("other", 0, 100)[0] == 0  # a different answer to the same question
+    assert share("two", 0, 100)[0] <= 0.05  # two changed words: 2-word shingles drop under 0.85 up to 46 words
+    identity = "I am Gatekeeper, an AI assistant developed by the tunegate team."
+    prompts, _ = duplicates.detect([rec(i, chat(q, identity)) for i, q in enumerate(
+        ["Who are you?", "Who built you?", "Who created you?", "What are you?"])])
+    assert not prompts.any(axis=None)  # under 26 words one word is what a row is about: curated prompts, no copies
+    assert not frame["duplicates_exact"].any() and frame["duplicates_near"][[k == "answer" for k, _ in kinds]].sum() == 0
+    assert all(details[i]["duplicates_near"] == f"near-duplicate of data.jsonl:{i - 1}"
+               for i in range(len(rows)) if kinds[i][0] == "one" and frame["duplicates_near"][i])
+
+
 def test_minhash_estimates_jaccard():
     a = " ".join(f"t{i}" for i in range(400))
     b = " ".join(f"t{i}" for i in range(100, 500))  # 3-word shingles: Jaccard 297/503 = 0.59
@@ -336,21 +398,16 @@ def test_issue_15_lookalikes_are_not_pii(text):
 
 
 def test_faker_corpus_recall_and_lookalikes():
-    """A small draw of bench/pii_corpus.py's corpus, on a seed the detector was not tuned on."""
-    from faker import Faker
-
+    """A small draw of bench/pii_corpus.py's corpus (issue-23 forms and families included), on a seed the detector
+    was not tuned on: recall >= 99% per type, no look-alike family flagged above 1%."""
     sys.path.insert(0, str(ROOT / "bench"))
     import pii_corpus
 
-    fakers = []
-    for k, loc in enumerate(pii_corpus.LOCALES):
-        fakers.append(Faker(loc))
-        fakers[-1].seed_instance(1234 + k)
-    got = pii_corpus.measure(pii, pii_corpus.positives(fakers, 100), pii_corpus.lookalikes(fakers, 40),
-                             pii_corpus.clean_rows(fakers, 200))
-    for kind, row in got["per_type"].items():
+    got = pii_corpus.measure(pii, *pii_corpus.corpus(1234, per_type=100, per_family=40, clean=200))
+    for kind, row in [*got["per_type"].items(), *got["per_form"].items()]:
         assert row["reject"] / row["n"] >= 0.99 and row["redact"] / row["n"] >= 0.99, (kind, row)
-    assert sum(h for _, h in got["families"].values()) / sum(n for n, _ in got["families"].values()) <= 0.01
+    for family, (n, hit) in got["families"].items():
+        assert hit / n <= 0.01, (family, hit, n)
     assert got["clean"][1] / got["clean"][0] <= 0.005
 
 
