@@ -200,14 +200,31 @@ def test_a_quantized_version_is_gated_against_the_champion_promoted_and_served(t
             model="test-model", messages=PROMPT, max_tokens=8)
     assert reply.system_fingerprint == "test-model/v2" and reply.choices[0].message.content == expected
 
-    # A variant is not quantized again, and a gate that allows no drop at all blocks: the champion stays v2.
+    # A variant is not quantized again. Another variant of v1 meets the champion v2 (itself a variant) on the suite
+    # v2 was gated on, v2's scores from the cache; a rule it cannot meet blocks it, and v2 keeps serving.
     assert main(["quantize", "2", *sets]) == 1
     assert "already a quantized variant" in capsys.readouterr().err
-    strict = ("[{task: tunegate_general, metric: bits_per_byte, higher_is_better: false, max_drop: 0.0}, "
-              "{task: tunegate_domain, metric: token_f1, max_drop: 0.0}]")
+    strict = "[{task: tunegate_general, metric: bits_per_byte, higher_is_better: false, max_drop: 0.1, max_score: 2.5}]"
     assert main(["quantize", "1", "--method", "int8-dynamic", *sets[:-2], "--set", "run_name=q2",
-                 "--set", f"gate.rules={strict}"]) in (0, 1)
+                 "--set", f"gate.rules={strict}"]) == 1
+    out = capsys.readouterr()
+    assert "Gate on test-model version 3 (int8-dynamic of version 1) regressed on tunegate_general" in out.err
+    assert "variant vs champion v2 (from cache: tunegate_domain, tunegate_general)" in out.out
     v3 = client.get_model_version("test-model", "3")
-    assert v3.tags["quantize.method"] == "int8-dynamic" and v3.tags["gate.baseline"] == "champion v2"
-    if v3.tags["gate"] != "passed":
-        assert str(get_alias(client, "test-model", CHAMPION).version) == "2"
+    assert v3.tags["gate"] == "blocked" and v3.tags["eval_suite_version"] == "2"
+    assert v3.tags["quantize.library"].endswith("(Int8DynamicActivationInt8WeightConfig)")
+    assert str(get_alias(client, "test-model", CHAMPION).version) == "2"
+
+    # The champion's suite must be the one it was gated on: moved away, or with a doc changed, nothing runs.
+    tasks_dir = tmp_path / "first" / "eval" / "lm_eval_tasks"
+    tasks_dir.rename(tmp_path / "moved")
+    assert main(["quantize", "1", *sets[:-2], "--set", "run_name=q3"]) == 1
+    assert f"was written to {tasks_dir}, which is not on this machine" in capsys.readouterr().err
+    (tmp_path / "moved").rename(tasks_dir)
+    general = tmp_path / "first" / "data" / "general_eval.jsonl"
+    general.write_text(general.read_text().replace("a", "e", 1))
+    assert main(["quantize", "1", *sets[:-2], "--set", "run_name=q4"]) == 1
+    err = capsys.readouterr().err
+    assert "task tunegate_general in" in err and "is not what that run evaluated (data_hash differs" in err
+    assert len(client.search_model_versions("name='test-model'")) == 3
+    assert str(get_alias(client, "test-model", CHAMPION).version) == "2"
