@@ -14,6 +14,7 @@
     tunegate feedback status [--config CFG]                      # watermark, pending review, new feedback, prod set
     tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
     tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
+    tunegate quantize VERSION [--method int8] [--config CFG]     # an int8 variant, gated against the champion
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -309,6 +310,52 @@ def cmd_preferences(args) -> int:
     return 0
 
 
+def format_variant_summary(s: dict, seconds: float) -> str:
+    """`tunegate quantize`'s end: the variant, its size, its eval against the champion, the gate."""
+    verdict = {"passed": "PASSED: promoted to champion", "needs_review": "NEEDS REVIEW: not promoted, a person decides",
+               "blocked": f"BLOCKED on {', '.join(s['regressed'])}"}[s["gate"]]
+    if s["stale"]:
+        verdict = f"PASSED, not promoted: {s['stale']}"
+    lines = ["", "=" * 72, f"tunegate quantize finished in {seconds / 60:.1f} min",
+             f"  source:  {s['model_name']} version {s['source_version']}, {s['source_bytes'] / 2**20:.1f} MiB safetensors",
+             f"  variant: {s['method']} by {s['library']}: {s['int8_layers']} of {s['linear_layers']} linear layers "
+             f"int8, {s['bytes'] / 2**20:.1f} MiB ({s['bytes'] / s['source_bytes']:.2f}x)",
+             f"  eval:    variant vs {s['baseline']}" + (f" (from cache: {', '.join(s['eval_cache_hits']['baseline'])})"
+                                                        if s["eval_cache_hits"]["baseline"] else "")]
+    for task, scores in s["eval"].items():
+        for metric, cand in scores["candidate"].items():
+            lines.append(f"           {task}/{metric}: {scores['baseline'][metric]:.4f} -> {cand:.4f}")
+    lines += [f"  gate:    {verdict} (model version {s['model_version']})", f"  mlflow:  run {s['mlflow_run_id']}",
+              f"  browse:  {s['mlflow_ui']}", "=" * 72]
+    return "\n".join(lines)
+
+
+def cmd_quantize(args) -> int:
+    import time
+
+    from flows.quantize import quantize_version
+    from tasks.quantize import QuantizeRefused, check_request
+    from tunegate.config import QuantizeConfig, load_config
+
+    params = load_config(args.config, args.set)
+    cfg = QuantizeConfig(method=args.method)
+    try:  # before the flow: a refused request starts no Prefect server and changes nothing
+        check_request.fn(args.version, cfg, params.tracking)
+    except QuantizeRefused as err:
+        print(f"tunegate: quantize refused: {err}", file=sys.stderr)
+        return 1
+    if params.run_name is None:
+        params.run_name = f"quantize-v{args.version}-{args.method}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary_path = Path(params.output_dir).resolve() / params.run_name / "summary.json"
+    start = time.perf_counter()
+    state = quantize_version(args.version, cfg, params, return_state=True)
+    if state.is_failed():
+        print(f"\ntunegate: quantize failed: {state.message}", file=sys.stderr)
+    if summary_path.exists():
+        print(format_variant_summary(json.loads(summary_path.read_text()), time.perf_counter() - start))
+    return 0 if state.is_completed() else 1
+
+
 def wait_http(url: str, proc, seconds: float) -> None:
     import time
     import urllib.request
@@ -490,6 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--prefect-port", type=int, default=4200)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    qz = sub.add_parser("quantize", help="a quantized variant of a version, gated against the champion and "
+                        "promoted only when nothing regresses (flows/quantize.py)")
+    qz.add_argument("version", help="registered model version to quantize, e.g. 3")
+    qz.add_argument("--method", choices=["int8", "int8-dynamic", "gguf"], default="int8",
+                    help="int8: weight-only int8 (torchao); int8-dynamic: int8 weights and activations; gguf: "
+                    "refused, with the reason and the manual route")
+    add_config_args(qz)
+    qz.set_defaults(func=cmd_quantize)
     args = parser.parse_args(argv)
     return args.func(args)
 

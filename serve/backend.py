@@ -84,8 +84,11 @@ def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = F
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]), use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code).eval()
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, DTYPES[dtype]),
+                                                           use_safetensors=True, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+        model.eval()
+        refuse_missing_weights(info, name, version)
         if tokenizer.chat_template is None:
             raise LoadError(f"{name} version {version}: the tokenizer has no chat template")
         with torch.no_grad():  # a model that loads but cannot run must not be switched to
@@ -97,6 +100,19 @@ def load_checkpoint(folder, name: str, version: str, trust_remote_code: bool = F
     return LoadedVersion(name, version, model, tokenizer,
                          context_length(model.config.max_position_embeddings, tokenizer),
                          time.perf_counter() - start, str(folder), dtype)
+
+
+def refuse_missing_weights(info: dict, name: str, version: str) -> None:
+    """LoadError when the checkpoint lacks weights: transformers would fill them with random values and load.
+
+    E.g. a quantized checkpoint whose config.json lost its quantization_config: its int8 tensors are then
+    "unexpected" and every linear layer "missing".
+    """
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise LoadError(f"{name} version {version}: the checkpoint lacks {len(missing)} weight(s) the model needs "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); transformers would "
+                        "initialize them at random")
 
 
 def context_length(limit: int, tokenizer) -> int:

@@ -597,7 +597,13 @@ class Comparison(BaseModel):
 
 def evaluate(aligned: Aligned, baseline: ModelUnderTest, suite: EvalSuite, tracking: TrackingConfig) -> Comparison:
     """Score the baseline, then the candidate (aligned's weights), on the suite; cached results are reused."""
-    candidate = ModelUnderTest(label="candidate", adapter=aligned.adapter, model=aligned.model)
+    return compare(ModelUnderTest(label="candidate", adapter=aligned.adapter, model=aligned.model), baseline, suite,
+                   tracking)
+
+
+def compare(candidate: ModelUnderTest, baseline: ModelUnderTest, suite: EvalSuite, tracking: TrackingConfig
+            ) -> Comparison:
+    """Score the baseline, then the candidate (labelled "candidate"), on the suite; cached results are reused."""
     scored = {m.label: Evaluation(**evaluate_suite(m.model_dump(), suite.model_dump(), tracking))
               for m in (baseline, candidate)}
     return Comparison(candidate=scored["candidate"], baseline=scored[baseline.label])
@@ -615,6 +621,73 @@ def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> ModelUnderTest:
     is_adapter = (Path(weights) / "adapter_config.json").exists()
     return ModelUnderTest(label=f"champion v{version.version}", adapter=weights if is_adapter else None,
                           model=None if is_adapter else weights, version=str(version.version))
+
+
+SUITE_VERSION_TAG = "eval_suite_version"  # on a version gated on another version's suite (a quantized variant)
+
+
+def suite_owner(client, model_name: str, version: str):
+    """The version whose fine-tuning run built the suite `version` was gated on: itself, or for a quantized variant
+    the version its eval_suite_version tag names, followed back."""
+    mv = client.get_model_version(model_name, version)
+    while SUITE_VERSION_TAG in mv.tags:
+        mv = client.get_model_version(model_name, mv.tags[SUITE_VERSION_TAG])
+    return mv
+
+
+def check_rules_against(specs: list[dict], rules: list[GateRule], where: str) -> None:
+    """Every rule names a task of the suite and a metric that task has."""
+    tasks = {s["name"]: s["higher_is_better"] for s in specs}
+    for rule in rules:
+        if rule.task not in tasks:
+            judge = " (the pairwise judge runs only in tunegate run)" if rule.task == "judge" else ""
+            raise EvalSuiteError(f"gate rule on {rule.task}{judge}: {where} has no such task; it has {sorted(tasks)}. "
+                                 "Gate on those (--config, --set gate.rules=...)")
+        if rule.metric not in tasks[rule.task]:
+            raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has "
+                                 f"{sorted(tasks[rule.task])}")
+
+
+@task
+def gated_suite(baseline: ModelUnderTest, gate: GateConfig, tracking: TrackingConfig) -> EvalSuite:
+    """The suite the champion (baseline) was gated on, rebuilt from its fine-tuning run's task files.
+
+    Each task must hash as the champion's own evaluation recorded it (eval/candidate.json of that run), so a
+    candidate scored on it now meets the champion on the same docs; the gate's rules must name its tasks.
+    """
+    import mlflow
+
+    from tunegate.config import PipelineParams
+    from tunegate.models import resolve_base_model
+
+    if baseline.version is None:
+        raise EvalSuiteError("there is no champion to gate against: a variant of a version is gated against the "
+                             "champion on the suite the champion was gated on; promote a version first")
+    client, _ = connect(tracking)
+    owner = suite_owner(client, tracking.registered_model, baseline.version)
+    if "config" not in owner.tags:
+        raise EvalSuiteError(f"{tracking.registered_model} version {owner.version} has no `config` tag: it was not "
+                             "registered by tunegate run, so the suite it was gated on is unknown")
+    params = PipelineParams.model_validate_json(owner.tags["config"])
+    tasks_dir = Path(params.paths().eval) / "lm_eval_tasks"
+    where = f"the suite champion v{baseline.version} was gated on (built by run {params.run_name}, v{owner.version})"
+    if not tasks_dir.is_dir():
+        raise EvalSuiteError(f"{where} was written to {tasks_dir}, which is not on this machine: run this where that "
+                             f"run ran (its output_dir {params.output_dir!r}, relative to the working directory)")
+    recorded = mlflow.artifacts.load_dict(f"runs:/{owner.run_id}/eval/candidate.json")["tasks"]
+    include_paths = [str(tasks_dir)] + [str(Path(p).resolve()) for p in params.eval.include_paths]
+    names = [f"tunegate_{t}" for t in params.eval.tasks] + params.eval.lm_eval_tasks
+    specs = [resolve_task(name, include_paths, params.eval.limits.get(name)) for name in names]
+    for spec in specs:
+        for key in ("definition_hash", "data_hash"):
+            if recorded.get(spec["name"], {}).get(key) != spec[key]:
+                raise EvalSuiteError(f"{where}: task {spec['name']} in {tasks_dir} is not what that run evaluated "
+                                     f"({key} differs: its files changed, or lm-eval is another version)")
+    check_rules_against(specs, gate.rules, where)
+    cache_dir = str(Path(params.eval.cache_dir).resolve()) if params.eval.cache_dir else None  # as build_eval_suite
+    return EvalSuite(tasks=specs, footing=eval_footing(params.eval), base_model_path=resolve_base_model(
+        params.base_model), trust_remote_code=params.trust_remote_code, log_samples=params.eval.log_samples,
+        cache_dir=cache_dir)
 
 
 if __name__ == "__main__":

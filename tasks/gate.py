@@ -38,7 +38,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from tasks.evaluate import answered_by_both, load_metrics_module
-from tasks.register import Registered
+from tasks.register import RegisteredVersion
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 from tunegate.stats import mcnemar_exact, paired_bootstrap
 from tunegate.traces import human_feedback
@@ -418,7 +418,7 @@ class GateDecision(BaseModel):
 
 
 @task
-def gate(cfg: GateConfig, registered: Registered, tracking: TrackingConfig) -> GateDecision:
+def gate(cfg: GateConfig, registered: RegisteredVersion, tracking: TrackingConfig) -> GateDecision:
     """Judge every rule; record the table in MLflow, on the model version and in Prefect."""
     import mlflow
 

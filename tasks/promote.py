@@ -29,7 +29,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.gate import GateDecision, preferences_markdown, reviewer_preferences
-from tasks.register import Registered
+from tasks.register import Registered, RegisteredVariant, RegisteredVersion
 from tunegate.config import GateConfig, TrackingConfig, embedded
 from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
 
@@ -181,7 +181,7 @@ class Promotion(BaseModel):
 
 
 @task
-def promote(decision: GateDecision, registered: Registered, tracking: TrackingConfig,
+def promote(decision: GateDecision, registered: RegisteredVersion, tracking: TrackingConfig,
             review: ReviewDecision | None = None) -> Promotion:
     """Promote on pass, or on a reviewer's approval of a needs_review candidate; otherwise leave the champion alone
     (the flow fails afterwards, see `conclude`)."""
@@ -295,4 +295,58 @@ def conclude(summary: RunSummary, decision: GateDecision) -> RunSummary:
             f"Gate blocked {summary.model_name} version {summary.model_version}: regressed on "
             f"{', '.join(decision.regressed)}. The champion alias did not move.\n{decision.markdown}"
         )
+    return summary
+
+
+class VariantSummary(BaseModel):
+    """The end of `tunegate quantize`: the variant, its gate and whether it serves; <run>/summary.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_name: str
+    model_version: str
+    source_version: str
+    method: str
+    library: str
+    source_bytes: int
+    bytes: int
+    int8_layers: int
+    linear_layers: int
+    baseline: str
+    eval_cache_hits: dict[str, list[str]]
+    eval: dict[str, dict[str, dict[str, float]]]
+    gate: str
+    regressed: list[str]
+    review: list[str]
+    promoted: bool
+    stale: str | None = None
+    mlflow_run_id: str
+    mlflow_ui: str
+
+
+@task
+def conclude_variant(registered: RegisteredVariant, decision: GateDecision, promotion: Promotion, run_dir: str
+                     ) -> VariantSummary:
+    """Write summary.json; return it when the variant was promoted, else fail naming why (the champion stays)."""
+    quantized, candidate, baseline = registered.quantized, registered.evals.candidate, registered.evals.baseline
+    summary = VariantSummary(
+        model_name=registered.model_name, model_version=registered.version, source_version=quantized.source.version,
+        method=quantized.method, library=quantized.library, source_bytes=quantized.source.bytes, bytes=quantized.bytes,
+        int8_layers=quantized.int8_layers, linear_layers=quantized.linear_layers, baseline=baseline.label,
+        eval_cache_hits={"baseline": baseline.cache_hits, "candidate": candidate.cache_hits},
+        eval={t: {"baseline": baseline.tasks[t]["metrics"], "candidate": candidate.tasks[t]["metrics"]}
+              for t in candidate.tasks},
+        gate=decision.outcome, regressed=decision.regressed, review=decision.review, promoted=promotion.promoted,
+        stale=promotion.stale, mlflow_run_id=registered.run_id,
+        mlflow_ui=(f"mlflow ui --backend-store-uri {registered.tracking_uri}" if embedded(registered.tracking_uri)
+                   else registered.tracking_uri))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "summary.json").write_text(summary.model_dump_json(indent=2))
+    what = f"{summary.model_name} version {summary.model_version} ({summary.method} of version {summary.source_version})"
+    if summary.stale:
+        raise StaleBaseline(f"{what} passed its gate, but {summary.stale}. The champion alias did not move; run "
+                            f"tunegate quantize again.\n{decision.markdown}")
+    if not summary.promoted:
+        why = ("asks for review: " + "; ".join(decision.review) if decision.outcome == "needs_review"
+               else "regressed on " + ", ".join(decision.regressed))
+        raise GateBlocked(f"Gate on {what} {why}. The champion alias did not move.\n{decision.markdown}")
     return summary

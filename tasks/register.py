@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict
 
 from data_checks.pii import redact_value
 from tasks.dpo import Aligned
-from tasks.evaluate import Comparison, Evaluation, answered_by_both, load_metrics_module
+from tasks.evaluate import SUITE_VERSION_TAG, Comparison, Evaluation, answered_by_both, load_metrics_module
 from tasks.prepare import Prepared
+from tasks.quantize import QUANTIZED_FROM, Quantized
 from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
 from tunegate.config import PipelineParams
@@ -186,8 +187,8 @@ def log_side_by_side_traces(table: dict[str, list]) -> int:
     return len(rows)
 
 
-class Registered(BaseModel):
-    """The model version this run registered, and the evidence it was registered with."""
+class RegisteredVersion(BaseModel):
+    """A registered model version, its MLflow run and the evaluations its gate reads: what gate and promote need."""
 
     model_config = ConfigDict(extra="forbid")
     run_id: str
@@ -195,9 +196,20 @@ class Registered(BaseModel):
     version: str
     run_name: str
     tracking_uri: str
+    evals: Comparison
+
+
+class Registered(RegisteredVersion):
+    """The model version this run registered, and the evidence it was registered with."""
+
     prepared: Prepared
     aligned: Aligned
-    evals: Comparison
+
+
+class RegisteredVariant(RegisteredVersion):
+    """A registered quantized variant: the version, the evaluations its gate reads, and what was quantized how."""
+
+    quantized: Quantized
 
 
 def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
@@ -281,3 +293,69 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
 def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
     """Log the run to MLflow and register the trained weights as a model version."""
     return register_run(params, prepared, aligned, evals)
+
+
+def register_variant(quantized: Quantized, evals: Comparison, suite_version: str, params: PipelineParams
+                     ) -> RegisteredVariant:
+    """Log a quantized variant, its evaluations and its lineage as an MLflow run; register it as a new version.
+
+    The version's source is the variant as a chat MLflow Model (chat/); `model/` holds the safetensors
+    checkpoint that was evaluated, and its `merged` tag points there, so serve-model loads exactly that.
+    """
+    import mlflow
+
+    client, experiment_id = connect(params.tracking)
+    source, candidate, baseline = quantized.source, evals.candidate, evals.baseline
+    lineage = {
+        QUANTIZED_FROM: source.version,
+        "quantize.method": quantized.method,
+        "quantize.library": quantized.library,
+        "quantize.source_run": source.run_id,
+        "quantize.source_bytes": str(source.bytes),
+        "quantize.bytes": str(quantized.bytes),
+        "quantize.int8_layers": f"{quantized.int8_layers}/{quantized.linear_layers}",
+        SUITE_VERSION_TAG: suite_version,  # gated on the suite this version was gated on (tasks/evaluate.py)
+        "base_model": source.base_model,
+        "data_hash": source.data_hash,
+        "code_version": code_version(),
+        "model_hash": candidate.model_hash,
+        "baseline": baseline.label,
+        "eval_run_ids": json.dumps({"candidate": candidate.eval_run_ids, "baseline": baseline.eval_run_ids}),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=params.run_name) as run:
+        mlflow.set_tags({"tunegate.stage": "registered", **{f"lineage.{k}": v for k, v in lineage.items()}})
+        mlflow.log_params({"quantize.method": quantized.method, "quantize.library": quantized.library,
+                           "quantize.source_version": source.version})
+        mlflow.log_metrics({"size/source_mb": source.bytes / 2**20, "size/quantized_mb": quantized.bytes / 2**20,
+                            "quantize/seconds": quantized.seconds, **eval_metrics("eval", candidate),
+                            **eval_metrics("baseline", baseline)})
+        mlflow.log_dict(quantized.model_dump(mode="json"), "quantize/summary.json")
+        mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
+        mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
+        table = side_by_side(evals)
+        if table and params.serve.redact_pii:
+            table = redact_value(table)
+        if table:
+            mlflow.log_table(data=table, artifact_file="eval/side_by_side.json")
+            log_side_by_side_traces(table)
+        mlflow.log_artifacts(quantized.model, artifact_path="model")
+        mlflow.log_artifacts(quantized.chat_model, artifact_path="chat")
+
+    model_name = params.tracking.registered_model
+    ensure_registered_model(client, model_name)
+    version = client.create_model_version(
+        model_name, source=f"runs:/{run.info.run_id}/chat", run_id=run.info.run_id,
+        tags={**lineage, "gate": "pending", "config": source.config, "weights": "model",
+              "merged": f"runs:/{run.info.run_id}/model"},
+        description=f"{params.run_name}: {quantized.method} ({quantized.library}) of version {source.version}",
+    )
+    return RegisteredVariant(run_id=run.info.run_id, model_name=model_name, version=str(version.version),
+                             run_name=params.run_name, tracking_uri=params.tracking.tracking_uri, evals=evals,
+                             quantized=quantized)
+
+
+@task
+def register_quantized(quantized: Quantized, evals: Comparison, suite_version: str, params: PipelineParams
+                       ) -> RegisteredVariant:
+    """Log the quantized variant to MLflow and register it as a new model version of the same model."""
+    return register_variant(quantized, evals, suite_version, params)

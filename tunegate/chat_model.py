@@ -87,3 +87,17 @@ def log_chat_model(weights_dir: str, kind: str, base_model: str | None, artifact
         mlflow.log_artifacts(tmp, artifact_path=MERGED_PATH)
     return {"model_uri": info.model_uri, "model_id": info.model_id,
             "merged_uri": f"runs:/{run.info.run_id}/{MERGED_PATH}"}
+
+
+def save_chat_model(model, tokenizer, path: str, extra_requirements: tuple[str, ...] = ()) -> None:
+    """A model as loaded in memory, saved to a local folder as a chat MLflow Model (log it with log_artifacts).
+
+    For a quantized model: transformers 5.24 saves one it quantized while loading, but refuses one it loaded
+    from a torchao checkpoint (revert_weight_conversion raises NotImplementedError), so the stage that
+    quantizes writes this folder while the model is in memory.
+    """
+    import mlflow
+
+    mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, path=path, task=CHAT_TASK,
+                                   model_config=GENERATION_DEFAULTS,
+                                   pip_requirements=pinned_requirements("model") + list(extra_requirements))

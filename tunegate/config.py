@@ -645,6 +645,18 @@ class FeedbackConfig(_Section):
 PipelineParams.model_rebuild()  # its `feedback` field names FeedbackConfig, defined after it
 
 
+class QuantizeConfig(_Section):
+    """`tunegate quantize VERSION`: a quantized variant of a registered version, gated against the champion
+    like any candidate (tasks/quantize.py, flows/quantize.py)."""
+
+    method: Literal["int8", "int8-dynamic", "gguf"] = Field(
+        "int8",
+        description="int8: weight-only int8 (torchao Int8WeightOnlyConfig, per-row scales; activations stay fp32). "
+        "int8-dynamic: int8 weights and per-token int8 activations (torchao Int8DynamicActivationInt8WeightConfig; "
+        "int8 matmuls). gguf: refused; llama.cpp's converter is not an installable PyPI package (tasks/quantize.py).",
+    )
+
+
 def _set_dotted(tree: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
