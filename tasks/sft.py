@@ -320,11 +320,13 @@ def train_sft(
     checkpoint_dir: Path,
     trust_remote_code: bool = False,
     chosen_precision: dict | None = None,
+    extra_callbacks: list | None = None,
 ) -> dict:
     """Train; return where the weights are, the loss curves and what was chosen, with reasons.
 
     `chosen_precision` (precision_choice's record) is the choice made by the launching process, so that every
-    rank of a distributed run trains in the same one; None: choose here."""
+    rank of a distributed run trains in the same one; None: choose here. `extra_callbacks`: more Trainer callbacks,
+    e.g. a sweep trial's, which reports each eval loss to its pruner."""
     import torch
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
@@ -376,7 +378,7 @@ def train_sft(
         report_to=[],
         dataloader_num_workers=0,
     )
-    callbacks = [marker_callback()]
+    callbacks = [marker_callback(), *(extra_callbacks or [])]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = sft_trainer_class(lm_head)(
@@ -453,10 +455,10 @@ def launch_distributed(spec: dict, cfg: SFTConfig, out_dir: Path) -> dict:
     return json.loads((out_dir / "sft_summary.json").read_text())
 
 
-def run_spec(spec: dict) -> dict:
+def run_spec(spec: dict, callbacks: list | None = None) -> dict:
     cfg = SFTConfig.model_validate(spec["cfg"])
     return train_sft(spec["base_model_path"], spec["train"], spec["eval"], cfg, Path(spec["out_dir"]),
-                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"], spec.get("precision"))
+                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"], spec.get("precision"), callbacks)
 
 
 @task
@@ -504,8 +506,15 @@ def _sft_cache_key(context, parameters) -> str:
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_sft_cache_key), persist_result=True)
-def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) -> Trained:
-    """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0."""
+def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str,
+        callbacks: list | None = None) -> Trained:
+    """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0.
+
+    callbacks: Trainer callbacks of the caller (a sweep trial's pruner); they live in this process, so they need
+    sft.num_processes 1. They are not part of the cache key: a callback that stops training raises, and a task that
+    raised caches nothing."""
+    if callbacks and cfg.num_processes > 1:
+        raise ValueError("Trainer callbacks run in this process; sft.num_processes > 1 trains in others (accelerate)")
     base = prepared.base
     spec = {
         "base_model_path": base.path,
@@ -520,7 +529,7 @@ def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) 
     # Two runs started at once with the same model, config and data share the checkpoint folder: the second
     # waits here, then resumes from the first one's last checkpoint instead of writing into it at the same time.
     with FileLock(spec["checkpoint_dir"] + ".lock"):
-        summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec)
+        summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec, callbacks)
     return Trained(**summary, base=base, data_hash=prepared.data_hash)
 
 
