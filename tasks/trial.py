@@ -102,7 +102,8 @@ def report_callback(trial, client, run_id: str, minimize: bool):
             self.flush()
             # The pruner compares intermediate values in the study's direction: a maximized metric gets -loss.
             trial.report(loss if minimize else -loss, step)
-            if trial.should_prune():
+            # At the last step training is over: pruning would only throw a finished trial away.
+            if step < state.max_steps and trial.should_prune():
                 raise TrialPruned(f"pruned at step {step}: eval loss {loss:.4f} is worse than the median of the "
                                   "finished trials at that step")
 
