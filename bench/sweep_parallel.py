@@ -73,7 +73,6 @@ def on_pool(parallel: int, trials: int, s: dict) -> dict:
     from tunegate.config import load_config
 
     env = team.client_env(s)
-    os.environ.update(env)
     uid = uuid.uuid4().hex[:8]
     sets = [f"tracking.tracking_uri={env['MLFLOW_TRACKING_URI']}", f"sweep.storage={env['TUNEGATE_SWEEP_STORAGE']}",
             f"sweep.parallel={parallel}", f"run_name=bench-{uid}", *sweep_sets(Path(tempfile.mkdtemp(prefix="bench-sweep-")), trials, uid, parallel)]
@@ -120,6 +119,7 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true", help="also run tunegate sweep without the pool")
     args = parser.parse_args()
     s = team.settings()
+    os.environ.update(team.client_env(s))  # before Prefect is imported: it reads PREFECT_API_URL once
     results = [on_pool(p, args.trials, s) for p in args.parallel]
     if args.embedded:
         results.append(embedded(args.trials))

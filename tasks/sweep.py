@@ -23,6 +23,7 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.evaluate import EvalSuite
@@ -34,6 +35,9 @@ from tunegate.study import (GRACE_S, StudyRef, TrialRef, counts, distributions, 
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0  # how often a waiting sweep looks at its study and its trials' flow runs
+# Every stage here reads or changes the study, so none may be a cache hit (cache_policy=NO_CACHE): Prefect's default
+# policy (inputs + source + flow run) would hand a second next_trial(study, sweep) in one sweep the first one's
+# trial whenever results are persisted (PREFECT_RESULTS_PERSIST_BY_DEFAULT).
 PLOTS = ("param_importances", "parallel_coordinate", "optimization_history", "intermediate_values")
 
 
@@ -86,7 +90,7 @@ class StudyResult(BaseModel):
     candidate_run: str | None = None
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def check_sweep(params: PipelineParams) -> None:
     """Fail in seconds, before the data stages: no storage for the study, one it cannot reach, several processes."""
     if params.sft.num_processes > 1:
@@ -134,7 +138,7 @@ def start_parent_run(params: PipelineParams, name: str, url: str, direction: str
     return run.info.run_id, experiment_id
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def open_study(params: PipelineParams, suite: EvalSuite) -> StudyRef:
     """Create the study (its first trials queued, its MLflow run made), or resume the one of this name."""
     import optuna
@@ -170,7 +174,7 @@ def open_study(params: PipelineParams, suite: EvalSuite) -> StudyRef:
                     parent_run_id=made["parent_run_id"], experiment_id=made["experiment_id"])
 
 
-@task(task_run_name="next-trial")
+@task(task_run_name="next-trial", cache_policy=NO_CACHE)
 def next_trial(study: StudyRef, sweep: SweepConfig) -> TrialRef:
     """Ask the sampler for the next trial's values (a queued trial first: the first trials, a retried one)."""
     with quiet_heartbeat_warnings():
@@ -216,7 +220,7 @@ def settle_flow_runs(study, storage, launched: dict[int, str], tracking: Trackin
     return going
 
 
-@task(task_run_name="wait-for-a-trial-slot")
+@task(task_run_name="wait-for-a-trial-slot", cache_policy=NO_CACHE)
 def wait_for_slot(study: StudyRef, params: PipelineParams, launched: dict[int, str], slots: int) -> Progress:
     """Wait until the study has sweep.trials finished trials, or a trial may start (fewer than `slots` of ours
     running). Meanwhile trials without a heartbeat are failed and queued again, and trials whose flow run ended
@@ -283,7 +287,7 @@ def save_plots(study, out: Path) -> tuple[dict[str, str], dict[str, str]]:
     return made, skipped
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def record_study(study: StudyRef, sweep: SweepConfig, tracking: TrackingConfig, out_dir: str) -> StudyResult:
     """The study's table, best trial and plots onto the sweep's MLflow run (then finished) and <run>/sweep.json."""
     optuna_study = load(study, sweep)
@@ -322,7 +326,7 @@ def record_study(study: StudyRef, sweep: SweepConfig, tracking: TrackingConfig, 
     return result
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def best_candidate(result: StudyResult, params: PipelineParams) -> PipelineParams:
     """The best completed trial's values as a pipeline run of their own; the gate, not the objective, decides."""
     if result.best is None:
@@ -337,7 +341,7 @@ def best_candidate(result: StudyResult, params: PipelineParams) -> PipelineParam
     return candidate
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def record_gate(result: StudyResult, candidate: PipelineParams, tracking: TrackingConfig) -> dict | None:
     """The candidate's gate decision (its summary.json, written once the gate decided) onto the sweep's run."""
     path = Path(candidate.paths().run) / "summary.json"

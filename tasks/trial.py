@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
@@ -226,7 +227,7 @@ def end_child_run(client, run_id: str, outcome: TrialOutcome) -> None:
     client.set_terminated(run_id, MLFLOW_STATUS[outcome.state])
 
 
-@task(task_run_name="trial-{trial.number}")
+@task(task_run_name="trial-{trial.number}", cache_policy=NO_CACHE)  # it tells the study: never a cache hit
 def run_trial(trial: TrialRef, params: PipelineParams, prepared: Prepared, suite: EvalSuite) -> TrialOutcome:
     """Train one trial's values and tell the study: complete with the objective, pruned, or failed with the reason."""
     import optuna

@@ -170,6 +170,33 @@ def test_a_trial_out_of_memory_fails_with_its_reason_and_with_no_completed_trial
     assert child.info.status == "FAILED" and child.data.tags["sweep.reason"] == trial["reason"]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_task_metric_objective_with_dpo_searched_scores_trials_with_lm_eval_and_the_candidate_reuses_them(
+        tmp_path, outputs, tracking, tiny_model):
+    params = tiny_sweep(outputs, tracking, "sweep.trials=2", "sweep.objective=tunegate_domain/token_f1",
+                        "sweep.space={dpo_beta: {low: 0.05, high: 0.5, log: true}}",
+                        "sweep.first_trials=[{dpo_beta: 0.1}, {dpo_beta: 0.4}]", run_name="metric")
+    summary = sweep(params)
+
+    result = json.loads((outputs / "metric" / "sweep.json").read_text())
+    assert result["direction"] == "maximize" and [t["state"] for t in result["trials"]] == ["COMPLETE"] * 2
+    best = result["best"]
+    assert best["value"] == max(t["value"] for t in result["trials"])
+    for t in result["trials"]:  # each trial trained DPO with its beta after SFT
+        dpo_summary = json.loads((outputs / f"metric-trial-{t['number']:03d}" / "dpo" / "dpo_summary.json").read_text())
+        assert dpo_summary["steps"] == 2
+    client = MlflowClient(tracking.tracking_uri)
+    evals = client.search_runs([client.get_experiment_by_name("test-evals").experiment_id],
+                               filter_string="tags.`eval.task` = 'tunegate_domain'")
+    scored = sorted(r.data.metrics["token_f1"] for r in evals if r.data.tags["eval.model_label"].startswith("metric-"))
+    assert scored == sorted(t["value"] for t in result["trials"])  # the objective is lm-eval's token F1
+    # The candidate's DPO weights are the best trial's (cache), so its domain score is the trial's, not recomputed.
+    assert not (outputs / "metric-best" / "dpo").exists()
+    assert "tunegate_domain" in summary.eval_cache_hits["candidate"]
+    assert summary.eval["tunegate_domain"]["candidate"]["token_f1"] == best["value"]
+
+
 def trials_in(db: Path) -> list:
     if not db.exists() or "resumable" not in optuna.get_all_study_names(f"sqlite:///{db}"):
         return []
