@@ -31,7 +31,7 @@ from tasks.trial import mark_failed_run
 from tunegate.config import PipelineParams, SweepConfig, TrackingConfig
 from tunegate.registry import connect, sweep_experiment
 from tunegate.study import (GRACE_S, StudyRef, TrialRef, counts, distributions, load, quiet_heartbeat_warnings,
-                            rdb_storage, shown_url, storage_url, trial_id, with_trial_values)
+                            rdb_storage, shown_url, storage_url, trial_id, trial_settings, with_trial_values)
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0  # how often a waiting sweep looks at its study and its trials' flow runs
@@ -147,11 +147,12 @@ def open_study(params: PipelineParams, suite: EvalSuite) -> StudyRef:
     direction = objective_direction(sweep.objective, suite)
     url, name = storage_url(sweep, params.tracking), sweep.study or params.run_name
     study = optuna.create_study(study_name=name, storage=rdb_storage(url), direction=direction, load_if_exists=True)
-    made = study.user_attrs
+    made, settings = study.user_attrs, trial_settings(params)
     if not made:
         parent_run_id, experiment_id = start_parent_run(params, name, url, direction)
-        made = {"objective": sweep.objective, "space": space_key(sweep), "parent_run_id": parent_run_id,
-                "experiment_id": experiment_id, "created": datetime.now().isoformat(timespec="seconds")}
+        made = {"objective": sweep.objective, "space": space_key(sweep), "settings": settings,
+                "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+                "created": datetime.now().isoformat(timespec="seconds")}
         for key, value in made.items():
             study.set_user_attr(key, value)
         for values in sweep.first_trials:
@@ -160,6 +161,13 @@ def open_study(params: PipelineParams, suite: EvalSuite) -> StudyRef:
         raise SweepError(f"study {name} in {shown_url(url)} searches {made['space']} for {made['objective']}; this "
                          f"config asks for {space_key(sweep)} for {sweep.objective}. Resume it with its own objective "
                          "and space, or start a new study (sweep.study / --study).")
+    elif made["settings"] != settings:
+        changed = sorted(set(made["settings"].items()) ^ set(settings.items()))
+        shown = sorted({key for key, _ in changed})[:6]
+        raise SweepError(f"study {name} was run with other settings than this config's, so its trials and new ones "
+                         "would not be measured alike: " + "; ".join(
+                             f"{key}: {made['settings'].get(key, '-')} -> {settings.get(key, '-')}" for key in shown)
+                         + ". Resume it with its own settings, or start a new study (sweep.study / --study).")
     else:
         client, _ = connect(params.tracking)
         client.update_run(made["parent_run_id"], status="RUNNING")

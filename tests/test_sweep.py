@@ -99,6 +99,12 @@ def test_four_trials_make_a_parent_and_four_child_runs_one_pruned_one_failed_and
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
 
+    # Resuming this study with trials of another length would rank unlike trials together: refused, named.
+    longer = tiny_sweep(outputs, tracking, "sweep.trials=6", "sweep.study=sweep", "sft.max_steps=6", run_name="more")
+    with pytest.raises(SweepError, match=r"study sweep was run with other settings .* sft.max_steps: 4 -> 6"):
+        sweep(longer)
+    assert len(optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 4
+
 
 def test_the_held_out_loss_of_sft_weights_is_the_eval_loss_sft_logged_at_its_last_step(prepared, tmp_path):
     # objective_value takes SFT's last eval loss instead of computing held_out_loss again: they must agree.

@@ -12,6 +12,7 @@ GRACE_S seconds belonged to a process that died (a crashed sweep or worker), and
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -158,6 +159,27 @@ def with_trial_values(params: PipelineParams, values: dict, run_name: str) -> Pi
 def trial_id(storage, study_name: str, number: int) -> int:
     """The storage's id of a study's trial number (what heartbeats and attributes are recorded under)."""
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def trial_settings(params: PipelineParams) -> dict[str, str]:
+    """What a trial's objective depends on besides its searched values, flattened: the base model, the data, the
+    training (DPO only when searched) and eval settings. A study resumed under other ones would rank trials that
+    were not measured alike."""
+    tree = params.model_dump(mode="json", include={"base_model", "trust_remote_code", "data", "sft", "dpo", "eval"})
+    searched = params.sweep.space.searched()
+    if not any(SweepSpace.TARGETS[name].startswith("dpo.") for name in searched):
+        tree.pop("dpo")  # trials train SFT only
+    for name in searched:
+        section, field = SweepSpace.TARGETS[name].split(".")
+        tree[section].pop(field)
+    tree["sft"]["eval_steps"] = params.sft.eval_steps or params.sweep.eval_steps  # the pruner's steps
+
+    def flat(node, prefix: str = "") -> dict[str, str]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): json.dumps(node)}
+
+    return flat(tree)
 
 
 def trial_run_name(study_name: str, number: int) -> str:
