@@ -15,6 +15,7 @@
     tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
     tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
     tunegate quantize VERSION [--method int8] [--config CFG]     # an int8 variant, gated against the champion
+    tunegate sweep configs/demo.yaml --trials 8 [--study NAME]   # Optuna search; the best trial gated like a run
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -356,6 +357,67 @@ def cmd_quantize(args) -> int:
     return 0 if state.is_completed() else 1
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (--trials)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}: a sweep runs one trial or more")
+    return value
+
+
+def format_sweep(result: dict, seconds: float) -> str:
+    """The study's table, its best trial and where its MLflow run is, for the end of `tunegate sweep`."""
+    n = result["counts"]
+    lines = ["", "=" * 72, f"tunegate sweep finished in {seconds / 60:.1f} min: study {result['study']} "
+             f"({result['storage']})",
+             f"  objective: {result['objective']} ({result['direction']})",
+             f"  trials: {n['finished']} finished: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed",
+             f"  {'#':>4}  {'state':9} {'objective':>10} {'seconds':>8}  values"]
+    for t in result["trials"]:
+        value = "-" if t["value"] is None or t["state"] != "COMPLETE" else f"{t['value']:.4f}"
+        seconds_taken = "-" if t["seconds"] is None else f"{t['seconds']:.0f}"
+        values = ", ".join(f"{k}={v:.4g}" for k, v in t["values"].items())
+        lines.append(f"  {t['number']:>4}  {t['state']:9} {value:>10} {seconds_taken:>8}  {values}"
+                     + (f"\n{'':>8}{t['reason']}" if t["reason"] else ""))
+    best = result["best"]
+    if best:
+        lines.append(f"  best:   trial {best['number']}, {result['objective']} {best['value']:.4f}: "
+                     + ", ".join(f"{k}={v:.4g}" for k, v in best["values"].items()))
+    lines += [f"  mlflow: sweep run {result['parent_run_id']}: trials as child runs; table, best trial and Optuna's "
+              "plots under sweep/", "=" * 72]
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> int:
+    import time
+
+    from flows.sweep import sweep
+    from tunegate.config import load_config
+
+    sets = [*args.set, *([f"sweep.trials={args.trials}"] if args.trials else []),
+            *([f"sweep.study={args.study}"] if args.study else [])]
+    try:
+        params = load_config(args.config, sets)
+    except ValueError as err:  # a bad space or objective: say so before anything starts
+        print(f"tunegate sweep: {err}", file=sys.stderr)
+        return 2
+    if params.run_name is None:
+        params.run_name = f"{params.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(params.output_dir).resolve() / params.run_name
+    start = time.perf_counter()
+    state = sweep(params, return_state=True)
+    seconds = time.perf_counter() - start
+    if state.is_failed():
+        print(f"\ntunegate: sweep failed: {state.message}", file=sys.stderr)
+    if (run_dir / "sweep.json").exists():
+        print(format_sweep(json.loads((run_dir / "sweep.json").read_text()), seconds))
+    candidate = run_dir.parent / f"{params.run_name}-best" / "summary.json"
+    if candidate.exists():  # the best trial's pipeline run reached its gate
+        print(f"The best trial's pipeline run ({candidate.parent.name}):"
+              + format_summary(json.loads(candidate.read_text()), seconds, []))
+    return 0 if state.is_completed() else 1
+
+
 def wait_http(url: str, proc, seconds: float) -> None:
     import time
     import urllib.request
@@ -545,6 +607,13 @@ def main(argv: list[str] | None = None) -> int:
                     "refused, with the reason and the manual route")
     add_config_args(qz)
     qz.set_defaults(func=cmd_quantize)
+    sw = sub.add_parser("sweep", help="hyperparameter search: Optuna trials over sweep.space, then the best trial's "
+                        "pipeline run, gated like any run")
+    sw.add_argument("config", help="YAML config with a sweep section (or its defaults), e.g. configs/demo.yaml")
+    sw.add_argument("--trials", type=positive_int, help="trials in the study (default: sweep.trials)")
+    sw.add_argument("--study", help="Optuna study name; an existing study is resumed (default: the run name)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    sw.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
 

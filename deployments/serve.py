@@ -1,12 +1,14 @@
-"""Serve the three deployments from this machine, without a worker or work pool (`tunegate serve`).
+"""Serve the deployments from this machine, without a worker or work pool (`tunegate serve`).
 
     tunegate ui &                      # Prefect server on :4200 and the MLflow UI on :5000
     PREFECT_API_URL=http://127.0.0.1:4200/api tunegate serve [--config configs/demo.yaml --set k=v ...]
 
 `finetune` runs on demand from the UI form (drawn from PipelineParams, filled with the config);
 `retrain-from-feedback` runs on a cron schedule in the given timezone; `monitor-serving` daily at
-00:30 UTC, on the UTC day that just ended. deployments/prefect.yaml defines the same three for
-`prefect deploy` onto a work pool.
+00:30 UTC, on the UTC day that just ended; `sweep` on demand (its form has the config's sweep section), with
+`sweep-trial`, which runs one trial of a sweep as a flow run of its own (flows/sweep.py: only sweeps started
+from a deployment, with their study in a database server, use it). deployments/prefect.yaml defines the same
+for `prefect deploy` onto a work pool.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect.schedules import Cron
 from flows.finetune import finetune_pipeline
 from flows.monitor_serving import monitor_serving
 from flows.retrain_from_feedback import retrain_from_feedback
+from flows.sweep import sweep, sweep_trial
 from tunegate.config import FeedbackConfig, load_config
 
 NIGHTLY = "0 3 * * *"
@@ -28,7 +31,7 @@ MONITOR_DAILY = "30 0 * * *"  # in UTC: monitoring windows are UTC days, this on
 def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
                       timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig(), suffix: str = "",
                       job_variables: dict | None = None, paused: bool = False) -> list:
-    """The three deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
+    """The deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
     import the flows by module path from the installed package. paused: their schedules are inactive (runs on
     demand still work)."""
     params = {**load_config(config, overrides).model_dump(), "feedback": feedback.model_dump()}
@@ -48,6 +51,13 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             tags=["tunegate"],
             parameters={"tracking": params["tracking"]}, **pool,
             description="Daily: requests, feedback and downvote rates, latency per model version, from served traces."),
+        sweep.to_deployment(
+            name="sweep" + suffix, parameters={"params": params}, tags=["tunegate"], **pool,
+            description="Hyperparameter search: Optuna trials over the sweep section; the best trial is gated like "
+                        "any run."),
+        sweep_trial.to_deployment(  # found by the sweep as <its deployment's name>-trial (flows/sweep.py)
+            name="sweep" + suffix + "-trial", tags=["tunegate"], **pool,
+            description="One trial of a sweep, started by the sweep deployment on any free worker."),
     ]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = Path(__file__).with_name("team.env")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PG_SUPERUSER, PG_ROLE, DATABASES = "postgres", "tunegate", ("mlflow", "prefect")
+PG_SUPERUSER, PG_ROLE, DATABASES = "postgres", "tunegate", ("mlflow", "prefect", "optuna")  # optuna: sweeps' studies
 CRASH_AUTOMATION = "tunegate: mark flow runs without heartbeats Crashed"
 
 
@@ -47,10 +47,12 @@ def settings() -> dict[str, str]:
 
 
 def client_env(s: dict[str, str]) -> dict[str, str]:
-    """What a client (a laptop, a test, a worker) sets to use the team's servers: only the two URLs."""
+    """What a client (a laptop, a test, a worker) sets to use the team's servers: only URLs (the third is where
+    sweeps keep their Optuna studies, read by sweep.storage's default)."""
     host = s["TEAM_HOST"]
     return {"MLFLOW_TRACKING_URI": f"http://{host}:{s['TEAM_MLFLOW_PORT']}",
-            "PREFECT_API_URL": f"http://{host}:{s['TEAM_PREFECT_PORT']}/api"}
+            "PREFECT_API_URL": f"http://{host}:{s['TEAM_PREFECT_PORT']}/api",
+            "TUNEGATE_SWEEP_STORAGE": pg_url(s, "optuna")}
 
 
 def pg_url(s: dict[str, str], database: str, driver: str = "postgresql") -> str:
@@ -280,14 +282,15 @@ def setup_prefect(s: dict[str, str]) -> None:
 
 def deploy(s: dict[str, str], config: str = "configs/demo.yaml", overrides: list[str] = (),
            suffix: str = "", paused: bool = False) -> list[str]:
-    """The three deployments on the team's pool, run by its workers in the repository root; paused: on demand
-    only, the nightly retrain and the daily monitoring do not fire (tests, CI)."""
+    """The deployments on the team's pool, run by its workers in the repository root; paused: on demand only, the
+    nightly retrain and the daily monitoring do not fire (tests, CI)."""
     from prefect import deploy as prefect_deploy
 
     from deployments.serve import build_deployments
 
     server = f"tracking.tracking_uri={client_env(s)['MLFLOW_TRACKING_URI']}"  # whatever this process's env says
-    built = build_deployments(config, [server, *overrides], suffix=suffix, job_variables={"working_dir": str(ROOT)},
+    studies = f"sweep.storage={client_env(s)['TUNEGATE_SWEEP_STORAGE']}"  # sweeps spread trials over the workers
+    built = build_deployments(config, [server, studies, *overrides], suffix=suffix, job_variables={"working_dir": str(ROOT)},
                               paused=paused)
     return [str(i) for i in prefect_deploy(*built, work_pool_name=s["TEAM_POOL"], build=False, push=False,
                                            print_next_steps_message=False, ignore_warnings=True)]

@@ -72,8 +72,15 @@ def _sft_cache_key(context, parameters) -> str:
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_sft_cache_key), persist_result=True)
-def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) -> Trained:
-    """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0."""
+def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str,
+        callbacks: list | None = None) -> Trained:
+    """Fine-tune on the train split; eval loss on the held-out split when sft.eval_steps > 0.
+
+    callbacks: Trainer callbacks of the caller (a sweep trial's pruner); they live in this process, so they need
+    sft.num_processes 1. They are not part of the cache key: a callback that stops training raises, and a task that
+    raised caches nothing."""
+    if callbacks and cfg.num_processes > 1:
+        raise ValueError("Trainer callbacks run in this process; sft.num_processes > 1 trains in others (accelerate)")
     base = prepared.base
     spec = {
         "base_model_path": base.path,
@@ -88,5 +95,5 @@ def sft(prepared: Prepared, cfg: SFTConfig, out_dir: str, checkpoint_root: str) 
     # Two runs started at once with the same model, config and data share the checkpoint folder: the second
     # waits here, then resumes from the first one's last checkpoint instead of writing into it at the same time.
     with FileLock(spec["checkpoint_dir"] + ".lock"):
-        summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec)
+        summary = launch_distributed(spec, cfg, Path(out_dir)) if cfg.num_processes > 1 else run_spec(spec, callbacks)
     return Trained(**summary, base=base, data_hash=prepared.data_hash)

@@ -273,11 +273,13 @@ def train_sft(
     checkpoint_dir: Path,
     trust_remote_code: bool = False,
     chosen_precision: dict | None = None,
+    extra_callbacks: list | None = None,
 ) -> dict:
     """Train; return where the weights are, the loss curves and what was chosen, with reasons.
 
     `chosen_precision` (precision_choice's record) is the choice made by the launching process, so that every
-    rank of a distributed run trains in the same one; None: choose here."""
+    rank of a distributed run trains in the same one; None: choose here. `extra_callbacks`: more Trainer callbacks,
+    e.g. a sweep trial's, which reports each eval loss to its pruner."""
     import torch
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
@@ -330,7 +332,7 @@ def train_sft(
         dataloader_num_workers=0,
     )
     clock = step_clock()
-    callbacks = [marker_callback(), clock]
+    callbacks = [marker_callback(), clock, *(extra_callbacks or [])]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = sft_trainer_class(lm_head)(
@@ -406,10 +408,10 @@ def launch_distributed(spec: dict, cfg: SFTConfig, out_dir: Path) -> dict:
     return json.loads((out_dir / "sft_summary.json").read_text())
 
 
-def run_spec(spec: dict) -> dict:
+def run_spec(spec: dict, callbacks: list | None = None) -> dict:
     cfg = SFTConfig.model_validate(spec["cfg"])
     return train_sft(spec["base_model_path"], spec["train"], spec["eval"], cfg, Path(spec["out_dir"]),
-                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"], spec.get("precision"))
+                     Path(spec["checkpoint_dir"]), spec["trust_remote_code"], spec.get("precision"), callbacks)
 
 
 if __name__ == "__main__":

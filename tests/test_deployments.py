@@ -1,4 +1,4 @@
-"""The deployment definitions: prefect.yaml and `tunegate serve` describe the same three deployments."""
+"""The deployment definitions: prefect.yaml and `tunegate serve` describe the same deployments."""
 
 import yaml
 
@@ -10,13 +10,13 @@ from conftest import ROOT
 def test_prefect_yaml_defines_the_deployments_with_the_demo_config_as_defaults():
     doc = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
-    assert set(deps) == {"finetune", "retrain-from-feedback", "monitor-serving"}
+    assert set(deps) == {"finetune", "retrain-from-feedback", "monitor-serving", "sweep", "sweep-trial"}
     demo = load_config(ROOT / "configs" / "demo.yaml")
     for dep in deps.values():
         path, func = dep["entrypoint"].split(":")
         assert f"def {func}(" in (ROOT / path).read_text()
         assert dep["work_pool"]["name"] == "tunegate-local"
-    for name in ("finetune", "retrain-from-feedback"):  # no drift from demo.yaml
+    for name in ("finetune", "retrain-from-feedback", "sweep"):  # no drift from demo.yaml
         assert PipelineParams.model_validate(deps[name]["parameters"]["params"]) == demo
     assert TrackingConfig.model_validate(deps["monitor-serving"]["parameters"]["tracking"]) == demo.tracking
     (daily,) = deps["monitor-serving"]["schedules"]
@@ -30,8 +30,8 @@ def test_prefect_yaml_defines_the_deployments_with_the_demo_config_as_defaults()
 def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     from deployments.serve import build_deployments
 
-    finetune, retrain, monitor = build_deployments("configs/tiny.yaml", ["sft.max_steps=7", "tracking.experiment=t"],
-                                                   "30 1 * * *", "UTC")
+    finetune, retrain, monitor, sweep, trial = build_deployments(
+        "configs/tiny.yaml", ["sft.max_steps=7", "tracking.experiment=t"], "30 1 * * *", "UTC")
     assert (finetune.name, retrain.name, monitor.name) == ("finetune", "retrain-from-feedback", "monitor-serving")
     assert monitor.parameters["tracking"]["experiment"] == "t"
     (daily,) = monitor.schedules
@@ -52,3 +52,20 @@ def test_serve_builds_the_same_deployments_with_form_defaults_from_the_config():
     assert form["definitions"]["SFTConfig"]["properties"]["max_steps"]["description"]
     assert set(parameter_schema(retrain_from_feedback).properties) == {"params"}  # feedback: params.feedback
     assert set(parameter_schema(monitor_serving).properties) == {"tracking", "day"}
+
+
+def test_the_sweep_deployment_has_its_trial_deployment_next_to_it_and_the_sweep_section_in_its_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from deployments.serve import build_deployments
+    from flows.sweep import sweep, sweep_trial
+
+    *_, sweep_dep, trial_dep = build_deployments("configs/tiny.yaml", ["sweep.trials=5"], suffix="-x")
+    # flows/sweep.py finds the trials' deployment as <the sweep deployment's name>-trial
+    assert (sweep_dep.name, trial_dep.name) == ("sweep-x", "sweep-x-trial") and trial_dep.flow_name == "sweep-trial"
+    assert sweep_dep.parameters["params"]["sweep"]["trials"] == 5 and not sweep_dep.schedules
+    form = parameter_schema(sweep).model_dump_for_openapi()
+    space = form["definitions"]["SweepSpace"]["properties"]
+    assert space["learning_rate"]["description"].startswith("sft.learning_rate")
+    assert form["definitions"]["SweepConfig"]["properties"]["trials"]["minimum"] == 1
+    assert set(parameter_schema(sweep_trial).properties) == {"params", "trial", "prepared", "suite"}

@@ -312,3 +312,52 @@ def test_a_second_team_up_leaves_the_running_stack_alone_and_everything_listens_
     listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
     assert {port for _, port in listening} == ports and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+
+
+def test_a_sweep_runs_its_trials_on_both_workers_at_once_and_gates_the_best(stack, deploy_tiny, tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    # 3 trials at once: the sweep's own flow run holds one of the pool's 4 slots (2 workers x --limit 2), so one
+    # worker alone cannot take all three; 1 torch thread each on this 2-core machine. No pruning: with trials side
+    # by side, which one a pruner stops depends on timing, and this test is about where they run.
+    # The study in the team's PostgreSQL, as team.deploy sets it for the deployments' defaults (the parameters
+    # passed here replace those defaults).
+    uid, sets = deploy_tiny(f"sweep.storage={os.environ['TUNEGATE_SWEEP_STORAGE']}", "sweep.trials=4",
+                            "sweep.parallel=3", "sweep.trial_threads=1", "sweep.eval_steps=4", "sweep.prune=false",
+                            "sweep.space={learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true}}")
+    began = time.monotonic()
+    run = start_run(f"sweep/sweep-{uid}", {"params": tiny(sets)})
+    (done,) = finished([run.id], 1500)
+    wall = time.monotonic() - began
+    assert done.state.type.value == "COMPLETED", done.state.message
+
+    with get_client(sync_client=True) as client:
+        trials = client.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[f"sweep-{uid}-trial"])))
+    trials = sorted(trials, key=lambda r: r.start_time)
+    t0 = min(r.start_time for r in [done, *trials])
+    print(f"\nsweep {done.name} on {worker_of(done.id)}: {wall:.0f} s wall")
+    for r in [done, *trials]:  # the timeline: which worker ran what, when (seconds from the sweep's start)
+        print(f"  {r.name:48} {worker_of(r.id):9} {(r.start_time - t0).total_seconds():6.1f} s -> "
+              f"{(r.end_time - t0).total_seconds():6.1f} s  {r.state.type.value}")
+    assert len(trials) == 4 and all(r.state.type.value == "COMPLETED" for r in trials)
+    assert {worker_of(r.id) for r in trials} == set(team.workers(stack)), "both workers should have run trials"
+    assert any(a.start_time < b.end_time and b.start_time < a.end_time and worker_of(a.id) != worker_of(b.id)
+               for a in trials for b in trials if a.id != b.id), "no two trials overlapped on different workers"
+
+    # The study is in the team's PostgreSQL, every trial finished; each is an MLflow child run of the sweep's run.
+    study_name = trials[0].name.rsplit("-trial-", 1)[0]
+    study = optuna.load_study(study_name=study_name, storage=team.pg_url(stack, "optuna"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(f"team-{uid}-sweeps").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["tunegate.kind"] == "sweep"]
+    assert sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs) == 4
+    assert "sweep/parallel_coordinate.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    # The best trial went through the gate like any run: one registered version, with its verdict.
+    (version,) = versions(f"team-model-{uid}")
+    assert version.tags["gate"] == "passed" and parent.data.tags["sweep.gate"] == "passed"
+    assert json.loads(version.tags["config"])["sft"]["learning_rate"] == study.best_params["learning_rate"]

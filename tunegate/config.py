@@ -510,6 +510,149 @@ class ServeConfig(_Section):
         return self
 
 
+# Read once, at import, like MLFLOW_TRACKING_URI above: the database of a team's sweeps (make team-up prints it).
+ENV_SWEEP_STORAGE = os.environ.get("TUNEGATE_SWEEP_STORAGE")
+
+
+class FloatRange(_Section):
+    """A float a sweep searches between low and high: uniformly, or uniformly in its logarithm."""
+
+    low: float = Field(description="Smallest value a trial may get.")
+    high: float = Field(description="Largest value a trial may get.")
+    log: bool = Field(False, description="Sample uniformly in log space (learning rates, beta); needs low > 0.")
+
+    @model_validator(mode="after")
+    def _is_a_range(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g}); to fix a value, set it in its "
+                             "config section and leave it out of sweep.space")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got low={self.low:g}")
+        return self
+
+
+class IntRange(_Section):
+    """An integer a sweep searches from low to high, both included."""
+
+    low: int = Field(description="Smallest value a trial may get.")
+    high: int = Field(description="Largest value a trial may get.")
+    step: int = Field(1, ge=1, description="Spacing of the values tried.")
+
+    @model_validator(mode="after")
+    def _is_a_range(self) -> IntRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high}); to fix a value, set it in its "
+                             "config section and leave it out of sweep.space")
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"high - low ({self.high - self.low}) must be a multiple of step ({self.step})")
+        return self
+
+
+class SweepSpace(_Section):
+    """What a sweep searches. Each field sets one config value per trial; a field left out keeps the config's value."""
+
+    TARGETS: ClassVar[dict[str, str]] = {
+        "learning_rate": "sft.learning_rate", "lora_r": "sft.lora_r", "lora_alpha_ratio": "sft.lora_alpha",
+        "lora_dropout": "sft.lora_dropout", "num_epochs": "sft.num_epochs", "warmup_steps": "sft.warmup_steps",
+        "dpo_beta": "dpo.beta", "dpo_learning_rate": "dpo.learning_rate"}
+    learning_rate: FloatRange | None = Field(
+        None, description="sft.learning_rate, e.g. {low: 1.0e-4, high: 3.0e-3, log: true}.")
+    lora_r: list[int] | None = Field(None, description="sft.lora_r, one of these ranks, e.g. [4, 8, 16, 32].")
+    lora_alpha_ratio: list[float] | None = Field(
+        None, description="sft.lora_alpha as a multiple of the trial's rank (alpha = ratio x r, rounded), one of "
+        "these, e.g. [1, 2, 4].")
+    lora_dropout: FloatRange | None = Field(None, description="sft.lora_dropout, within [0, 1).")
+    num_epochs: FloatRange | None = Field(None, description="sft.num_epochs; needs sft.max_steps -1 (steps win).")
+    warmup_steps: IntRange | None = Field(None, description="sft.warmup_steps, from 1 up.")
+    dpo_beta: FloatRange | None = Field(
+        None, description="dpo.beta, e.g. {low: 0.02, high: 0.5, log: true}. With a dpo field, trials run DPO after "
+        "SFT and the objective is measured on the DPO weights; without one, trials train SFT only.")
+    dpo_learning_rate: FloatRange | None = Field(None, description="dpo.learning_rate; trials then run DPO too.")
+
+    def searched(self) -> dict:
+        """The fields this space searches, by name: a FloatRange, an IntRange or a list of choices each."""
+        return {name: value for name, value in self if value is not None}
+
+    @model_validator(mode="after")
+    def _each_field_in_its_domain(self) -> SweepSpace:
+        for name in ("learning_rate", "num_epochs", "dpo_beta", "dpo_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value.low <= 0:
+                raise ValueError(f"sweep.space.{name}: low must be > 0, got {value.low:g}")
+        if self.lora_dropout is not None and not (0 <= self.lora_dropout.low and self.lora_dropout.high < 1):
+            raise ValueError("sweep.space.lora_dropout: must lie within [0, 1)")
+        if self.warmup_steps is not None and self.warmup_steps.low < 1:
+            raise ValueError("sweep.space.warmup_steps: low must be >= 1 (sft.warmup_steps 0 diverges; see "
+                             "sft.warmup_steps)")
+        for name, choices in (("lora_r", self.lora_r), ("lora_alpha_ratio", self.lora_alpha_ratio)):
+            if choices is None:
+                continue
+            if not choices or len(set(choices)) != len(choices):
+                raise ValueError(f"sweep.space.{name}: give one or more distinct choices, got {choices}")
+            if min(choices) <= 0:
+                raise ValueError(f"sweep.space.{name}: every choice must be > 0, got {choices}")
+        return self
+
+
+class SweepConfig(_Section):
+    """Hyperparameter search (`tunegate sweep`, flows/sweep.py): Optuna trials; the best one is gated like any run."""
+
+    trials: int = Field(8, ge=1, description="Trials the study runs to an end (completed, pruned or failed); a "
+                        "resumed study counts the ones it already has.")
+    parallel: int = Field(
+        2, ge=1, description="Trials at once when the sweep runs from a deployment and sweep.storage is a database "
+        "server: each trial is then a flow run of the sweep-trial deployment, taken by any free worker of the pool. "
+        "Otherwise trials run one after another in the sweep's own process.")
+    objective: str = Field(
+        "eval_loss", description="What the search optimizes: eval_loss (the trial's loss on the held-out domain "
+        "split, minimized), or a metric of the eval suite as <task>/<metric>, e.g. tunegate_domain/token_f1 (its "
+        "direction taken from the task). Only the search uses it: the best trial still goes through the gate.")
+    space: SweepSpace = Field(
+        default_factory=lambda: SweepSpace(learning_rate=FloatRange(low=1e-4, high=3e-3, log=True),
+                                           warmup_steps=IntRange(low=1, high=8)),
+        description="The values to search and their ranges; see each field.")
+    first_trials: list[dict[str, float]] = Field(
+        default_factory=list, description="Parameter sets tried first, before the sampler chooses (Optuna "
+        "enqueue_trial), e.g. [{learning_rate: 1.0e-3, warmup_steps: 3}] for the config's own values; names from "
+        "sweep.space, the ones left out sampled.")
+    eval_steps: int = Field(
+        4, ge=1, description="During a trial, the eval loss on the held-out split every N optimizer steps, reported "
+        "to the pruner (sft.eval_steps instead when that is set).")
+    prune: bool = Field(True, description="Stop a trial whose eval loss at a step is worse than the median of the "
+                        "finished trials at that step (Optuna's MedianPruner); it ends as pruned.")
+    pruner_startup_trials: int = Field(2, ge=0, description="Trials that must finish before the pruner prunes any.")
+    sampler_startup_trials: int = Field(
+        4, ge=1, description="Random trials before the TPE sampler models the results (Optuna's default of 10 would "
+        "leave a short CPU sweep random throughout).")
+    seed: int = Field(0, description="The sampler's seed; a resumed study goes on with seed + its trial count.")
+    trial_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per trial; None: torch's default. For trials side by side on one "
+        "machine: its cores / sweep.parallel.")
+    study: str | None = Field(None, description="Optuna study name; the name of an existing study resumes it (its "
+                              "finished trials are kept, not repeated). Default: the run name.")
+    storage: str | None = Field(
+        default_factory=lambda: ENV_SWEEP_STORAGE,
+        description="Where the study lives, an SQLAlchemy URL. Default: $TUNEGATE_SWEEP_STORAGE, else optuna.db next "
+        "to the sqlite MLflow DB. With a tracking server, the team's database (make team-up: postgresql://.../optuna). "
+        "Keep credentials in ~/.pgpass or PG* variables: this URL shows in the form and on the MLflow run.")
+
+    @model_validator(mode="after")
+    def _space_and_first_trials(self) -> SweepConfig:
+        searched = self.space.searched()
+        if not searched:
+            raise ValueError("sweep.space is empty: name at least one value to search, e.g. "
+                             "{learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}}")
+        for i, values in enumerate(self.first_trials):
+            for name, value in values.items():
+                domain = searched.get(name)
+                if domain is None:
+                    raise ValueError(f"sweep.first_trials[{i}]: {name} is not searched; sweep.space has {sorted(searched)}")
+                inside = value in domain if isinstance(domain, list) else domain.low <= value <= domain.high
+                if not inside:
+                    raise ValueError(f"sweep.first_trials[{i}]: {name}={value:g} is outside sweep.space.{name}")
+        return self
+
+
 class ModelRef(_Section):
     """The base model as the data stages need it: which one, and the token budget of a row."""
 
@@ -556,6 +699,8 @@ class PipelineParams(_Section):
         default_factory=lambda: FeedbackConfig(),
         description="Where production feedback comes from and how far it was trained on (retrain-from-feedback, "
         "`tunegate retrain`, `tunegate feedback status`).")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="Hyperparameter search over this config "
+                               "(`tunegate sweep`, the sweep deployment); `tunegate run` does not read it.")
 
     @property
     def model(self) -> ModelRef:
@@ -585,6 +730,29 @@ class PipelineParams(_Section):
         unknown = [r.task for r in self.gate.rules if r.task not in known]
         if unknown:
             raise ValueError(f"gate.rules name tasks that eval.tasks does not run: {unknown}; known: {sorted(known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_fits_the_pipeline(self) -> PipelineParams:
+        sweep, searched = self.sweep, self.sweep.space.searched()
+        if sweep.objective != "eval_loss":
+            task_name, sep, metric = sweep.objective.partition("/")
+            known = {f"tunegate_{t}" for t in self.eval.tasks} | set(self.eval.lm_eval_tasks)
+            if not (sep and metric) or task_name not in known:
+                raise ValueError(f"sweep.objective {sweep.objective!r}: use eval_loss or <task>/<metric> of a task "
+                                 f"eval.tasks runs, one of {sorted(known)} (the judge compares a candidate with the "
+                                 "champion and does not score trials)")
+        lora = sorted({"lora_r", "lora_alpha_ratio", "lora_dropout"} & set(searched))
+        if lora and self.sft.method == "full":
+            raise ValueError(f"sweep.space searches {lora}, but sft.method is full: there are no adapters")
+        if "num_epochs" in searched and self.sft.max_steps > 0:
+            raise ValueError("sweep.space searches num_epochs, but sft.max_steps is set and overrides epochs: set "
+                             "sft.max_steps=-1 or leave num_epochs out of the space")
+        dpo = sorted({"dpo_beta", "dpo_learning_rate"} & set(searched))
+        pairs = self.data.preference_files or self.data.feedback_preference_files
+        if dpo and not (self.dpo.enabled and pairs):
+            raise ValueError(f"sweep.space searches {dpo}, but DPO does not run (" + (
+                "dpo.enabled is false)" if not self.dpo.enabled else "the data has no preference_files)"))
         return self
 
 

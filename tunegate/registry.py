@@ -15,6 +15,7 @@ CHAMPION, PREVIOUS = "champion", "previous"
 EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
 SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings and corrections
 MONITORING_SUFFIX = "-monitoring"  # one run per model version and day of served traffic (tasks/monitor.py)
+SWEEPS_SUFFIX = "-sweeps"  # one parent run per sweep, a child run per trial (tasks/sweep.py, tasks/trial.py)
 
 
 def connect(tracking: TrackingConfig, experiment: str | None = None):
@@ -66,6 +67,11 @@ def monitoring_experiment(tracking: TrackingConfig):
 def eval_experiment(tracking: TrackingConfig):
     """(client, experiment_id) of the experiment that holds one run per computed evaluation."""
     return connect(tracking, tracking.experiment + EVALS_SUFFIX)
+
+
+def sweep_experiment(tracking: TrackingConfig):
+    """(client, experiment_id) of the experiment with the sweeps: a run per sweep, its trials as child runs."""
+    return connect(tracking, tracking.experiment + SWEEPS_SUFFIX)
 
 
 @contextmanager
