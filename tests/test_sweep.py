@@ -108,7 +108,7 @@ def test_four_trials_make_a_parent_and_four_child_runs_one_pruned_one_failed_and
 
 def test_the_held_out_loss_of_sft_weights_is_the_eval_loss_sft_logged_at_its_last_step(prepared, tmp_path):
     # objective_value takes SFT's last eval loss instead of computing held_out_loss again: they must agree.
-    from tasks.sft import train_sft
+    from tasks.sft_training import train_sft
     from tasks.trial import held_out_loss
 
     from conftest import typed_prepared, typed_trained
