@@ -1,11 +1,12 @@
-"""Serve the three deployments from this machine, without a worker or work pool (`tunegate serve`).
+"""Serve the four deployments from this machine, without a worker or work pool (`tunegate serve`).
 
     tunegate ui &                      # Prefect server on :4200 and the MLflow UI on :5000
     PREFECT_API_URL=http://127.0.0.1:4200/api tunegate serve [--config configs/demo.yaml --set k=v ...]
 
 `finetune` runs on demand from the UI form (drawn from PipelineParams, filled with the config);
 `retrain-from-feedback` runs on a cron schedule in the given timezone; `monitor-serving` daily at
-00:30 UTC, on the UTC day that just ended. deployments/prefect.yaml defines the same three for
+00:30 UTC, on the UTC day that just ended; `live-guard` every 15 minutes (flows/guard.py: rollback of a
+champion users rate worse, the canary's verdict). deployments/prefect.yaml defines the same four for
 `prefect deploy` onto a work pool.
 """
 
@@ -16,6 +17,7 @@ from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.finetune import finetune_pipeline
+from flows.guard import live_guard
 from flows.monitor_serving import monitor_serving
 from flows.retrain_from_feedback import retrain_from_feedback
 from tunegate.config import FeedbackConfig, load_config
@@ -23,12 +25,13 @@ from tunegate.config import FeedbackConfig, load_config
 NIGHTLY = "0 3 * * *"
 TIMEZONE = "Europe/Berlin"
 MONITOR_DAILY = "30 0 * * *"  # in UTC: monitoring windows are UTC days, this one reports the day just ended
+GUARD_EVERY = "*/15 * * * *"  # a bad champion serves at most ~15 minutes past the moment its ratings show it
 
 
 def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
                       timezone: str = TIMEZONE, feedback: FeedbackConfig = FeedbackConfig(), suffix: str = "",
                       job_variables: dict | None = None, paused: bool = False) -> list:
-    """The three deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
+    """The four deployments; with job_variables they are for a work pool (deployments/team.py), whose workers
     import the flows by module path from the installed package. paused: their schedules are inactive (runs on
     demand still work)."""
     params = {**load_config(config, overrides).model_dump(), "feedback": feedback.model_dump()}
@@ -48,6 +51,13 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             tags=["tunegate"],
             parameters={"tracking": params["tracking"]}, **pool,
             description="Daily: requests, feedback and downvote rates, latency per model version, from served traces."),
+        live_guard.to_deployment(
+            name="live-guard" + suffix, schedule=Cron(GUARD_EVERY, timezone="UTC", active=not paused),
+            tags=["tunegate"], concurrency_limit=1,  # two guards at once would judge and move the same aliases
+            parameters={"tracking": params["tracking"], "guard": params["guard"],
+                        "canary": params["serve"]["canary"]}, **pool,
+            description="Every 15 min: roll back a champion users rate worse than the previous version (event "
+                        "tunegate.guard.rolled_back); promote or discard a canary."),
     ]
 
 

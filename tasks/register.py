@@ -34,7 +34,7 @@ from tasks.evaluate import Comparison, Evaluation, answered_by_both, load_metric
 from tasks.prepare import Prepared
 from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
-from tunegate.config import PipelineParams
+from tunegate.config import CanaryConfig, PipelineParams
 from tunegate.registry import connect, ensure_registered_model
 
 
@@ -198,6 +198,7 @@ class Registered(BaseModel):
     prepared: Prepared
     aligned: Aligned
     evals: Comparison
+    canary: CanaryConfig | None = None  # serve.canary of the run: a passing version goes on `candidate` first
 
 
 def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
@@ -274,7 +275,7 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
     )
     return Registered(run_id=run.info.run_id, model_name=model_name, version=str(version.version),
                       run_name=params.run_name, tracking_uri=params.tracking.tracking_uri, prepared=prepared,
-                      aligned=aligned, evals=evals)
+                      aligned=aligned, evals=evals, canary=params.serve.canary)
 
 
 @task
