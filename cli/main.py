@@ -14,7 +14,7 @@
     tunegate feedback status [--config CFG]                      # watermark, pending review, new feedback, prod set
     tunegate monitor [--config CFG] [--day 2026-12-01]           # served traffic per model version (default: today)
     tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
-    tunegate guard [--config CFG]                                # live guard: roll back a worse champion, settle a canary
+    tunegate guard [--config CFG]                                # roll back a worse champion, settle a canary
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and

@@ -298,7 +298,8 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
             "candidate": candidate.champion, "serving": candidate.current.version if candidate.current else None,
             "share": share, "load_errors": candidate.failed}
         return JSONResponse({"serving": loaded.version if loaded else None, "champion": follower.champion,
-                             "canary": canary, "load_errors": follower.failed, "dtype": loaded.dtype if loaded else None,
+                             "canary": canary, "load_errors": follower.failed,
+                             "dtype": loaded.dtype if loaded else None,
                              "feedback_pending": tracer.feedback.pending() if tracer.feedback else 0,
                              "batching": {"max_batch": batcher.max_batch, "recent_waves": batcher.waves[-20:]}},
                             status_code=200 if loaded else 503)

@@ -190,8 +190,8 @@ def judge_canary(tracking: TrackingConfig, cfg: GuardConfig, canary: CanaryConfi
     client, _ = connect(tracking)
     candidate, champion = get_alias(client, name, CANDIDATE), get_alias(client, name, CHAMPION)
     if candidate is None or champion is None:
-        return verdict.model_copy(update={"status": "no_candidate" if candidate is None else "no_champion",
-                                          "reason": f"{name} has no {'candidate' if candidate is None else 'champion'}"})
+        missing = "candidate" if candidate is None else "champion"
+        return verdict.model_copy(update={"status": f"no_{missing}", "reason": f"{name} has no {missing}"})
     now = datetime.now(timezone.utc)
     since = parse_time(candidate.tags.get("canary.time"), candidate.creation_timestamp)
     traces = served_since(tracking, since, now)
@@ -237,7 +237,8 @@ def verdict_markdown(v: LiveVerdict) -> str:
         lines += ["", "| version | arm | requests | votes | raters | downvote rate | most downvoted traces |",
                   "|---|---|---|---|---|---|---|"]
         for side in (v.new, v.old):
-            rate = "no votes" if side.downvote_rate is None else f"{side.downvote_rate:.1%} ({side.downvotes}/{side.votes})"
+            rate = ("no votes" if side.downvote_rate is None
+                    else f"{side.downvote_rate:.1%} ({side.downvotes}/{side.votes})")
             lines.append(f"| {side.version} | {side.arm} | {side.requests} | {side.votes} | {side.raters} | {rate} | "
                          f"{', '.join(side.most_downvoted) or '-'} |")
     return "\n".join(lines)

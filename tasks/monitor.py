@@ -147,8 +147,8 @@ def log_monitoring_runs(tracking: TrackingConfig, report: ServingReport) -> Serv
 
 
 def run_note(item: VersionTraffic, window: MonitorWindow) -> str:
-    return (f"Served traffic of {item.model_name} version {item.version} ({item.arm}), {window.label} (UTC), read from the "
-            f"traces in the serving experiment: {item.requests} requests, {item.rated_requests} rated, "
+    return (f"Served traffic of {item.model_name} version {item.version} ({item.arm}), {window.label} (UTC), "
+            f"read from the traces in the serving experiment: {item.requests} requests, {item.rated_requests} rated, "
             f"{item.downvotes} of {item.ratings} ratings down.")
 
 
