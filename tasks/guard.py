@@ -192,6 +192,9 @@ def judge_canary(tracking: TrackingConfig, cfg: GuardConfig, canary: CanaryConfi
     if candidate is None or champion is None:
         missing = "candidate" if candidate is None else "champion"
         return verdict.model_copy(update={"status": f"no_{missing}", "reason": f"{name} has no {missing}"})
+    if str(candidate.version) == str(champion.version):  # promoted by hand meanwhile: serve-model sends it no canary
+        return verdict.model_copy(update={"status": "no_candidate", "reason": (
+            f"alias candidate names the champion v{champion.version}: nothing to compare")})
     now = datetime.now(timezone.utc)
     since = parse_time(candidate.tags.get("canary.time"), candidate.creation_timestamp)
     traces = served_since(tracking, since, now)

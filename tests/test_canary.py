@@ -41,6 +41,24 @@ def test_the_hash_split_is_sticky_and_close_to_the_share():
     assert not any(in_canary(k, 0.0) for k in keys[:100])
 
 
+def test_the_candidate_answers_only_while_it_is_loaded_and_differs_from_the_champion():
+    from types import SimpleNamespace
+
+    from serve.canary import pick_arm, user_key
+
+    v1, v2 = SimpleNamespace(version="1"), SimpleNamespace(version="2")
+    champion, candidate = SimpleNamespace(current=v1), SimpleNamespace(current=v2)
+    users = [user_key(f"u{i}", QUESTION) for i in range(400)]
+    assert {pick_arm(champion, candidate, 0.3, u)[1] for u in users} == {"champion", "candidate"}
+    assert all(pick_arm(champion, candidate, 0.3, u) == ((v2, "candidate") if in_canary(u, 0.3) else
+                                                         (v1, "champion")) for u in users)
+    for other in (None, SimpleNamespace(current=None), SimpleNamespace(current=v1)):  # off, unloaded, the same
+        assert all(pick_arm(champion, other, 0.3, u) == (v1, "champion") for u in users)
+    assert pick_arm(SimpleNamespace(current=None), candidate, 0.3, users[0]) == (None, "champion")  # 503, no canary
+    # No user id: the first user message is the key, so one conversation stays on one arm.
+    assert user_key(None, [{"role": "system", "content": "s"}, *QUESTION]) == user_key(None, QUESTION) != users[0]
+
+
 @pytest.mark.slow  # ~1.5 min on 2 cores: 223 requests, each traced synchronously to sqlite, and 200 ratings
 def test_a_canary_serves_a_sticky_share_and_is_promoted_on_its_users_ratings(tracking, tiny_model, tmp_path):
     name = tracking.registered_model

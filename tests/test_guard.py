@@ -166,6 +166,23 @@ def test_no_champion_no_previous_and_no_traffic_each_get_a_clear_status(tracking
     promote_version(tracking, v2)
     quiet = judge_champion.fn(tracking, GUARD)
     assert quiet.status == "no_traffic" and quiet.new.requests == quiet.old.requests == 0
+    on_candidate(tracking, v2, v2)  # the alias names the champion itself: nothing to compare, nothing discarded
+    same = judge_canary.fn(tracking, GUARD, canary.model_copy(update={"max_hours": 0.0001}))
+    assert same.status == "no_candidate" and "names the champion v2" in same.reason
+
+
+def test_guard_and_canary_settings_are_checked_when_the_config_loads():
+    from tunegate.config import load_config
+
+    params = load_config("configs/tiny.yaml", ["serve.canary={share: 0.3, min_ratings: 50}", "guard.alpha=0.01"])
+    assert params.serve.canary == CanaryConfig(share=0.3, min_ratings=50, max_hours=48) and params.guard.alpha == 0.01
+    assert load_config("configs/tiny.yaml").serve.canary is None  # off unless set
+    for bad, field in (("serve.canary={share: 1.5}", "share"), ("serve.canary={share: 0.2, min_ratings: 0}",
+                                                                 "min_ratings"),
+                       ("guard.alpha=0.7", "alpha"), ("guard.max_increase=-0.1", "max_increase"),
+                       ("guard.min_ratings=0", "min_ratings"), ("guard.typo=1", "typo")):
+        with pytest.raises(ValueError, match=field):
+            load_config("configs/tiny.yaml", [bad])
 
 
 def on_candidate(tracking, version: str, champion: str, hours_ago: float = 0) -> None:
