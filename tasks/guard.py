@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
@@ -47,6 +48,7 @@ class LiveVotes(BaseModel):
     votes: int  # one per rater and request
     downvotes: int
     raters: int
+    capped: int = 0  # votes over guard.max_votes_per_rater, not counted
     downvote_rate: float | None
     most_downvoted: list[str]  # trace ids, most downvotes first (no text: traces hold it, redacted)
 
@@ -71,19 +73,38 @@ def parse_time(value: str | None, fallback_ms: int) -> datetime:
     return datetime.fromisoformat(value) if value else datetime.fromtimestamp(fallback_ms / 1000, tz=timezone.utc)
 
 
+def cap_per_rater(per_trace: list[tuple[str, dict[str, str]]], cap: int | None) -> list[tuple[str, dict[str, str]]]:
+    """Keep each rater's votes on their latest `cap` requests (per_trace is in request order)."""
+    if cap is None:
+        return per_trace
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for tid, votes in reversed(per_trace):
+        mine = {}
+        for rater, value in votes.items():
+            seen[rater] += 1
+            if seen[rater] <= cap:
+                mine[rater] = value
+        kept.append((tid, mine))
+    return kept[::-1]
+
+
 def live_votes(traces: list, name: str, version: str, arm: str, start: datetime, end: datetime,
-               top: int) -> LiveVotes:
-    """Votes on the traces of `version` answered as `arm` that started in [start, end)."""
+               top: int, cap: int | None = None) -> LiveVotes:
+    """Votes on the traces of `version` answered as `arm` that started in [start, end); at most `cap` per rater."""
     lo, hi = start.timestamp() * 1000, end.timestamp() * 1000
-    mine = [t for t in traces if t.info.tags.get(MODEL_NAME_TAG) == name and t.info.tags.get(MODEL_VERSION_TAG)
-            == version and arm_of(t) == arm and lo <= t.info.timestamp_ms < hi]
-    per_trace = [(t.info.trace_id, rater_votes(t)) for t in mine]
+    mine = sorted((t for t in traces if t.info.tags.get(MODEL_NAME_TAG) == name
+                   and t.info.tags.get(MODEL_VERSION_TAG) == version and arm_of(t) == arm
+                   and lo <= t.info.timestamp_ms < hi), key=lambda t: t.info.timestamp_ms)
+    every = [(t.info.trace_id, rater_votes(t)) for t in mine]
+    per_trace = cap_per_rater(every, cap)
     votes = sum(len(v) for _, v in per_trace)
     down = {tid: list(v.values()).count("down") for tid, v in per_trace}
     downvotes = sum(down.values())
     worst = sorted((tid for tid, n in down.items() if n), key=lambda tid: -down[tid])[:top]
     return LiveVotes(version=version, arm=arm, start=start, end=end, requests=len(mine), votes=votes,
                      downvotes=downvotes, raters=len({r for _, v in per_trace for r in v}),
+                     capped=sum(len(v) for _, v in every) - votes,
                      downvote_rate=downvotes / votes if votes else None, most_downvoted=worst)
 
 
@@ -101,9 +122,11 @@ def compare(verdict: LiveVerdict, cfg: GuardConfig, min_ratings: int) -> LiveVer
     increase = new.downvote_rate - old.downvote_rate
     p = downvote_increase(new.downvotes, new.votes, old.downvotes, old.votes)
     worse = p < cfg.alpha and increase > cfg.max_increase
+    capped = f"; {new.capped + old.capped} votes over the per-rater cap not counted" if new.capped + old.capped else ""
     said = (f"downvote rate {new.downvote_rate:.1%} ({new.downvotes}/{new.votes}, {new.raters} raters) for "
             f"v{new.version} against {old.downvote_rate:.1%} ({old.downvotes}/{old.votes}) for v{old.version}: "
-            f"{increase:+.1%}, one-sided Fisher p={p:.3g} (alpha {cfg.alpha}, allowed increase {cfg.max_increase:.1%})")
+            f"{increase:+.1%}, one-sided Fisher p={p:.3g} (alpha {cfg.alpha}, allowed increase {cfg.max_increase:.1%})"
+            f"{capped}")
     return verdict.model_copy(update={**update, "status": "worse" if worse else "ok", "reason": said,
                                       "increase": increase, "p_value": p})
 
@@ -133,9 +156,9 @@ def judge_champion(tracking: TrackingConfig, cfg: GuardConfig) -> LiveVerdict:
     before_end = since + timedelta(seconds=1)
     traces = served_since(tracking, since - timedelta(days=cfg.lookback_days), now)
     new = live_votes(traces, name, str(champion.version), CHAMPION_ARM, since, now + timedelta(seconds=1),
-                     cfg.top_traces)
+                     cfg.top_traces, cfg.max_votes_per_rater)
     old = live_votes(traces, name, str(previous.version), CHAMPION_ARM, since - timedelta(days=cfg.lookback_days),
-                     before_end, cfg.top_traces)
+                     before_end, cfg.top_traces, cfg.max_votes_per_rater)
     return compare(verdict.model_copy(update={"new": new, "old": old}), cfg, cfg.min_ratings)
 
 
@@ -200,8 +223,10 @@ def judge_canary(tracking: TrackingConfig, cfg: GuardConfig, canary: CanaryConfi
     traces = served_since(tracking, since, now)
     end = now + timedelta(seconds=1)
     verdict = verdict.model_copy(update={
-        "new": live_votes(traces, name, str(candidate.version), CANDIDATE_ARM, since, end, cfg.top_traces),
-        "old": live_votes(traces, name, str(champion.version), CHAMPION_ARM, since, end, cfg.top_traces)})
+        "new": live_votes(traces, name, str(candidate.version), CANDIDATE_ARM, since, end, cfg.top_traces,
+                          cfg.max_votes_per_rater),
+        "old": live_votes(traces, name, str(champion.version), CHAMPION_ARM, since, end, cfg.top_traces,
+                          cfg.max_votes_per_rater)})
     verdict = compare(verdict, cfg, canary.min_ratings)
     hours = (now - since).total_seconds() / 3600
     if verdict.status in ("not_yet", "no_traffic") and hours > canary.max_hours:

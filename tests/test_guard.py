@@ -154,6 +154,28 @@ def test_raters_count_once_per_request_however_many_ratings_they_log(tracking):
     assert (votes.requests, votes.votes, votes.downvotes, votes.raters) == (1, 2, 2, 2)  # user0 and mallory
 
 
+def test_one_account_rating_many_answers_cannot_decide_alone_with_a_per_rater_cap(tracking):
+    tracer = RequestTracer(tracking, ServeConfig())
+    v1, v2 = versions(tracking, 2)
+    promote_version(tracking, v1)
+    served(tracer, tracking, v1, 8, 32)
+    time.sleep(1.1)
+    promote_version(tracking, v2)
+    served(tracer, tracking, v2, 8, 32)  # as good as v1 for its 7 users
+    loaded = SimpleNamespace(name=tracking.registered_model, version=v2)
+    for i in range(40):  # then one account downvotes 40 answers
+        span = tracer.start(tracking.registered_model, loaded, [{"role": "user", "content": "q"}], {})
+        tracer.finish(span, ANSWER)
+        tracer.record_feedback(request_id(span.trace_id), "sock", "down", None)
+    tracer.written()
+    assert judge_champion.fn(tracking, GUARD).status == "worse"  # 48/80 against 8/40 without a cap
+    capped = judge_champion.fn(tracking, GUARD.model_copy(update={"max_votes_per_rater": 6}))
+    assert capped.status == "ok", capped.reason
+    # v2: its 7 users' 40 votes (none over 6) and 6 of the account's 40: 14/46 against 8/40, Fisher p ~ 0.2
+    assert (capped.new.votes, capped.new.downvotes, capped.new.capped) == (46, 14, 34)
+    assert "votes over the per-rater cap not counted" in capped.reason
+
+
 def test_no_champion_no_previous_and_no_traffic_each_get_a_clear_status(tracking):
     assert judge_champion.fn(tracking, GUARD).status == "no_champion"  # a fresh store
     canary = CanaryConfig(share=0.3, min_ratings=10, max_hours=24)

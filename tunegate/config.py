@@ -488,6 +488,9 @@ class GuardConfig(_Section):
     lookback_days: float = Field(7, gt=0, description="How far before the champion's promotion the previous "
                                  "version's traffic is read.")
     top_traces: int = Field(5, ge=0, le=50, description="Trace ids with the most downvotes named in the record.")
+    max_votes_per_rater: int | None = Field(
+        None, ge=1, description="Count at most this many votes of one rater per version (their latest requests), so a "
+        "few accounts rating many answers cannot decide alone. None: no cap.")
 
 
 class ServeConfig(_Section):
