@@ -278,3 +278,13 @@ def test_a_canary_no_worse_than_the_champion_is_promoted_through_the_locked_path
     traces = served_since(tracking, datetime.now(timezone.utc) - timedelta(hours=1), datetime.now(timezone.utc))
     assert {t.info.tags[ARM_TAG] for t in traces} == {CHAMPION_ARM, CANDIDATE_ARM}
     assert utc_now()  # the guard's tags carry times the registry shows
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_guard_command_runs_the_flow_and_prints_both_verdicts(tracking, capsys):
+    from cli.main import main
+
+    sets = [a for k, v in tracking.model_dump().items() for a in ("--set", f"tracking.{k}={v}")]
+    assert main(["guard", "--config", "configs/tiny.yaml", *sets, "--set", "serve.canary={share: 0.2}"]) == 0
+    out = capsys.readouterr().out
+    assert "### champion: no_champion" in out and "### canary: no_candidate" in out
