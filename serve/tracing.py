@@ -1,11 +1,10 @@
 """Every served request as an MLflow trace; users' ratings and corrections as assessments on it.
 
 The trace (experiment `<tracking.experiment>-serving`) holds the request messages and the answer,
-the registered model name and version that answered and the arm (champion, or candidate during a
-canary) (tags), token counts (MLflow's token usage) and
-its latency (the span's duration). Its id is the request id the client gets back: the completion's
-`id` is `chatcmpl-<trace hex>` and the `X-Request-Id` header carries it too, so feedback needs no
-lookup table. Shapes and names: tunegate/traces.py, which the retrain flow reads back.
+the registered model name and version that answered and its arm (tags: `champion`, or `candidate`
+during a canary), token counts (MLflow's token usage) and its latency (the span's duration). Its id
+is the request id the client gets back: the completion's `id` is `chatcmpl-<trace hex>` and the
+`X-Request-Id` header carries it too, so feedback needs no lookup table. Shapes and names: tunegate/traces.py, which the retrain flow reads back.
 
 With `serve.redact_pii` (default on) message and answer text pass the data checks' PII detector
 before they are logged: an email becomes `<EMAIL>`, a card number `<CREDIT_CARD>`, and so on; only
