@@ -202,7 +202,9 @@ def test_guard_and_canary_settings_are_checked_when_the_config_loads():
     for bad, field in (("serve.canary={share: 1.5}", "share"), ("serve.canary={share: 0.2, min_ratings: 0}",
                                                                  "min_ratings"),
                        ("guard.alpha=0.7", "alpha"), ("guard.max_increase=-0.1", "max_increase"),
-                       ("guard.min_ratings=0", "min_ratings"), ("guard.typo=1", "typo")):
+                       ("guard.min_ratings=0", "min_ratings"), ("guard.typo=1", "typo"),
+                       ("serve={canary: {share: 0.2}, engine: openai, engine_url: 'http://e/v1', engine_load: command, "
+                        "engine_reload: [x]}", "not command")):
         with pytest.raises(ValueError, match=field):
             load_config("configs/tiny.yaml", [bad])
 

@@ -538,6 +538,10 @@ class ServeConfig(_Section):
             raise ValueError("serve.engine=openai needs serve.engine_url, the engine's base URL (.../v1)")
         if self.engine == "openai" and self.engine_load == "command" and not self.engine_reload:
             raise ValueError("serve.engine_load=command needs serve.engine_reload, the command that loads a version")
+        if self.canary is not None and self.engine == "openai" and self.engine_load == "command":
+            # Command mode restarts the one engine on a version: the candidate would replace the champion there.
+            raise ValueError("serve.canary needs both versions on the engine at once: serve.engine_load lora or "
+                             "path, not command")
         return self
 
 
