@@ -16,6 +16,7 @@
     tunegate preferences VERSION [--config CFG]                  # reviewers' A/B preferences on a version's answers
     tunegate quantize VERSION [--method int8] [--config CFG]     # an int8 variant, gated against the champion
     tunegate sweep configs/demo.yaml --trials 8 [--study NAME]   # Optuna search; the best trial gated like a run
+    tunegate guard [--config CFG]                                # roll back a worse champion, settle a canary
 
 `run` exits 0 when the candidate was promoted, 1 when the gate blocked it or a stage failed.
 `promote` and `rollback` read the tracking settings from --config (default configs/demo.yaml) and
@@ -240,7 +241,7 @@ def cmd_retrain(args) -> int:
         return 1
     result = state.result()
     print(json.dumps(result, indent=2, default=str))
-    return 0 if result["status"] in ("promoted", "no_new_feedback", "rejected") else 1
+    return 0 if result["status"] in ("promoted", "canary", "no_new_feedback", "rejected") else 1
 
 
 def status_text(s: dict) -> str:
@@ -291,6 +292,18 @@ def cmd_monitor(args) -> int:
     if report.runs:
         print(f"\nMLflow: experiment {tracking.experiment}-monitoring, runs {', '.join(report.runs)}; "
               f"select them and Compare to see the versions side by side (`tunegate ui`).")
+    return 0
+
+
+def cmd_guard(args) -> int:
+    """Run the live guard once and print both verdicts; exit 0 whatever it decided (a rollback is not an error)."""
+    from flows.guard import live_guard
+    from tasks.guard import verdict_markdown
+    from tunegate.config import load_config
+
+    params = load_config(args.config, args.set)
+    report = live_guard(params.tracking, params.guard, params.serve.canary)
+    print("\n" + verdict_markdown(report.champion) + "\n\n" + verdict_markdown(report.canary))
     return 0
 
 
@@ -537,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--reason", help="why; recorded on the version with your user name and the time")
         add_config_args(cmd)
         cmd.set_defaults(func=func)
-    srv = sub.add_parser("serve", help="serve the finetune, retrain-from-feedback and monitor-serving deployments "
+    srv = sub.add_parser("serve", help="serve the finetune, retrain-from-feedback, monitor-serving and live-guard "
+                         "deployments "
                          "(no worker needed)")
     srv.add_argument("--config", default="configs/demo.yaml", help="the form's default parameters")
     srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -592,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     pref.add_argument("version", help="registered model version, e.g. 7")
     add_config_args(pref)
     pref.set_defaults(func=cmd_preferences)
+    gd = sub.add_parser("guard", help="live guard once: roll back a champion rated significantly worse than the "
+                        "previous version; promote or discard a canary (serve.canary)")
+    add_config_args(gd)
+    gd.set_defaults(func=cmd_guard)
     ui = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on the local store")
     ui.add_argument("--config", default="configs/demo.yaml", help="read the MLflow tracking URI from this config")
     ui.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.tracking_uri)")

@@ -5,10 +5,11 @@
 
 `finetune` runs on demand from the UI form (drawn from PipelineParams, filled with the config);
 `retrain-from-feedback` runs on a cron schedule in the given timezone; `monitor-serving` daily at
-00:30 UTC, on the UTC day that just ended; `sweep` on demand (its form has the config's sweep section), with
-`sweep-trial`, which runs one trial of a sweep as a flow run of its own (flows/sweep.py: only sweeps started
-from a deployment, with their study in a database server, use it). deployments/prefect.yaml defines the same
-for `prefect deploy` onto a work pool.
+00:30 UTC, on the UTC day that just ended; `live-guard` every 15 minutes (flows/guard.py: rollback of a
+champion users rate worse, the canary's verdict); `sweep` on demand (its form has the config's sweep section),
+with `sweep-trial`, which runs one trial of a sweep as a flow run of its own (flows/sweep.py: only sweeps
+started from a deployment, with their study in a database server, use it). deployments/prefect.yaml defines
+the same for `prefect deploy` onto a work pool.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.finetune import finetune_pipeline
+from flows.guard import live_guard
 from flows.monitor_serving import monitor_serving
 from flows.retrain_from_feedback import retrain_from_feedback
 from flows.sweep import sweep, sweep_trial
@@ -26,6 +28,7 @@ from tunegate.config import FeedbackConfig, load_config
 NIGHTLY = "0 3 * * *"
 TIMEZONE = "Europe/Berlin"
 MONITOR_DAILY = "30 0 * * *"  # in UTC: monitoring windows are UTC days, this one reports the day just ended
+GUARD_EVERY = "*/15 * * * *"  # a bad champion serves at most ~15 minutes past the moment its ratings show it
 
 
 def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = (), cron: str = NIGHTLY,
@@ -51,6 +54,13 @@ def build_deployments(config: str = "configs/demo.yaml", overrides: list[str] = 
             tags=["tunegate"],
             parameters={"tracking": params["tracking"]}, **pool,
             description="Daily: requests, feedback and downvote rates, latency per model version, from served traces."),
+        live_guard.to_deployment(
+            name="live-guard" + suffix, schedule=Cron(GUARD_EVERY, timezone="UTC", active=not paused),
+            tags=["tunegate"], concurrency_limit=1,  # two guards at once would judge and move the same aliases
+            parameters={"tracking": params["tracking"], "guard": params["guard"],
+                        "canary": params["serve"]["canary"]}, **pool,
+            description="Every 15 min: roll back a champion users rate worse than the previous version (event "
+                        "tunegate.guard.rolled_back); promote or discard a canary."),
         sweep.to_deployment(
             name="sweep" + suffix, parameters={"params": params}, tags=["tunegate"], **pool,
             description="Hyperparameter search: Optuna trials over the sweep section; the best trial is gated like "

@@ -283,7 +283,7 @@ def setup_prefect(s: dict[str, str]) -> None:
 def deploy(s: dict[str, str], config: str = "configs/demo.yaml", overrides: list[str] = (),
            suffix: str = "", paused: bool = False) -> list[str]:
     """The deployments on the team's pool, run by its workers in the repository root; paused: on demand only, the
-    nightly retrain and the daily monitoring do not fire (tests, CI)."""
+    nightly retrain, the daily monitoring and the live guard do not fire (tests, CI)."""
     from prefect import deploy as prefect_deploy
 
     from deployments.serve import build_deployments

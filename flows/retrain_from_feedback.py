@@ -77,7 +77,8 @@ def retrain_from_feedback(params: PipelineParams) -> dict:
                            f"{window['watermark']}, the next run retries this window. {state.message}")
     # A decision was reached (promoted or cleanly blocked): the window is used up, even when a later
     # stage such as export failed, so it never trains twice.
-    outcome = "promoted" if summary["promoted"] else summary["gate"]  # blocked, or needs_review
+    # canary: passed and on alias `candidate`; blocked, or needs_review
+    outcome = "promoted" if summary["promoted"] else "canary" if summary.get("canary") else summary["gate"]
     grown = extend_production_set(params.tracking, production, window,
                                   str(Path(params.output_dir).resolve() / run_name / "data" / "clean.jsonl"), champion,
                                   params.data.checks.conflict_prompt_similarity)

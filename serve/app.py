@@ -4,7 +4,10 @@
                                 response_format (json_object, json_schema) by constrained decoding
     POST /v1/feedback           {request_id, user, rating: up|down, correction?}: feedback on that trace
     GET  /v1/models             the served name, with the registered version behind it
-    GET  /health                served version, the alias's version, versions that failed to load
+    GET  /health                served version, the alias's version, versions that failed to load, the canary
+
+During a canary (serve.canary) the `candidate` alias answers a sticky share of users (serve/canary.py);
+the completion's system_fingerprint and the trace name the version, the trace's tags also the arm.
 
 Every bad request gets a 4xx in OpenAI's error shape ({"error": {"message", "type", "param", "code"}})
 and the server keeps serving: malformed JSON, a body that breaks the schema (no messages,
@@ -31,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serve.backend import LoadedVersion, Sampling, eos_ids, prompt_ids
 from serve.batching import Batcher, Job
+from serve.canary import pick_arm, user_key
 from serve.champion import ChampionFollower
 from serve.engine import EngineError
 from serve.structured import SchemaError, matcher_for
@@ -91,6 +95,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="one answer per request")
     response_format: ResponseFormat | None = None
+    # Who asks (OpenAI's end-user id and its successor); only hashed, to keep a user on one arm of a canary.
+    user: str | None = None
+    safety_identifier: str | None = None
 
 
 class RequestError(Exception):
@@ -201,10 +208,11 @@ class FeedbackRequest(BaseModel):
 
 
 def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: str, default_max_tokens: int = 256,
-              batcher: Batcher | None = None):
+              batcher: Batcher | None = None, candidate: ChampionFollower | None = None, share: float = 0.0):
     """The FastAPI app; `follower` owns the loaded version and its polling thread, `tracer` the traces,
     `batcher` the decoding: serve/batching.py in-process (default: batches of up to 8), or an engine's
-    serve/engine.py EngineDecoder."""
+    serve/engine.py EngineDecoder. `candidate` follows the `candidate` alias during a canary; it answers
+    `share` of users (serve/canary.py)."""
     from contextlib import asynccontextmanager
 
     batcher = batcher or Batcher()
@@ -213,6 +221,8 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
     async def lifespan(app):
         yield
         follower.stop()
+        if candidate is not None:
+            candidate.stop()
         batcher.stop()
         tracer.close()  # every rating accepted is written before the process ends
 
@@ -239,10 +249,12 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse(await request.body(), ChatRequest)
-        loaded, inputs, sampling = check_request(req, follower.current, served_name, default_max_tokens)
         messages = [m.as_template_message() for m in req.messages]
+        chosen, arm = pick_arm(follower, candidate, share, user_key(req.user or req.safety_identifier, messages))
+        loaded, inputs, sampling = check_request(req, chosen, served_name, default_max_tokens)
         span = tracer.start(served_name, loaded, messages, {"max_tokens": sampling.max_tokens,
-                                                             "temperature": req.temperature, "stream": req.stream})
+                                                             "temperature": req.temperature, "stream": req.stream},
+                            arm)
         cid = request_id(span.trace_id) if span is not None else f"chatcmpl-{uuid.uuid4().hex}"
         created, headers = int(time.time()), {"X-Request-Id": cid}
         job = batcher.submit(loaded, inputs, sampling, messages)
@@ -282,8 +294,12 @@ def build_app(follower: ChampionFollower, tracer: RequestTracer, served_name: st
     @app.get("/health")
     async def health():
         loaded = follower.current
+        canary = None if candidate is None else {
+            "candidate": candidate.champion, "serving": candidate.current.version if candidate.current else None,
+            "share": share, "load_errors": candidate.failed}
         return JSONResponse({"serving": loaded.version if loaded else None, "champion": follower.champion,
-                             "load_errors": follower.failed, "dtype": loaded.dtype if loaded else None,
+                             "canary": canary, "load_errors": follower.failed,
+                             "dtype": loaded.dtype if loaded else None,
                              "feedback_pending": tracer.feedback.pending() if tracer.feedback else 0,
                              "batching": {"max_batch": batcher.max_batch, "recent_waves": batcher.waves[-20:]}},
                             status_code=200 if loaded else 503)

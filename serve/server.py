@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tunegate.config import ServeConfig, TrackingConfig
 from tunegate.precision import cpu_decode_precision
-from tunegate.registry import connect
+from tunegate.registry import CANDIDATE, connect
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,16 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
         log.warning("%s has no loadable champion yet (alias -> %s); serving 503 until it has one", name,
                     follower.champion)
     follower.start()
+    candidate = None
+    if cfg.canary is not None:  # the `candidate` alias, followed like the champion; answers a share of users
+        candidate = ChampionFollower(client, name, poll_seconds, loader, alias=CANDIDATE)
+        candidate.check_once()
+        candidate.start()
+        log.info("canary on: alias candidate (now %s) answers %.0f%% of users", candidate.champion,
+                 100 * cfg.canary.share)
     tracer = RequestTracer(tracking, cfg)
-    app = build_app(follower, tracer, served_name or name, default_max_tokens, decoder)
+    app = build_app(follower, tracer, served_name or name, default_max_tokens, decoder, candidate,
+                    cfg.canary.share if cfg.canary else 0.0)
     log.info("serving %s as '%s' on http://%s:%d/v1 (tracing %s, PII redaction %s)", name, served_name or name,
              host, port, "on" if cfg.tracing else "off", "on" if cfg.redact_pii else "off")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,10 +1,10 @@
 """Every served request as an MLflow trace; users' ratings and corrections as assessments on it.
 
 The trace (experiment `<tracking.experiment>-serving`) holds the request messages and the answer,
-the registered model name and version that answered (tags), token counts (MLflow's token usage) and
-its latency (the span's duration). Its id is the request id the client gets back: the completion's
-`id` is `chatcmpl-<trace hex>` and the `X-Request-Id` header carries it too, so feedback needs no
-lookup table. Shapes and names: tunegate/traces.py, which the retrain flow reads back.
+the registered model name and version that answered and its arm (tags: `champion`, or `candidate`
+during a canary), token counts (MLflow's token usage) and its latency (the span's duration). Its id
+is the request id the client gets back: the completion's `id` is `chatcmpl-<trace hex>` and the
+`X-Request-Id` header carries it too, so feedback needs no lookup table. Shapes and names: tunegate/traces.py, which the retrain flow reads back.
 
 With `serve.redact_pii` (default on) message and answer text pass the data checks' PII detector
 before they are logged: an email becomes `<EMAIL>`, a card number `<CREDIT_CARD>`, and so on; only
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from serve.feedback import FeedbackRefused, FeedbackWriter, request_id, trace_id_of  # noqa: F401 (the server's API)
 from tunegate.config import ServeConfig, TrackingConfig
-from tunegate.traces import MODEL_NAME_TAG, MODEL_VERSION_TAG
+from tunegate.traces import ARM_TAG, CHAMPION_ARM, MODEL_NAME_TAG, MODEL_VERSION_TAG
 
 
 class RequestTracer:
@@ -39,8 +39,8 @@ class RequestTracer:
 
         return redact(value)
 
-    def start(self, served_name: str, loaded, messages: list[dict], params: dict):
-        """A live span for one request, or None with tracing off."""
+    def start(self, served_name: str, loaded, messages: list[dict], params: dict, arm: str = CHAMPION_ARM):
+        """A live span for one request, or None with tracing off; `arm` names the alias that answers it."""
         if not self.cfg.tracing:
             return None
         import mlflow
@@ -49,7 +49,7 @@ class RequestTracer:
                   **{k: v for k, v in params.items() if v is not None}}
         span = mlflow.start_span_no_context(
             name="chat.completions", span_type="CHAT_MODEL", inputs=inputs, experiment_id=self.experiment_id,
-            tags={MODEL_NAME_TAG: loaded.name, MODEL_VERSION_TAG: loaded.version})
+            tags={MODEL_NAME_TAG: loaded.name, MODEL_VERSION_TAG: loaded.version, ARM_TAG: arm})
         self.feedback.opened(span.trace_id)
         return span
 

@@ -92,8 +92,9 @@ class Exported(BaseModel):
 
 @task
 def export(promotion: Promotion, registered: Registered, out_dir: str) -> Exported:
-    """Write the merged model, the adapter and the serving files for the promoted version (none when blocked)."""
-    if not promotion.promoted:
+    """Write the merged model, the adapter and the serving files for the promoted version, or the canary's (an engine
+    serves it next to the champion); none when blocked."""
+    if not (promotion.promoted or promotion.canary):
         return Exported(skipped="not promoted")
     aligned, base = registered.aligned, registered.prepared.base
     return Exported(**export_model(base.path, aligned.model_dump(), Path(out_dir), registered.model_name,

@@ -2,7 +2,8 @@
 
     python -m tasks.monitor configs/demo.yaml 2026-12-01     # print one UTC day's numbers, write nothing
 
-For each registered model version that answered requests in the window:
+For each registered model version and arm (champion, or candidate during a canary) that answered requests
+in the window:
 - requests: traces whose request started in the window (failed ones included, also counted as errors);
 - feedback rate: share of those requests with at least one user rating;
 - downvote rate: "down" ratings / all ratings (two users rating one request count twice);
@@ -27,7 +28,8 @@ from pydantic import BaseModel, ConfigDict
 
 from tunegate.config import TrackingConfig
 from tunegate.registry import monitoring_experiment, serving_experiment
-from tunegate.traces import MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING, human_feedback
+from tunegate.traces import (ARM_TAG, CHAMPION_ARM, MODEL_NAME_TAG, MODEL_VERSION_TAG, RATING, arm_of, human_feedback,
+                             served_traces)
 
 WINDOW_TAG = "tunegate.monitor.window"
 METRICS = ("requests", "errors", "ratings", "feedback_rate", "downvote_rate", "latency_p50_ms", "latency_p95_ms")
@@ -61,6 +63,7 @@ class VersionTraffic(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_name: str
     version: str
+    arm: str = CHAMPION_ARM  # which alias answered these requests: champion, or candidate during a canary
     requests: int
     errors: int
     rated_requests: int
@@ -81,13 +84,13 @@ class ServingReport(BaseModel):
     runs: dict[str, str] = {}  # run name -> MLflow run id in <experiment>-monitoring
 
 
-def version_traffic(name: str, version: str, traces: list) -> VersionTraffic:
+def version_traffic(name: str, version: str, traces: list, arm: str = CHAMPION_ARM) -> VersionTraffic:
     ratings = [[a.feedback.value for a in human_feedback(t, RATING)] for t in traces]
     given = [r for per_trace in ratings for r in per_trace]
     downvotes = given.count("down")
     durations = np.array([t.info.execution_duration for t in traces], dtype=float)
     return VersionTraffic(
-        model_name=name, version=version, requests=len(traces),
+        model_name=name, version=version, arm=arm, requests=len(traces),
         errors=sum(t.info.state.value == "ERROR" for t in traces),
         rated_requests=sum(bool(r) for r in ratings), ratings=len(given), downvotes=downvotes,
         feedback_rate=sum(bool(r) for r in ratings) / len(traces),
@@ -96,27 +99,25 @@ def version_traffic(name: str, version: str, traces: list) -> VersionTraffic:
 
 
 def by_version(item: VersionTraffic) -> tuple:
-    return item.model_name, int(item.version) if item.version.isdigit() else 1 << 62, item.version
+    return item.model_name, int(item.version) if item.version.isdigit() else 1 << 62, item.version, item.arm
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15])
 def measure_serving(tracking: TrackingConfig, window: MonitorWindow) -> ServingReport:
-    """Requests, feedback and downvote rates and latency per model version, from the window's traces."""
-    import mlflow
-
+    """Requests, feedback and downvote rates and latency per model version and arm, from the window's traces."""
     _, experiment_id = serving_experiment(tracking)
-    start_ms, end_ms = window.ms()
-    traces = mlflow.search_traces(locations=[experiment_id], return_type="list", include_spans=False,
-                                  filter_string=f"trace.timestamp_ms >= {start_ms} AND trace.timestamp_ms < {end_ms}")
     groups = defaultdict(list)
-    for t in traces:
-        groups[(t.info.tags.get(MODEL_NAME_TAG, "unknown"), t.info.tags.get(MODEL_VERSION_TAG, "unknown"))].append(t)
-    versions = sorted((version_traffic(name, version, ts) for (name, version), ts in groups.items()), key=by_version)
+    for t in served_traces(experiment_id, *window.ms()):
+        groups[(t.info.tags.get(MODEL_NAME_TAG, "unknown"), t.info.tags.get(MODEL_VERSION_TAG, "unknown"),
+                arm_of(t))].append(t)
+    versions = sorted((version_traffic(name, version, ts, arm) for (name, version, arm), ts in groups.items()),
+                      key=by_version)
     return ServingReport(window=window, versions=versions)
 
 
 def run_name(item: VersionTraffic, window: MonitorWindow) -> str:
-    return f"{item.model_name} v{item.version} {window.label}"
+    arm = "" if item.arm == CHAMPION_ARM else f" {item.arm}"
+    return f"{item.model_name} v{item.version}{arm} {window.label}"
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15])
@@ -129,7 +130,8 @@ def log_monitoring_runs(tracking: TrackingConfig, report: ServingReport) -> Serv
     now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
     runs = {}
     for item in report.versions:
-        tags = {WINDOW_TAG: report.window.label, MODEL_NAME_TAG: item.model_name, MODEL_VERSION_TAG: item.version}
+        tags = {WINDOW_TAG: report.window.label, MODEL_NAME_TAG: item.model_name, MODEL_VERSION_TAG: item.version,
+                ARM_TAG: item.arm}
         found = client.search_runs([experiment_id], " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
                                    max_results=1)
         # The run spans its window (start_time, end_time), so the runs table sorts by day.
@@ -145,8 +147,8 @@ def log_monitoring_runs(tracking: TrackingConfig, report: ServingReport) -> Serv
 
 
 def run_note(item: VersionTraffic, window: MonitorWindow) -> str:
-    return (f"Served traffic of {item.model_name} version {item.version}, {window.label} (UTC), read from the "
-            f"traces in the serving experiment: {item.requests} requests, {item.rated_requests} rated, "
+    return (f"Served traffic of {item.model_name} version {item.version} ({item.arm}), {window.label} (UTC), "
+            f"read from the traces in the serving experiment: {item.requests} requests, {item.rated_requests} rated, "
             f"{item.downvotes} of {item.ratings} ratings down.")
 
 
@@ -154,13 +156,14 @@ def report_markdown(report: ServingReport) -> str:
     lines = [f"## Served traffic {report.window.label} (UTC)", ""]
     if not report.versions:
         return "\n".join(lines + ["No requests in this window."])
-    lines += ["| model | version | requests | errors | feedback rate | downvote rate | latency p50 / p95 ms |",
-              "|---|---|---|---|---|---|---|"]
+    # The arm last: the two arms of a canary sit on adjacent rows, read side by side.
+    lines += ["| model | version | requests | errors | feedback rate | downvote rate | latency p50 / p95 ms | arm |",
+              "|---|---|---|---|---|---|---|---|"]
     for v in report.versions:
         down = "no ratings" if v.downvote_rate is None else f"{v.downvote_rate:.1%} ({v.downvotes}/{v.ratings})"
         lines.append(f"| {v.model_name} | {v.version} | {v.requests} | {v.errors} | "
                      f"{v.feedback_rate:.1%} ({v.rated_requests}/{v.requests}) | {down} | "
-                     f"{v.latency_p50_ms:.1f} / {v.latency_p95_ms:.1f} |")
+                     f"{v.latency_p50_ms:.1f} / {v.latency_p95_ms:.1f} | {v.arm} |")
     return "\n".join(lines)
 
 

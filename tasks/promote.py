@@ -12,7 +12,11 @@ raises GateBlocked, so the flow run ends Failed with the regressed tasks in its 
 Rollback points `champion` back at `previous` (or at the version given with --to) and removes
 `previous`: a second plain rollback then refuses instead of flipping back to the version just
 rolled back. Who did what, when and why is
-kept in tags on the versions (promotion.*, override.*, rollback.*), visible in the registry.
+kept in tags on the versions (promotion.*, override.*, rollback.*, canary.*), visible in the registry.
+
+With serve.canary set, a passed candidate goes on alias `candidate` instead (tag canary=serving,
+canary.time): the champion stays, serve-model gives the candidate a share of users, and the live guard
+(flows/guard.py) later promotes it through promote_version or discards it (discard_candidate).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.gate import GateDecision, preferences_markdown, reviewer_preferences
 from tasks.register import Registered, RegisteredVariant, RegisteredVersion
 from tunegate.config import GateConfig, TrackingConfig, embedded
-from tunegate.registry import CHAMPION, PREVIOUS, alias_lock, connect, get_alias
+from tunegate.registry import CANDIDATE, CHAMPION, PREVIOUS, alias_lock, connect, get_alias
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,9 @@ def promote_version(tracking: TrackingConfig, version: str, override: bool = Fal
         )
     with alias_lock(tracking):
         previous = move_champion(client, name, version)
+        candidate = get_alias(client, name, CANDIDATE)
+        if candidate is not None and str(candidate.version) == version:  # its canary is over: it is the champion
+            client.delete_registered_model_alias(name, CANDIDATE)
     tags = {"promotion": "override" if override else "manual", "promotion.time": utc_now(),
             "promotion.user": user or current_user(), "promotion.replaced": str(previous)}
     if override:
@@ -108,12 +115,16 @@ def promote_version(tracking: TrackingConfig, version: str, override: bool = Fal
 
 
 def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | None = None,
-             to: str | None = None) -> dict:
-    """Point `champion` back at `previous` (or at version `to`); `previous` is removed, so rollbacks never ping-pong."""
+             to: str | None = None, expected: str | None = None) -> dict:
+    """Point `champion` back at `previous` (or at version `to`); `previous` is removed, so rollbacks never ping-pong.
+    expected: roll back only if this version is still the champion (the guard judged that one)."""
     client, _ = connect(tracking)
     name = tracking.registered_model
     with alias_lock(tracking):
         champion = get_alias(client, name, CHAMPION)
+        if expected is not None and (champion is None or str(champion.version) != str(expected)):
+            raise PromotionRefused(f"{name} version {expected} is no longer the champion "
+                                   f"(now {champion.version if champion else 'none'}); nothing rolled back")
         target = get_alias(client, name, PREVIOUS) if to is None else version_or_none(client, name, str(to))
         if champion is None or target is None:
             missing = "champion" if champion is None else "previous" if to is None else f"version {to}"
@@ -132,6 +143,37 @@ def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | No
     record(client, name, str(target.version), "rollback", {"promotion": "rollback", "promotion.time": when,
                                                "promotion.user": who, "promotion.replaced": str(champion.version)})
     return {"champion": str(target.version), "rolled_back": str(champion.version)}
+
+
+def put_on_candidate(client, tracking: TrackingConfig, version: str, judged: str | None) -> str | None:
+    """Alias `candidate` <- version, when `judged` is still the champion (else the stale reason). The caller holds
+    alias_lock. A candidate it replaces is marked canary=replaced."""
+    name = tracking.registered_model
+    current = get_alias(client, name, CHAMPION)
+    current = str(current.version) if current is not None else None
+    if current != judged:
+        return (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
+                "became the champion meanwhile")
+    old = get_alias(client, name, CANDIDATE)
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    if old is not None and str(old.version) != version:
+        record(client, name, str(old.version), "canary", {"canary": "replaced", "canary.replaced_by": version,
+                                                           "canary.end": utc_now()})
+    return None
+
+
+def discard_candidate(tracking: TrackingConfig, version: str, reason: str, tags: dict[str, str]) -> bool:
+    """Remove alias `candidate` from version (if it is still there) and tag it canary=discarded with why."""
+    client, _ = connect(tracking)
+    name = tracking.registered_model
+    with alias_lock(tracking):
+        current = get_alias(client, name, CANDIDATE)
+        if current is None or str(current.version) != str(version):
+            return False  # another run moved or removed it meanwhile
+        client.delete_registered_model_alias(name, CANDIDATE)
+    record(client, name, str(version), "canary", {**tags, "canary": "discarded", "canary.reason": reason,
+                                                  "canary.end": utc_now()})
+    return True
 
 
 def version_or_none(client, name: str, version: str):
@@ -178,6 +220,7 @@ class Promotion(BaseModel):
     review: str | None = None  # "approved by <reviewer>: <reason>" or "rejected by ...", after needs_review
     stale: str | None = None  # why it was not promoted although it passed: the champion moved while it was judged
     preferences: dict[str, int] | None = None  # reviewers' A/B preferences on the side-by-side traces, if any
+    canary: bool = False  # it passed and went on alias `candidate` (serve.canary); the guard decides the rest
 
 
 @task
@@ -199,6 +242,16 @@ def promote(decision: GateDecision, registered: RegisteredVersion, tracking: Tra
     if not (decision.passed or (review is not None and review.approve)):
         return Promotion(promoted=False, version=version, review=said, preferences=prefs)
     judged = registered.evals.baseline.version  # None: judged against the base model (there was no champion)
+    if registered.canary is not None and judged is not None:  # with no champion there is nothing to compare to
+        with alias_lock(tracking):
+            stale = put_on_candidate(client, tracking, version, judged)
+        if stale:
+            record(client, name, version, "stale", {"gate": "stale", "gate.stale": stale})
+            return Promotion(promoted=False, version=version, review=said, preferences=prefs, stale=stale)
+        record(client, name, version, "canary", {"canary": "serving", "canary.time": utc_now(),
+                                                 "canary.share": str(registered.canary.share),
+                                                 "canary.champion": judged})
+        return Promotion(promoted=False, version=version, review=said, preferences=prefs, canary=True)
     with alias_lock(tracking):
         # Another run may have promoted while this one evaluated: its verdict is about a champion that is gone.
         current = get_alias(client, name, CHAMPION)
@@ -233,6 +286,7 @@ class RunSummary(BaseModel):
     review: str | None = None
     stale: str | None = None
     preferences: dict[str, int] | None = None
+    canary: bool = False  # on alias `candidate`, serving a share of users until the live guard decides
     judge: dict | None = None  # the pairwise judge's summary (tasks/judge.py judge_summary), when a judge ran
     model_name: str
     mlflow_run_id: str
@@ -259,6 +313,7 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         review=promotion.review,
         stale=promotion.stale,
         preferences=promotion.preferences,
+        canary=promotion.canary,
         judge=candidate.tasks.get("judge", {}).get("judge"),
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
@@ -284,6 +339,8 @@ def conclude(summary: RunSummary, decision: GateDecision) -> RunSummary:
             f"{summary.model_name} version {summary.model_version} passed its gate, but {summary.stale}. The champion "
             "alias did not move; run the pipeline again to judge it against the current champion (its evaluations "
             f"are cached, so only the new champion's are computed).\n{decision.markdown}")
+    if summary.canary:  # passed; on `candidate` until the live guard promotes or discards it
+        return summary
     if not summary.promoted and decision.outcome == "needs_review":
         raise GateBlocked(
             f"Gate asks for review of {summary.model_name} version {summary.model_version}: "

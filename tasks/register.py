@@ -35,7 +35,7 @@ from tasks.prepare import Prepared
 from tasks.quantize import QUANTIZED_FROM, Quantized
 from tunegate.caching import file_sha256
 from tunegate.chat_model import log_chat_model
-from tunegate.config import PipelineParams
+from tunegate.config import CanaryConfig, PipelineParams
 from tunegate.registry import connect, ensure_registered_model
 
 
@@ -197,6 +197,7 @@ class RegisteredVersion(BaseModel):
     run_name: str
     tracking_uri: str
     evals: Comparison
+    canary: CanaryConfig | None = None  # serve.canary of the run: a passing version goes on `candidate` first
 
 
 class Registered(RegisteredVersion):
@@ -286,7 +287,7 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
     )
     return Registered(run_id=run.info.run_id, model_name=model_name, version=str(version.version),
                       run_name=params.run_name, tracking_uri=params.tracking.tracking_uri, prepared=prepared,
-                      aligned=aligned, evals=evals)
+                      aligned=aligned, evals=evals, canary=params.serve.canary)
 
 
 @task

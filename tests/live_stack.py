@@ -70,7 +70,7 @@ def running_stack(tmp_path: Path, serve_args: list[str]):
             start_new_session=True)
         procs.append(serve)
         prefect = f"http://127.0.0.1:{pport}"
-        names = {"finetune", "retrain-from-feedback", "monitor-serving", "sweep", "sweep-trial"}  # deployments/serve.py
+        names = {"finetune", "retrain-from-feedback", "monitor-serving", "sweep", "sweep-trial", "live-guard"}  # deployments/serve.py
 
         def registered():
             deps = {d["name"]: d for d in api(prefect, "/api/deployments/filter", {})}

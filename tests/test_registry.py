@@ -183,6 +183,29 @@ def test_a_pass_against_a_champion_that_was_replaced_meanwhile_is_refused_under_
     assert tags["promotion.judged_against"] == tags["promotion.replaced"] == v1.version
 
 
+def test_with_a_canary_a_passed_candidate_goes_on_the_candidate_alias_and_the_champion_stays(tracking, adapter):
+    from tunegate.config import CanaryConfig
+    from tunegate.registry import CANDIDATE
+
+    v1 = register_once(tracking, adapter, 0.5)
+    v2 = register_once(tracking, adapter, 0.6, judged_against="1").model_copy(
+        update={"canary": CanaryConfig(share=0.25)})
+    client = MlflowClient(tracking.tracking_uri)
+    assert promote.fn(passed(True), v1, tracking).promoted  # no champion yet: nothing to run a canary against
+    promotion = promote.fn(passed(True), v2, tracking)
+    assert promotion == Promotion(promoted=False, version=v2.version, canary=True)
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v1.version
+    assert str(get_alias(client, "test-model", CANDIDATE).version) == v2.version
+    tags = client.get_model_version("test-model", v2.version).tags
+    assert tags["canary"] == "serving" and tags["canary.share"] == "0.25" and tags["canary.champion"] == v1.version
+    summary = conclude.fn(run_summary(v2, passed(True), promotion), passed(True))  # a canary is not a failed run
+    assert summary.canary and not summary.promoted
+    client.set_model_version_tag("test-model", v2.version, "gate", "passed")  # the gate stage's tag
+    promote_version(tracking, v2.version)  # what the guard does when the canary is not worse
+    assert get_alias(client, "test-model", CANDIDATE) is None
+    assert str(get_alias(client, "test-model", CHAMPION).version) == v2.version
+
+
 def test_blocked_gate_leaves_the_champion_and_names_the_tasks(tracking, adapter):
     v1 = register_once(tracking, adapter, 0.5)
     v2 = register_once(tracking, adapter, 0.1)

@@ -465,6 +465,34 @@ class JudgeConfig(_Section):
                                     "an endpoint that refuses it (HTTP 400) is asked without it from then on.")
 
 
+class CanaryConfig(_Section):
+    """A passed candidate serves a share of traffic on alias `candidate` before it may become the champion."""
+
+    share: float = Field(gt=0, lt=1, description="Share of users whose requests the candidate answers (sticky per "
+                         "user: a hash of the request's `user`, else of its first user message).")
+    min_ratings: int = Field(30, ge=1, description="Rater votes each arm needs before the live guard decides; "
+                             "fewer is 'not yet'.")
+    max_hours: float = Field(48, gt=0, description="Hours on the candidate alias without enough votes, after which "
+                             "the guard discards the candidate.")
+
+
+class GuardConfig(_Section):
+    """The live guard (flows/guard.py): the champion's downvote rate on served traffic against its predecessor's."""
+
+    min_ratings: int = Field(30, ge=1, description="Rater votes each side needs (one per rater and request); "
+                             "fewer is 'not yet', never a rollback.")
+    max_increase: float = Field(0.05, ge=0, lt=1, description="Allowed absolute increase of the downvote rate; a "
+                                "larger one that is also significant rolls back (or discards a canary).")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the one-sided Fisher exact test "
+                         "'the new version is downvoted more'.")
+    lookback_days: float = Field(7, gt=0, description="How far before the champion's promotion the previous "
+                                 "version's traffic is read.")
+    top_traces: int = Field(5, ge=0, le=50, description="Trace ids with the most downvotes named in the record.")
+    max_votes_per_rater: int | None = Field(
+        None, ge=1, description="Count at most this many votes of one rater per version (their latest requests), so a "
+        "few accounts rating many answers cannot decide alone. None: no cap.")
+
+
 class ServeConfig(_Section):
     """How `tunegate serve-model` records the requests it answers (serve/tracing.py)."""
 
@@ -500,6 +528,9 @@ class ServeConfig(_Section):
         "waits for it.")
     engine_timeout_s: float = Field(600, gt=0, description="How long loading and probing a version on the engine "
                                     "may take before the old one keeps serving.")
+    canary: CanaryConfig | None = Field(None, description="None: a passed candidate becomes the champion at once. "
+                                        "Set: it goes on alias `candidate` and answers serve.canary.share of users "
+                                        "until the live guard promotes or discards it.")
 
     @model_validator(mode="after")
     def _engine_settings(self) -> ServeConfig:
@@ -507,6 +538,10 @@ class ServeConfig(_Section):
             raise ValueError("serve.engine=openai needs serve.engine_url, the engine's base URL (.../v1)")
         if self.engine == "openai" and self.engine_load == "command" and not self.engine_reload:
             raise ValueError("serve.engine_load=command needs serve.engine_reload, the command that loads a version")
+        if self.canary is not None and self.engine == "openai" and self.engine_load == "command":
+            # Command mode restarts the one engine on a version: the candidate would replace the champion there.
+            raise ValueError("serve.canary needs both versions on the engine at once: serve.engine_load lora or "
+                             "path, not command")
         return self
 
 
@@ -693,6 +728,8 @@ class PipelineParams(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="The live guard's test on served ratings "
+                               "(flows/guard.py, `tunegate guard`).")
     judge: JudgeConfig | None = Field(None, description="Pairwise LLM judge of candidate vs champion answers; "
                                       "gate on it with a rule {task: judge, metric: win_rate, ...}.")
     feedback: FeedbackConfig = Field(

@@ -1,7 +1,7 @@
 """MLflow store and registry access: experiments, the champion alias and its lock, version tags.
 
 The store is sqlite under mlruns/ (MLflow 3.13+ rejects the plain file store). Aliases
-(`champion`, `previous`) mark what is deployed; stages are deprecated and unused.
+(`champion`, `previous`, and `candidate` during a canary) mark what is deployed; stages are deprecated and unused.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from tunegate.config import TrackingConfig, embedded, sqlite_db
 
 CHAMPION, PREVIOUS = "champion", "previous"
+CANDIDATE = "candidate"  # a passed version serving a share of traffic before promotion (serve.canary)
 EVALS_SUFFIX = "-evals"  # evaluation runs live in their own experiment, next to the pipeline runs
 SERVING_SUFFIX = "-serving"  # traces of served requests, with users' ratings and corrections
 MONITORING_SUFFIX = "-monitoring"  # one run per model version and day of served traffic (tasks/monitor.py)

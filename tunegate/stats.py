@@ -31,3 +31,16 @@ def mcnemar_exact(gain: np.ndarray) -> tuple[float, int, int]:
         return 1.0, 0, 0
     tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1))
     return min(1.0, 2 * tail / 2**n), wins, losses
+
+
+def downvote_increase(new_down: int, new_n: int, old_down: int, old_n: int) -> float:
+    """One-sided Fisher exact p-value that the new version's downvote rate is higher than the old one's.
+
+    Exact at any n (the guard decides on tens of votes, where a normal approximation misleads); 1.0 when a side
+    has no votes."""
+    from scipy.stats import fisher_exact
+
+    if new_n == 0 or old_n == 0:
+        return 1.0
+    table = [[new_down, new_n - new_down], [old_down, old_n - old_down]]
+    return float(fisher_exact(table, alternative="greater").pvalue)

@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 
 MODEL_NAME_TAG = "tunegate.model_name"
 MODEL_VERSION_TAG = "tunegate.model_version"
+ARM_TAG = "tunegate.arm"  # which alias answered: champion, or candidate during a canary (serve/router.py)
+CHAMPION_ARM, CANDIDATE_ARM = "champion", "candidate"
 RATING = "user_rating"
 CORRECTION = "user_correction"
 
@@ -55,6 +57,32 @@ def human_feedback(trace, *names: str):
     for a in trace.info.assessments or []:
         if a.name in names and a.valid and a.source is not None and a.source.source_type == "HUMAN":
             yield a
+
+
+def rater_votes(trace) -> dict[str, str]:
+    """One rating per rater on this trace: rater id -> "up" | "down", the newest when a rater has several.
+
+    Raters, not ratings: the server refuses a second vote of one user, but ratings logged around it must not
+    count twice either."""
+    votes: dict[str, tuple[int, str]] = {}
+    for a in human_feedback(trace, RATING):
+        rater = a.source.source_id or a.assessment_id  # no id: each rating is its own rater
+        if rater not in votes or a.create_time_ms >= votes[rater][0]:
+            votes[rater] = (a.create_time_ms, a.feedback.value)
+    return {rater: value for rater, (_, value) in votes.items()}
+
+
+def arm_of(trace) -> str:
+    """The arm that answered; traces from before canaries were all the champion's."""
+    return trace.info.tags.get(ARM_TAG, CHAMPION_ARM)
+
+
+def served_traces(experiment_id: str, start_ms: int, end_ms: int) -> list:
+    """The served requests that started in [start_ms, end_ms), with their assessments (no spans)."""
+    import mlflow
+
+    return mlflow.search_traces(locations=[experiment_id], return_type="list", include_spans=False,
+                                filter_string=f"trace.timestamp_ms >= {start_ms} AND trace.timestamp_ms < {end_ms}")
 
 
 def human_assessments(trace, after_ms: int | None, done_at_edge: set[str], until_ms: int | None):
