@@ -99,7 +99,9 @@ def test_a_sweep_from_the_prefect_form_and_its_plots_in_mlflow(stack):
             base = f"{mlflow}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/sweep"
             for name in ("parallel_coordinate", "param_importances", "intermediate_values"):
                 page.goto(f"{base}/{name}.png")
-                page.locator("img[src*='" + name + "']").first.wait_for(timeout=60_000)
+                # MLflow shows an image artifact from a blob: URL, not its path: wait for a drawn plot-sized image
+                page.wait_for_function("Array.from(document.images).some(i => i.complete && i.naturalWidth > 300)",
+                                       timeout=60_000)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(SHOTS / f"mlflow-sweep-{name.replace('_', '-')}.png"))
             page.goto(f"{mlflow}/#/experiments/{exp.experiment_id}/runs")
