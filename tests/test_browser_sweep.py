@@ -97,8 +97,11 @@ def test_a_sweep_from_the_prefect_form_and_its_plots_in_mlflow(stack):
 
             mlflow = stack["mlflow"]
             base = f"{mlflow}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/sweep"
+            page.goto(f"{base}/parallel_coordinate.png")
             for name in ("parallel_coordinate", "param_importances", "intermediate_values"):
-                page.goto(f"{base}/{name}.png")
+                # a new hash URL does not change the open artifact in MLflow's page: pick it in the tree
+                page.get_by_text(f"{name}.png", exact=True).first.click()
+                page.get_by_text(f"sweep/{name}.png").first.wait_for(timeout=60_000)
                 # MLflow shows an image artifact from a blob: URL, not its path: wait for a drawn plot-sized image
                 page.wait_for_function("Array.from(document.images).some(i => i.complete && i.naturalWidth > 300)",
                                        timeout=60_000)
