@@ -237,16 +237,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def read_window(pattern: str | None, watermark_path: Path, tracking=None,
+                lookback_days: float = 30) -> tuple[dict, datetime | None, dict]:
+    """The watermark file's record ({} before the first run), the watermark, and the feedback after it: logs, and
+    the served traces when tracking is given. A window waiting for review is read exactly as it was held."""
+    mark = json.loads(watermark_path.read_text()) if watermark_path.exists() else {}
+    watermark, lines_done = read_watermark(watermark_path)
+    limit = mark["pending"]["lines_read"] if mark.get("pending") else None
+    window = read_feedback(pattern, watermark, lines_done, limit)
+    if tracking is not None:
+        window = merge_windows(window, read_trace_feedback(tracking, lookback_days, lines_done, limit))
+    return mark, watermark, window
+
+
 def feedback_window_data(pattern: str | None, watermark_path: Path, out_dir: Path, tracking=None,
                          lookback_days: float = 30) -> dict:
     """Read the window after the watermark (logs, and the served traces when tracking is given) and write
     its SFT and preference files."""
-    watermark, lines_done = read_watermark(watermark_path)
-    pending = json.loads(watermark_path.read_text()).get("pending") if watermark_path.exists() else None
-    limit = pending["lines_read"] if pending else None
-    window = read_feedback(pattern, watermark, lines_done, limit)
-    if tracking is not None:
-        window = merge_windows(window, read_trace_feedback(tracking, lookback_days, lines_done, limit))
+    mark, watermark, window = read_window(pattern, watermark_path, tracking, lookback_days)
+    pending = mark.get("pending")
     result = {"watermark": watermark.isoformat() if watermark else None, "records": len(window["records"]),
               "rejected": window["rejected"], "start": None, "end": None, "pending": pending}
     if not window["records"]:
@@ -322,16 +331,11 @@ def feedback_status(feedback: FeedbackConfig, tracking: TrackingConfig) -> dict:
     """What the next retrain would find, read without writing anything: the watermark, a window waiting for a
     review, the feedback since the watermark, and the production set's newest version (`tunegate feedback status`)."""
     path = Path(feedback.watermark_file)
-    mark = json.loads(path.read_text()) if path.exists() else {}
-    watermark, lines_done = read_watermark(path)
+    mark, _, window = read_window(feedback.logs, path, tracking if feedback.traces else None,
+                                  feedback.trace_lookback_days)
     pending = mark.get("pending")
-    limit = pending["lines_read"] if pending else None
-    window = read_feedback(feedback.logs, watermark, lines_done, limit)
-    if feedback.traces:
-        window = merge_windows(window, read_trace_feedback(tracking, feedback.trace_lookback_days, lines_done, limit))
     sft, pairs, counts = training_rows(window["records"])
-    client, experiment_id = production_set_experiment(tracking)
-    newest = client.search_runs([experiment_id], order_by=["metrics.version DESC"], max_results=1)
+    _, newest = newest_production_run(tracking)
     return {
         "sources": {"logs": feedback.logs, "traces": feedback.traces, "watermark_file": str(path)},
         "watermark": {k: mark.get(k) for k in ("timestamp", "run", "outcome", "written_at")} if mark else None,
@@ -340,8 +344,8 @@ def feedback_status(feedback: FeedbackConfig, tracking: TrackingConfig) -> dict:
                             "unusable": len(window["rejected"]),
                             "start": window["start"].isoformat() if window["start"] else None,
                             "end": window["end"].isoformat() if window["end"] else None},
-        "production_set": {"version": int(newest[0].data.metrics["version"]), "rows": int(newest[0].data.metrics["rows"]),
-                           "run_id": newest[0].info.run_id} if newest else {"version": 0, "rows": 0, "run_id": None},
+        "production_set": {"version": int(newest.data.metrics["version"]), "rows": int(newest.data.metrics["rows"]),
+                           "run_id": newest.info.run_id} if newest else {"version": 0, "rows": 0, "run_id": None},
     }
 
 
@@ -365,6 +369,13 @@ def production_set_experiment(tracking):
     return connect(tracking, tracking.experiment + "-production-set")
 
 
+def newest_production_run(tracking):
+    """(client, the production set's newest version's MLflow run, or None before the first)."""
+    client, experiment_id = production_set_experiment(tracking)
+    runs = client.search_runs([experiment_id], order_by=["metrics.version DESC"], max_results=1)
+    return client, runs[0] if runs else None
+
+
 def prompt_key(conversation: list[dict]) -> str:
     return " ".join(json.dumps(conversation, ensure_ascii=False).lower().split())
 
@@ -382,11 +393,9 @@ def current_champion(tracking) -> str | None:
 @task(retries=2, retry_delay_seconds=[2, 5])
 def load_production_set(tracking, out_file: str) -> dict:
     """The newest version of the set, written to out_file: {version, rows, file, run_id}; version 0 when none."""
-    client, experiment_id = production_set_experiment(tracking)
-    runs = client.search_runs([experiment_id], order_by=["metrics.version DESC"], max_results=1)
-    if not runs:
+    client, run = newest_production_run(tracking)
+    if run is None:
         return {"version": 0, "rows": 0, "file": None, "run_id": None}
-    run = runs[0]
     local = client.download_artifacts(run.info.run_id, "production_set.jsonl", str(Path(out_file).parent))
     Path(local).replace(out_file)
     rows = sum(1 for line in Path(out_file).read_text().splitlines() if line.strip())
