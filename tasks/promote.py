@@ -145,15 +145,24 @@ def rollback(tracking: TrackingConfig, reason: str | None = None, user: str | No
     return {"champion": str(target.version), "rolled_back": str(champion.version)}
 
 
+def stale_reason(client, name: str, judged: str | None) -> str | None:
+    """Why a verdict against `judged` no longer holds (another run promoted while this one evaluated), or None.
+    The caller holds alias_lock."""
+    current = get_alias(client, name, CHAMPION)
+    current = str(current.version) if current is not None else None
+    if current == judged:
+        return None
+    return (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
+            "became the champion meanwhile")
+
+
 def put_on_candidate(client, tracking: TrackingConfig, version: str, judged: str | None) -> str | None:
     """Alias `candidate` <- version, when `judged` is still the champion (else the stale reason). The caller holds
     alias_lock. A candidate it replaces is marked canary=replaced."""
     name = tracking.registered_model
-    current = get_alias(client, name, CHAMPION)
-    current = str(current.version) if current is not None else None
-    if current != judged:
-        return (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
-                "became the champion meanwhile")
+    stale = stale_reason(client, name, judged)
+    if stale:
+        return stale
     old = get_alias(client, name, CANDIDATE)
     client.set_registered_model_alias(name, CANDIDATE, version)
     if old is not None and str(old.version) != version:
@@ -254,11 +263,8 @@ def promote(decision: GateDecision, registered: RegisteredVersion, tracking: Tra
         return Promotion(promoted=False, version=version, review=said, preferences=prefs, canary=True)
     with alias_lock(tracking):
         # Another run may have promoted while this one evaluated: its verdict is about a champion that is gone.
-        current = get_alias(client, name, CHAMPION)
-        current = str(current.version) if current is not None else None
-        if current != judged:
-            stale = (f"it was judged against {f'v{judged}' if judged else 'the base model'} and version {current} "
-                     "became the champion meanwhile")
+        stale = stale_reason(client, name, judged)
+        if stale:
             record(client, name, version, "stale", {"gate": "stale", "gate.stale": stale})
             return Promotion(promoted=False, version=version, review=said, preferences=prefs, stale=stale)
         previous = move_champion(client, name, version)
