@@ -25,6 +25,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
+from tasks.feedback import parse_time
 from tasks.promote import PromotionRefused, discard_candidate, promote_version, record, rollback, utc_now
 from tunegate.config import CanaryConfig, GuardConfig, TrackingConfig
 from tunegate.registry import CANDIDATE, CHAMPION, PREVIOUS, connect, get_alias, serving_experiment
@@ -69,8 +70,9 @@ class LiveVerdict(BaseModel):
     min_ratings: int | None = None
 
 
-def parse_time(value: str | None, fallback_ms: int) -> datetime:
-    return datetime.fromisoformat(value) if value else datetime.fromtimestamp(fallback_ms / 1000, tz=timezone.utc)
+def tag_time(value: str | None, fallback_ms: int) -> datetime:
+    """A time tag (promotion.time, canary.time); the version's creation time for versions from before the tag."""
+    return parse_time(value) if value else datetime.fromtimestamp(fallback_ms / 1000, tz=timezone.utc)
 
 
 def cap_per_rater(per_trace: list[tuple[str, dict[str, str]]], cap: int | None) -> list[tuple[str, dict[str, str]]]:
@@ -151,7 +153,7 @@ def judge_champion(tracking: TrackingConfig, cfg: GuardConfig) -> LiveVerdict:
             f"{name} v{champion.version} has no `previous` version to compare with (first promotion, or after a "
             "rollback)")})
     now = datetime.now(timezone.utc)
-    since = parse_time(champion.tags.get("promotion.time"), champion.creation_timestamp)
+    since = tag_time(champion.tags.get("promotion.time"), champion.creation_timestamp)
     # promotion.time has whole seconds: the previous version's last second before it still counts as before.
     before_end = since + timedelta(seconds=1)
     traces = served_since(tracking, since - timedelta(days=cfg.lookback_days), now)
@@ -219,7 +221,7 @@ def judge_canary(tracking: TrackingConfig, cfg: GuardConfig, canary: CanaryConfi
         return verdict.model_copy(update={"status": "no_candidate", "reason": (
             f"alias candidate names the champion v{champion.version}: nothing to compare")})
     now = datetime.now(timezone.utc)
-    since = parse_time(candidate.tags.get("canary.time"), candidate.creation_timestamp)
+    since = tag_time(candidate.tags.get("canary.time"), candidate.creation_timestamp)
     traces = served_since(tracking, since, now)
     end = now + timedelta(seconds=1)
     verdict = verdict.model_copy(update={

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 MODEL_NAME_TAG = "tunegate.model_name"
 MODEL_VERSION_TAG = "tunegate.model_version"
-ARM_TAG = "tunegate.arm"  # which alias answered: champion, or candidate during a canary (serve/router.py)
+ARM_TAG = "tunegate.arm"  # which alias answered: champion, or candidate during a canary (serve/canary.py)
 CHAMPION_ARM, CANDIDATE_ARM = "champion", "candidate"
 RATING = "user_rating"
 CORRECTION = "user_correction"
