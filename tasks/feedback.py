@@ -227,6 +227,23 @@ def window_prompts(records: list[dict]) -> list[dict]:
     return list(prompts.values())
 
 
+def record_user(row: dict) -> str | None:
+    """Who gave a feedback record: a log's optional `user`, else the person on the trace's assessment."""
+    if row.get("user"):
+        return str(row["user"])
+    return row["id"].rsplit("/", 1)[1] if row.get("trace_id") else None  # trace records are "<trace>/<user>"
+
+
+def window_ratings(records: list[dict]) -> list[dict]:
+    """Each record of the window as one rating by one user, for the rater check and the preference store's
+    provenance: where it came from (trace or log record), who, when, the answer and the rating."""
+    return [{"source": feedback_source(row), "user": record_user(row), "timestamp": row["_time"].isoformat(),
+             "model_version": str(row.get("model_version")), "conversation": row["conversation"],
+             "answer": row["answer"], "rating": row["rating"],
+             **({"correction": row["correction"]} if (row.get("correction") or "").strip() else {})}
+            for row in records]
+
+
 def window_label(start: datetime, end: datetime) -> str:
     return f"{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
 
@@ -269,6 +286,7 @@ def feedback_window_data(pattern: str | None, watermark_path: Path, out_dir: Pat
             "new_watermark": end.isoformat(), "late": window["late"], "lines_read": window["lines_read"],
             "label": label, "sft_rows": len(sft), "pairs": len(pairs),
             "prompts_file": str(out_dir / label / "window_prompts.jsonl"),
+            "ratings_file": write_jsonl(out_dir / label / "window_ratings.jsonl", window_ratings(window["records"])),
             "sft_file": write_jsonl(out_dir / label / "feedback_sft.jsonl", sft) if sft else None,
             "preference_file": write_jsonl(out_dir / label / "feedback_preferences.jsonl", pairs) if pairs else None}
 

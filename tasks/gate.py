@@ -41,7 +41,7 @@ from tasks.evaluate import answered_by_both, load_metrics_module
 from tasks.register import RegisteredVersion
 from tunegate.config import GateConfig, GateRule, TrackingConfig
 from tunegate.stats import mcnemar_exact, paired_bootstrap
-from tunegate.traces import human_feedback
+from tunegate.traces import latest_human_feedback
 
 # What must match for two per-task evaluations to be compared sample by sample.
 SAME_FOOTING = ("definition_hash", "data_hash", "limit", "footing", "doc_ids")
@@ -301,14 +301,7 @@ def reviewer_preferences(tracking: TrackingConfig, run_id: str) -> dict[str, int
     _, experiment_id = connect(tracking)
     mlflow.flush_trace_async_logging()
     traces = mlflow.search_traces(locations=[experiment_id], run_id=run_id, include_spans=False, return_type="list")
-    latest = {}
-    for trace in traces:
-        for a in human_feedback(trace, PREFERENCE):
-            if a.feedback is None:  # an expectation of that name is not a preference
-                continue
-            key = (trace.info.trace_id, a.source.source_id)
-            if key not in latest or a.create_time_ms >= latest[key].create_time_ms:
-                latest[key] = a
+    latest = {key: a for key, (a, _) in latest_human_feedback(traces, PREFERENCE).items()}
     if not latest:
         return None
     counts = dict.fromkeys((*PREFERRED, "other"), 0)

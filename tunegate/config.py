@@ -78,6 +78,23 @@ class ChecksConfig(_Section):
         description="'<reviewer>: <reason>' approves conflicting rows: they train instead of stopping the run. "
         "Recorded in the validation report and on the MLflow run. Never set by default.",
     )
+    rater_min_ratings: int = Field(
+        5, ge=1,
+        description="A user is judged as a rater (and can be flagged) only with at least this many ratings in the "
+        "window that other evidence can be compared with (other users' ratings of the same answer, a reward model, "
+        "a reference answer).",
+    )
+    rater_max_gap: float = Field(
+        0.3, gt=0, le=1,
+        description="A user whose agreement (with the other raters' trust-weighted consensus, the reward model and "
+        "reference answers) is this far below the median user's is a flagged rater: their feedback rows are "
+        "quarantined as rater_outlier (data_checks/raters.py).",
+    )
+    rater_max_fraction: float = Field(
+        0.1, ge=0, le=1,
+        description="Stop before training, for a reviewer, when more than this share of the window's rows comes "
+        "from flagged raters (as conflicts do; approve with feedback.approved_window).",
+    )
 
 
 class DataConfig(_Section):
@@ -130,6 +147,11 @@ class DataConfig(_Section):
         "Per type: checks.pii_policies.",
     )
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="Data check thresholds and settings.")
+    feedback_ratings_file: str | None = Field(
+        None,
+        description="The feedback window's ratings, one per (user, answer), with the reward model's score where one "
+        "was registered (retrain-from-feedback fills this): the rater agreement check reads it.",
+    )
 
     @model_validator(mode="after")
     def _domain_data_given(self) -> DataConfig:
@@ -688,6 +710,58 @@ class SweepConfig(_Section):
         return self
 
 
+class RewardConfig(_Section):
+    """The reward model learned from the preference store (tasks/reward.py); off when the section is absent."""
+
+    base_model: str | None = Field(
+        None, description="Base model of the reward model (a scalar head is put on it); None: the pipeline's "
+        "base_model. It must load with AutoModelForSequenceClassification.")
+    method: Literal["lora", "full"] = Field("lora", description="lora: adapters plus the scalar head train; full: "
+                                            "every weight.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
+    learning_rate: float = Field(5e-4, gt=0, description="Peak learning rate (linear decay after warmup).")
+    max_steps: int = Field(8, ge=1, description="Optimizer steps of TRL's RewardTrainer.")
+    batch_size: int = Field(4, ge=1, description="Pairs per step.")
+    max_length: int = Field(256, ge=16, description="Tokens of prompt + answer; longer pairs are left out.")
+    max_pairs: int | None = Field(None, description="Train on the first N pairs of the store (keeps demos short).")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Share of the store's prompts held out: every pair "
+                                    "of a held-out prompt is scored, none trains (split by prompt).")
+    min_holdout_pairs: int = Field(4, ge=1, description="Fewer held-out pairs than this: the store is too small to "
+                                   "tell whether the model learned anything, and the stage refuses before training.")
+    min_accuracy: float = Field(0.7, ge=0, le=1, description="The reward model may gate, train RL and judge raters "
+                                "only when its held-out pairwise accuracy is at least this; below it the gate's "
+                                "reward rule is uninformative and says why.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: the faster of bf16 and fp32 on "
+                                                       "this CPU by measurement (as sft); bf16 on GPUs.")
+    score_batch_size: int = Field(16, ge=1, description="Answers scored per forward pass.")
+    seed: int = Field(0, description="Seed of the head's initialization, the split and the pair order.")
+
+
+class RLConfig(_Section):
+    """RL against the reward model after DPO (tasks/rl.py): TRL's GRPOTrainer or RLOOTrainer; off without it."""
+
+    method: Literal["grpo", "rloo"] = Field("grpo", description="grpo: group-normalised advantages; rloo: "
+                                            "leave-one-out baseline (REINFORCE).")
+    max_steps: int = Field(4, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the policy's adapter.")
+    beta: float = Field(0.04, ge=0, description="KL penalty against the reference (the DPO/SFT weights).")
+    num_generations: int = Field(4, ge=2, description="Answers sampled per prompt; advantages compare them.")
+    prompts_per_step: int = Field(2, ge=1, description="Prompts per optimizer step.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_completion_length: int = Field(32, ge=1, description="Tokens per sampled answer.")
+    max_prompts: int = Field(64, ge=1, description="Train-split prompts RL samples from.")
+    reward_model_weight: float = Field(1.0, ge=0, description="Weight of the registered reward model's score.")
+    key_facts_weight: float = Field(1.0, ge=0, description="Weight of the key-fact check (share of the reference "
+                                    "answer's key facts the sample states; evals/tunegate_metrics.py).")
+    no_forbidden_weight: float = Field(1.0, ge=0, description="Weight of the forbidden-term check (1 when the "
+                                       "sample says none of must_not_include).")
+    must_not_include: list[str] = Field(default_factory=list, description="Terms a sampled answer must not say, "
+                                        "e.g. [ChatGPT, OpenAI] (as eval.key_facts).")
+    seed: int = Field(0, description="Sampling and prompt-order seed.")
+
+
 class ModelRef(_Section):
     """The base model as the data stages need it: which one, and the token budget of a row."""
 
@@ -738,6 +812,11 @@ class PipelineParams(_Section):
         "`tunegate retrain`, `tunegate feedback status`).")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="Hyperparameter search over this config "
                                "(`tunegate sweep`, the sweep deployment); `tunegate run` does not read it.")
+    reward: RewardConfig | None = Field(None, description="A reward model trained on the preference store, scored "
+                                        "on candidate vs champion answers; gate on it with a rule {task: reward, "
+                                        "metric: win_rate, ...}.")
+    rl: RLConfig | None = Field(None, description="RL (GRPO or RLOO) against the reward model after DPO; needs a "
+                                "reward section.")
 
     @property
     def model(self) -> ModelRef:
@@ -763,7 +842,7 @@ class PipelineParams(_Section):
     @model_validator(mode="after")
     def _gate_rules_name_eval_tasks(self) -> PipelineParams:
         known = {f"tunegate_{t}" for t in self.eval.tasks} | set(self.eval.lm_eval_tasks) | (
-            {"judge"} if self.judge is not None else set())
+            {"judge"} if self.judge is not None else set()) | ({"reward"} if self.reward is not None else set())
         unknown = [r.task for r in self.gate.rules if r.task not in known]
         if unknown:
             raise ValueError(f"gate.rules name tasks that eval.tasks does not run: {unknown}; known: {sorted(known)}")
@@ -790,6 +869,13 @@ class PipelineParams(_Section):
         if dpo and not (self.dpo.enabled and pairs):
             raise ValueError(f"sweep.space searches {dpo}, but DPO does not run (" + (
                 "dpo.enabled is false)" if not self.dpo.enabled else "the data has no preference_files)"))
+        return self
+
+    @model_validator(mode="after")
+    def _rl_needs_a_reward_model(self) -> PipelineParams:
+        if self.rl is not None and self.reward is None:
+            raise ValueError("rl: RL trains against a reward model, and this config has no `reward:` section to "
+                             "train one; add `reward: {}` (the defaults train it on the preference store) or drop rl")
         return self
 
 

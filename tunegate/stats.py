@@ -1,4 +1,5 @@
-"""Paired tests shared by the gate (candidate vs champion per eval sample) and the judge (win/tie/loss per pair)."""
+"""Paired tests shared by the gate (candidate vs champion per eval sample) and the judge (win/tie/loss per pair);
+the interval of a proportion (a reward model's held-out accuracy)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,16 @@ def downvote_increase(new_down: int, new_n: int, old_down: int, old_n: int) -> f
         return 1.0
     table = [[new_down, new_n - new_down], [old_down, old_n - old_down]]
     return float(fisher_exact(table, alternative="greater").pvalue)
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a proportion: (0, 1) with no trials; never outside [0, 1], unlike the normal one."""
+    from statistics import NormalDist
+
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)

@@ -85,6 +85,20 @@ def served_traces(experiment_id: str, start_ms: int, end_ms: int) -> list:
                                 filter_string=f"trace.timestamp_ms >= {start_ms} AND trace.timestamp_ms < {end_ms}")
 
 
+def latest_human_feedback(traces, name: str) -> dict[tuple[str, str], tuple]:
+    """Per (trace id, person): their latest HUMAN feedback of this name and its trace. MLflow marks an edited
+    assessment invalid and keeps the new one; a person who gave it twice counts once, with the latest."""
+    latest: dict[tuple[str, str], tuple] = {}
+    for trace in traces:
+        for a in human_feedback(trace, name):
+            if a.feedback is None:  # an expectation of that name is not feedback
+                continue
+            key = (trace.info.trace_id, a.source.source_id)
+            if key not in latest or a.create_time_ms >= latest[key][0].create_time_ms:
+                latest[key] = (a, trace)
+    return latest
+
+
 def human_assessments(trace, after_ms: int | None, done_at_edge: set[str], until_ms: int | None):
     """The trace's HUMAN ratings and corrections created after `after_ms` (ids in done_at_edge, created at
     exactly after_ms, were read before) and not after `until_ms`."""
