@@ -70,6 +70,8 @@ def format_summary(s: dict, seconds: float, stages: list[tuple[str, float]]) -> 
         verdict = f"NEEDS REVIEW, {s['review']}" + (": promoted to champion" if s["promoted"] else "")
     if s.get("judge"):  # summaries of runs without a judge (or older ones) have none
         lines.append(f"  judge:  {judge_line(s['judge'])}")
+    if s.get("reward"):
+        lines.append(f"  reward: {reward_line(s['reward'])}")
     if s.get("preferences"):
         p = s["preferences"]
         lines.append(f"  review: {p['reviewers']} reviewer(s) preferred candidate {p['candidate']}, baseline "
@@ -95,6 +97,21 @@ def judge_line(j: dict) -> str:
     bias = "n/a" if j["position_bias"] is None else f"{j['position_bias']:.0%}"
     return (f"{rate} by {j['judge']} over {j['pairs']} pairs: {j['wins']} wins, {j['ties']} ties, {j['losses']} "
             f"losses, {j['no_verdict']} no verdict; sign test p={j['sign_test_p']:.3g}, position bias {bias}")
+
+
+def reward_line(r: dict) -> str:
+    """The reward model's held-out accuracy and its scores of both models, in one line."""
+    low, high = r["accuracy_ci"]
+    model = (f"{r['reward_model']}, held-out accuracy {r['accuracy']:.3f} [{low:.3f}, {high:.3f}] on "
+             f"{r['heldout_pairs']} pairs" if r["accuracy"] is not None else r["reward_model"])
+    if not r["informative"]:
+        return f"{model}: below reward.min_accuracy {r['min_accuracy']}, not scored (its gate rules are uninformative)"
+    if not r["pairs"]:
+        return f"{model}: nothing to score (no generation task answered by both models)"
+    m_low, m_high = r["margin_ci"]
+    return (f"{model}: win rate {r['win_rate']:.3f} over {r['pairs']} prompts ({r['wins']} wins, {r['ties']} ties, "
+            f"{r['losses']} losses; sign test p={r['sign_test_p']:.3g}), mean margin {r['mean_margin']:+.3f} "
+            f"[{m_low:+.3f}, {m_high:+.3f}], {r['ms_per_pair']} ms a pair")
 
 
 def cmd_run(args) -> int:

@@ -1,5 +1,5 @@
-"""The gated fine-tuning flow: ingest -> validate -> prepare -> sft -> dpo -> evaluate -> judge -> register ->
-gate -> promote -> export.
+"""The gated fine-tuning flow: ingest -> validate -> preference store -> reward model -> prepare -> sft -> dpo ->
+evaluate -> judge -> reward -> register -> gate -> promote -> export.
 
     tunegate run configs/demo.yaml                   # or: make demo
     python -m flows.finetune configs/tiny.yaml       # same flow, no CLI summary
@@ -23,9 +23,12 @@ from tasks.export import export
 from tasks.gate import gate
 from tasks.judge import judge
 from tasks.ingest import ingest
+from tasks.preferences import preference_store
 from tasks.prepare import prepare
 from tasks.promote import RunSummary, await_review, conclude, promote, summarize
 from tasks.register import register
+from tasks.reward import reward_model
+from tasks.reward_eval import reward_eval
 from tasks.sft import check_setup, sft
 from tasks.validate import validate
 from tunegate.config import PipelineParams, load_config
@@ -42,6 +45,8 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     model = base_model(params.model)
     ingested = ingest(params.data, run.data)
     validated = validate(ingested, params.data, model, run.data)
+    store = preference_store(validated, params.data, params.reward, params.tracking)
+    rewarder = reward_model(store, model, params.reward, params.tracking)
     prepared = prepare(validated, params.data, model, run.data)
     suite = build_eval_suite(prepared, params.eval, params.gate, run.eval)
     trained = sft(prepared, params.sft, run.sft, run.checkpoints)
@@ -49,6 +54,7 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     baseline = resolve_baseline(params.tracking, run.baseline)
     evals = evaluate(aligned, baseline, suite, params.tracking)
     evals = judge(evals, params.judge)
+    evals = reward_eval(evals, rewarder, params.reward)
     registered = register(params, prepared, aligned, evals)
     decision = gate(params.gate, registered, params.tracking)
     review = await_review(decision, registered.version, params.gate)

@@ -110,7 +110,7 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
     cand_s = np.asarray(cand_task["samples"][rule.metric], dtype=float)
     base_s = np.asarray(base_task["samples"][rule.metric], dtype=float)
     if len(cand_s) == 0:
-        return unmeasured_rule(rule, higher_is_better)
+        return unmeasured_rule(rule, higher_is_better, cand_task.get("unmeasured"))
     gain = sign * (cand_s - base_s)  # per doc, > 0 means the candidate is better
     binary = bool(np.isin(cand_s, (0.0, 1.0)).all() and np.isin(base_s, (0.0, 1.0)).all())
     test = rule.test if rule.test != "auto" else ("mcnemar" if binary else "bootstrap")
@@ -175,13 +175,14 @@ def judge_rule(rule: GateRule, cand_task: dict, base_task: dict, cfg: GateConfig
     }
 
 
-def unmeasured_rule(rule: GateRule, higher_is_better: bool) -> dict:
-    """A rule over zero samples (no eval docs, a judge without a verdict): uninformative, and no number is made up."""
+def unmeasured_rule(rule: GateRule, higher_is_better: bool, why: str | None = None) -> dict:
+    """A rule over zero samples (no eval docs, a judge without a verdict, a reward model below its accuracy floor):
+    uninformative, and no number is made up."""
     return {"task": rule.task, "metric": rule.metric, "higher_is_better": higher_is_better, "baseline_score": None,
             "candidate_score": None, "delta": None, "ci_low": None, "ci_high": None, "p_value": None,
             "test": "none (n=0)", "rule": f"{'higher' if higher_is_better else 'lower'} is better, "
             f"max_drop={rule.max_drop}", "mde": None, "n": 0, "verdict": "uninformative",
-            "note": "no samples to compare (e.g. no eval docs, or a judge that gave no verdict on any pair)",
+            "note": why or "no samples to compare (e.g. no eval docs, or a judge that gave no verdict on any pair)",
             "strata": []}
 
 

@@ -114,13 +114,18 @@ def reviewer_rows(tracking: TrackingConfig) -> tuple[list[dict], dict[str, int]]
     return rows, skipped
 
 
+def redact_row(row: dict) -> dict:
+    """A store row with PII redacted from its prompt and both answers (its provenance holds ids, not text)."""
+    return {**row, **redact_value({k: row[k] for k in ("prompt", "chosen", "rejected")})}
+
+
 def store_rows(validated: Validated, data: DataConfig, tracking: TrackingConfig) -> tuple[list[dict], dict]:
     """Every preference this run offers the store, PII-redacted, with its provenance; and what was left out."""
     clean = clean_rows(validated, data)
     reviewed, skipped = reviewer_rows(tracking)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows = [{**redact_value({k: r[k] for k in ("prompt", "chosen", "rejected")}),
-             "provenance": {**r["provenance"], "time": r["provenance"]["time"] or now}} for r in clean + reviewed]
+    rows = [redact_row({**r, "provenance": {**r["provenance"], "time": r["provenance"]["time"] or now}})
+            for r in clean + reviewed]
     return rows, skipped
 
 

@@ -294,6 +294,7 @@ class RunSummary(BaseModel):
     preferences: dict[str, int] | None = None
     canary: bool = False  # on alias `candidate`, serving a share of users until the live guard decides
     judge: dict | None = None  # the pairwise judge's summary (tasks/judge.py judge_summary), when a judge ran
+    reward: dict | None = None  # the reward model's accuracy and its scores of both models (tasks/reward_eval.py)
     model_name: str
     mlflow_run_id: str
     model_version: str
@@ -321,6 +322,7 @@ def run_summary(registered: Registered, decision: GateDecision, promotion: Promo
         preferences=promotion.preferences,
         canary=promotion.canary,
         judge=candidate.tasks.get("judge", {}).get("judge"),
+        reward=candidate.tasks.get("reward", {}).get("reward"),
         model_name=registered.model_name,
         mlflow_run_id=registered.run_id,
         model_version=registered.version,

@@ -33,8 +33,13 @@ def store_experiment(tracking: TrackingConfig):
 
 def row_key(row: dict) -> str:
     """A preference's identity: its prompt and both answers, case and whitespace folded."""
-    parts = [row["prompt"], row["chosen"]["content"], row["rejected"]["content"]]
-    return hashlib.sha256(" ".join(json.dumps(parts, ensure_ascii=False).lower().split()).encode()).hexdigest()
+    parts = [[m["role"], fold(m["content"])] for m in row["prompt"]] + [fold(row["chosen"]["content"]),
+                                                                        fold(row["rejected"]["content"])]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def fold(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def read_rows(path: str | None) -> list[dict]:
