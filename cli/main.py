@@ -104,12 +104,11 @@ def reward_line(r: dict) -> str:
     low, high = r["accuracy_ci"]
     model = (f"{r['reward_model']}, held-out accuracy {r['accuracy']:.3f} [{low:.3f}, {high:.3f}] on "
              f"{r['heldout_pairs']} pairs" if r["accuracy"] is not None else r["reward_model"])
-    if not r["informative"]:
-        return f"{model}: below reward.min_accuracy {r['min_accuracy']}, not scored (its gate rules are uninformative)"
     if not r["pairs"]:
-        return f"{model}: nothing to score (no generation task answered by both models)"
+        return f"{model}: nothing scored (no reward model, or no generation task answered by both models)"
+    weak = "" if r["informative"] else f" (below reward.min_accuracy {r['min_accuracy']}: shown, never gates)"
     m_low, m_high = r["margin_ci"]
-    return (f"{model}: win rate {r['win_rate']:.3f} over {r['pairs']} prompts ({r['wins']} wins, {r['ties']} ties, "
+    return (f"{model}{weak}: win rate {r['win_rate']:.3f} over {r['pairs']} prompts ({r['wins']} wins, {r['ties']} ties, "
             f"{r['losses']} losses; sign test p={r['sign_test_p']:.3g}), mean margin {r['mean_margin']:+.3f} "
             f"[{m_low:+.3f}, {m_high:+.3f}], {r['ms_per_pair']} ms a pair")
 

@@ -90,8 +90,9 @@ def reviewer_rows(tracking: TrackingConfig) -> tuple[list[dict], dict[str, int]]
 
     _, experiment_id = connect(tracking)
     mlflow.flush_trace_async_logging()
-    traces = [t for t in mlflow.search_traces(locations=[experiment_id], include_spans=False, return_type="list")
-              if SIDE_BY_SIDE_TAG in t.info.tags]
+    # Only side-by-side traces: the experiment also holds every served request's trace.
+    traces = mlflow.search_traces(locations=[experiment_id], include_spans=False, return_type="list",
+                                  filter_string=f"tag.`{SIDE_BY_SIDE_TAG}` != ''")
     rows, skipped = [], {"tie_or_other": 0, "prompt_not_chatml": 0}
     for (trace_id, reviewer), (a, _) in sorted(latest_human_feedback(traces, PREFERENCE).items()):
         value = str(a.feedback.value).strip().lower()

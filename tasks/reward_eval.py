@@ -11,8 +11,8 @@ tests read like any other:
   0.5 throughout, as with the judge); its exact sign test p-value is reported;
 - `reward`: each model's raw reward per prompt, so the gate's paired bootstrap on it is the mean
   reward margin with its interval.
-A reward model whose held-out accuracy is below `reward.min_accuracy` scores nothing: its rules are
-`uninformative`, and the note says which accuracy on how many pairs. Scoring is forward passes of
+A reward model whose held-out accuracy is below `reward.min_accuracy` never gates: its scores are
+reported, but its rules are `uninformative`, and the note says which accuracy on how many pairs. Scoring is forward passes of
 a scalar head, milliseconds a pair (bench/judge_speed.py compares it with the LLM judge).
 """
 
@@ -103,13 +103,14 @@ def reward_eval(evals: Comparison, rewarder: RewardModel, cfg: RewardConfig | No
         log.info("reward skipped: no `reward:` section in the config")
         return evals
     why_not = None if rewarder.informative else rewarder.why_not_informative()
-    pairs = scored_pairs(evals)
+    # A weak model's scores are shown (the summary, MLflow) but never given to the gate.
+    pairs = scored_pairs(evals) if rewarder.path else []
     started = time.perf_counter()
-    cand, base = score_pairs(pairs, rewarder, cfg) if not why_not else (np.zeros(0), np.zeros(0))
+    cand, base = score_pairs(pairs, rewarder, cfg)
     summary = reward_summary(cand, base, rewarder, time.perf_counter() - started)
     if why_not:
-        log.warning("reward: not scored, the gate's reward rules are uninformative: %s", why_not)
-    else:
+        log.warning("reward: the gate's reward rules are uninformative: %s", why_not)
+    if pairs:
         log.info("reward %s: %d pairs in %.2f s (%s ms a pair), win rate %s (%d wins, %d ties, %d losses, sign test "
                  "p=%.3g), mean margin %s %s", summary["reward_model"], summary["pairs"], summary["seconds"],
                  summary["ms_per_pair"], summary["win_rate"], summary["wins"], summary["ties"], summary["losses"],

@@ -226,3 +226,12 @@ def test_the_reward_scores_are_the_same_batched_or_one_by_one(trained):
     batched = RewardScorer(rewarder.path, batch_size=6).score(prompts, answers)
     single = RewardScorer(rewarder.path, batch_size=1).score(prompts, answers)
     assert np.allclose(batched, single, atol=1e-4)
+
+
+def test_an_rl_section_without_a_reward_model_is_refused_at_load():
+    from tunegate.config import load_config
+
+    with pytest.raises(ValueError, match="tiny.yaml: invalid config(.|\n)*RL trains against a reward model"):
+        load_config("configs/tiny.yaml", ["rl={}"])
+    params = load_config("configs/tiny.yaml", ["rl={}", "reward={}"])
+    assert params.rl.method == "grpo" and params.reward.min_accuracy == 0.7
