@@ -1,4 +1,4 @@
-"""Stage 6, rl: RL against the reward model (TRL GRPOTrainer or RLOOTrainer), after DPO; off by default.
+"""Stage 5b, rl: RL against the reward model (TRL GRPOTrainer or RLOOTrainer), after dpo; off by default.
 
     python -m tasks.rl BASE_DIR POLICY_ADAPTER_DIR REWARD_MODEL_DIR TRAIN_JSONL OUT_DIR   # a short run, no Prefect
 
@@ -105,10 +105,22 @@ def reward_functions(scorer, metrics) -> list:
 
 
 def step_logger():
-    """A Trainer callback that logs each step's total reward, its parts and the KL as one line."""
+    """A Trainer callback that logs each step's total reward, its parts and the KL as one line, and times each step
+    (sampling, scoring and the update: TRL samples inside the step)."""
     from transformers import TrainerCallback
 
     class LogRewards(TrainerCallback):
+        def __init__(self):
+            self.step_seconds, self._last = [], None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.step_seconds.append(round(now - self._last, 3))
+            self._last = now
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
                 parts = ", ".join(f"{c} {logs.get(f'rewards/{c}/mean', float('nan')):.3f}" for c in COMPONENTS)
@@ -178,10 +190,11 @@ def train_rl(base_model_path: str, policy: dict, reward_model_path: str, rows: l
         seed=cfg.seed,
         data_seed=cfg.seed,
     )
+    timer = step_logger()
     trainer = trainer_class(model=model, reward_funcs=reward_functions(scorer, load_metrics_module()), args=args,
-                            train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                            callbacks=[step_logger()])
-    reference = "frozen copy of the policy's adapter" if policy["adapter"] else "copy of the policy model"
+                            train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[timer])
+    reference = ("none (rl.beta is 0: no KL term)" if cfg.beta == 0 else
+                 "frozen copy of the policy's adapter" if policy["adapter"] else "copy of the policy model")
     log.info("RL (%s) on %d prompts, %d answers each, %d prompts a step, beta %s; reward model %s; reference: %s",
              cfg.method, len(rows), cfg.num_generations, cfg.prompts_per_step, cfg.beta, reward_model_path, reference)
     start = time.perf_counter()
@@ -207,6 +220,7 @@ def train_rl(base_model_path: str, policy: dict, reward_model_path: str, rows: l
         "steps": steps,
         "seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(steps, 1), 2),
+        "step_seconds": timer.step_seconds,
         "reward_curve": curve("reward"),
         "component_curves": components,
         "kl_curve": curve("kl"),
@@ -237,6 +251,7 @@ class Reinforced(BaseModel):
     steps: int = 0
     seconds: float = 0.0
     seconds_per_step: float | None = None
+    step_seconds: list[float] = []
     reward_first: float | None = None
     reward_last: float | None = None
     components_first: dict[str, float] = {}

@@ -78,6 +78,7 @@ def test_rl_raises_the_mean_reward_of_sampled_answers(method, aligned, planted_r
     rewards = [r for _, r in out.reward_curve]
     assert out.method == method and out.steps == 8 and len(rewards) == 8 and out.prompts == 4
     assert out.seconds_per_step == pytest.approx(out.seconds / 8, abs=0.01) and out.precision == "fp32"
+    assert len(out.step_seconds) == 8 and sum(out.step_seconds) <= out.seconds + 0.1
     # each part is logged every step, and the total is their weighted sum (weights 1)
     assert all(len(out.component_curves[c]) == 8 for c in ("reward_model", "key_facts", "no_forbidden"))
     assert out.reward_first == pytest.approx(sum(out.components_first.values()), abs=1e-4)
