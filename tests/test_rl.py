@@ -83,7 +83,7 @@ def test_rl_raises_the_mean_reward_of_sampled_answers(method, aligned, planted_r
     assert all(len(out.component_curves[c]) == 8 for c in ("reward_model", "key_facts", "no_forbidden"))
     assert out.reward_first == pytest.approx(sum(out.components_first.values()), abs=1e-4)
     assert "rl step 8: reward" in caplog.text and "reward_model" in caplog.text
-    # grpo here: 0.90 at step 1, 3.9-4.0 over the last three; rloo: 0.90, then 3.5-3.9
+    # here (8 steps, lr 2e-2): grpo 0.99 at step 1 -> 3.93 at step 8, rloo 0.99 -> 3.46; the reward model part moves
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.5 and out.reward_last > out.reward_first
     assert out.kl_curve[0][1] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is its reference
     assert out.reference == "frozen copy of the policy's adapter"
