@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup lock check-lock demo test test-slow ui serve clean team-up team-down test-team gpu-wheels gpu-check
+.PHONY: setup lock check-lock demo demo-rlhf test test-slow ui serve clean team-up team-down test-team gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ endif
 
 demo: $(STAMP)
 	$(PY) -m cli run configs/demo.yaml $(DEMO_JUDGE)
+
+# The seeds' RLHF: SFT, a reward model on the preference store, GRPO against it, the gate, the registry.
+demo-rlhf: $(STAMP)
+	$(PY) -m cli run configs/rlhf.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,5 +1,5 @@
 """The gated fine-tuning flow: ingest -> validate -> preference store -> reward model -> prepare -> sft -> dpo ->
-evaluate -> judge -> reward -> register -> gate -> promote -> export.
+rl -> evaluate -> judge -> reward -> register -> gate -> promote -> export.
 
     tunegate run configs/demo.yaml                   # or: make demo
     python -m flows.finetune configs/tiny.yaml       # same flow, no CLI summary
@@ -29,6 +29,7 @@ from tasks.promote import RunSummary, await_review, conclude, promote, summarize
 from tasks.register import register
 from tasks.reward import reward_model
 from tasks.reward_eval import reward_eval
+from tasks.rl import check_rl_reward, rl
 from tasks.sft import check_setup, sft
 from tasks.validate import validate
 from tunegate.config import PipelineParams, load_config
@@ -47,15 +48,18 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     validated = validate(ingested, params.data, model, run.data)
     store = preference_store(validated, params.data, params.reward, params.tracking)
     rewarder = reward_model(store, model, params.reward, params.tracking)
+    check_rl_reward(rewarder, params.rl)
     prepared = prepare(validated, params.data, model, run.data)
     suite = build_eval_suite(prepared, params.eval, params.gate, run.eval)
     trained = sft(prepared, params.sft, run.sft, run.checkpoints)
     aligned = dpo(trained, prepared, params.dpo, run.dpo)
+    reinforced = rl(aligned, rewarder, prepared, params.rl, run.rl, params.eval.key_facts.get("tunegate_domain"))
+    aligned = reinforced.policy
     baseline = resolve_baseline(params.tracking, run.baseline)
     evals = evaluate(aligned, baseline, suite, params.tracking)
     evals = judge(evals, params.judge)
     evals = reward_eval(evals, rewarder, params.reward)
-    registered = register(params, prepared, aligned, evals)
+    registered = register(params, prepared, aligned, evals, reinforced.summary)
     decision = gate(params.gate, registered, params.tracking)
     review = await_review(decision, registered.version, params.gate)
     promotion = promote(decision, registered, params.tracking, review)

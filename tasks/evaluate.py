@@ -305,8 +305,10 @@ def eval_suite(
         raise EvalSuiteError(f"eval.limits names tasks the suite does not run: {unknown_limits}; it runs {names}")
     include_paths = [str(tasks_dir)] + [str(Path(p).resolve()) for p in cfg.include_paths]
     specs = [resolve_task(name, include_paths, cfg.limits.get(name)) for name in names]
+    scored_later = {"judge": {"win_rate", "no_verdict_rate"}, "reward": {"win_rate", "reward"}}  # after evaluate
     for rule in rules:
-        metrics = next(s["higher_is_better"] for s in specs if s["name"] == rule.task)
+        metrics = next((s["higher_is_better"] for s in specs if s["name"] == rule.task), None)
+        metrics = scored_later[rule.task] if metrics is None else metrics  # the config checked the task's name
         if rule.metric not in metrics:
             raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has {sorted(metrics)}")
     return {

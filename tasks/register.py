@@ -69,6 +69,20 @@ def eval_metrics(prefix: str, evaluation: Evaluation) -> dict[str, float]:
     }
 
 
+def log_rl(rl: dict) -> None:
+    """RL's per-step total reward, each reward part and KL as MLflow metrics; its summary as rl_summary.json."""
+    import mlflow
+
+    for step, value in rl["reward_curve"]:
+        mlflow.log_metric("rl/reward_step", value, step=step)
+    for part, curve in rl["component_curves"].items():
+        for step, value in curve:
+            mlflow.log_metric(f"rl/{part}_step", value, step=step)
+    for step, value in rl["kl_curve"]:
+        mlflow.log_metric("rl/kl_step", value, step=step)
+    mlflow.log_dict({k: v for k, v in rl.items() if not k.endswith(("_curve", "_curves"))}, "train/rl_summary.json")
+
+
 def log_training_curves(aligned: Aligned) -> None:
     """Per-step SFT train/eval loss and DPO loss/margin as MLflow metrics, plus the loss plot."""
     import mlflow
@@ -213,8 +227,9 @@ class RegisteredVariant(RegisteredVersion):
     quantized: Quantized
 
 
-def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
-    """Log the whole run to MLflow and register the trained weights; return run id and version."""
+def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison,
+                 rl: dict | None = None) -> Registered:
+    """Log the whole run to MLflow (RL's curves when it ran) and register the trained weights; run id and version."""
     import mlflow
 
     client, experiment_id = connect(params.tracking)
@@ -252,6 +267,8 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
             }
         )
         log_training_curves(aligned)
+        if rl:
+            log_rl(rl)
         log_datasets(prepared, params.data.feedback_files + params.data.feedback_preference_files)
         mlflow.log_dict(params.model_dump(), "config.json")
         report = json.loads(Path(validated.report_file).read_text())
@@ -291,9 +308,10 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
 
 
 @task
-def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
+def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison,
+             rl: dict | None = None) -> Registered:
     """Log the run to MLflow and register the trained weights as a model version."""
-    return register_run(params, prepared, aligned, evals)
+    return register_run(params, prepared, aligned, evals, rl)
 
 
 def register_variant(quantized: Quantized, evals: Comparison, suite_version: str, params: PipelineParams

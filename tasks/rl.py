@@ -263,6 +263,11 @@ class Reinforced(BaseModel):
     seed: int | None = None
 
     @property
+    def summary(self) -> dict | None:
+        """What register logs to MLflow (curves as per-step metrics, the rest as rl_summary.json); None when skipped."""
+        return None if self.skipped else self.model_dump(mode="json", exclude={"aligned"})
+
+    @property
     def policy(self) -> Aligned:
         """What evaluate, register and export read: DPO's result with RL's weights in place of its own."""
         return self.aligned if self.skipped else self.aligned.model_copy(update={"adapter": self.adapter,
@@ -279,6 +284,13 @@ def _rl_cache_key(context, parameters) -> str:
                        aligned.sft.base.path, *weights, *reward_weights,
                        cfg.model_dump_json() if cfg else "none", terms.model_dump_json() if terms else "none",
                        reward.model_dump_json() if reward else "none", aligned.sft.precision)
+
+
+@task
+def check_rl_reward(reward: RewardModel, cfg: RLConfig | None) -> None:
+    """Fail right after the reward stage, before SFT, when RL is configured and the reward model may not train it."""
+    if cfg is not None:
+        check_reward_model(reward)
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_rl_cache_key), persist_result=True)

@@ -8,6 +8,7 @@ else differs, so a reward model that ranks held-out prompts right has learned ex
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,30 @@ def test_an_rl_section_without_a_reward_model_is_refused_at_load():
         load_config("configs/tiny.yaml", ["rl={}"])
     params = load_config("configs/tiny.yaml", ["rl={}", "reward={}"])
     assert params.rl.method == "grpo" and params.reward.min_accuracy == 0.7
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_trains_a_reward_model_then_rl_and_gates_on_reward(tmp_path, tracking, tiny_model, capsys):
+    """configs/tiny.yaml with the identity preferences, a reward section, GRPO and a reward rule, through the CLI."""
+    from mlflow import MlflowClient
+
+    from cli.main import main
+
+    sets = {"run_name": "rlhf", "output_dir": str(tmp_path), "dpo.enabled": "false",
+            "data.preference_files": "[data/demo/identity_preferences.json]",
+            "reward": json.dumps(CFG.model_dump()), "rl": '{"max_steps": 2, "max_completion_length": 8}',
+            "gate.rules": "[{task: tunegate_domain, metric: no_forbidden, max_drop: 0.1},"
+                          " {task: reward, metric: win_rate, max_drop: 0.1, tier: supporting}]",
+            **{f"tracking.{k}": v for k, v in tracking.model_dump().items()}}
+    code = main(["run", "configs/tiny.yaml", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "rlhf" / "summary.json").read_text())
+    reward = summary["reward"]
+    assert reward["informative"] and reward["accuracy"] >= 0.9 and reward["pairs"] > 0, reward
+    assert re.search(r"reward: test-model-reward v1, held-out accuracy \d\.\d{3} \[\d\.\d{3}, 1\.000\] on \d+ pairs: "
+                     r"win rate \d\.\d{3} over \d+ prompts", out), out
+    assert code == (0 if summary["gate"] == "passed" else 1)
+    client = MlflowClient(tracking.tracking_uri)
+    assert [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "rl/reward_step")] == [1, 2]
+    version = client.get_model_version("test-model", summary["model_version"])
+    assert "gate.reward.win_rate" in version.tags  # the reward rule is a row of the gate's table

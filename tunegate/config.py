@@ -773,12 +773,13 @@ class ModelRef(_Section):
 class RunPaths(_Section):
     """The folders of one pipeline run: <output_dir>/<run_name>/<stage>; checkpoints are shared by runs."""
 
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "eval", "sft", "dpo", "baseline", "export")
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "eval", "sft", "dpo", "rl", "baseline", "export")
     run: str
     data: str
     eval: str
     sft: str
     dpo: str
+    rl: str
     baseline: str
     export: str
     checkpoints: str
