@@ -16,7 +16,7 @@ per-prompt unit would count as a disagreement.
 - per user, each number with its n:
   - consensus: on each answer they rated that others rated too, the trust-weighted share of the other
     raters who voted the same way (leave-one-out: a user never agrees with themselves);
-  - reward: an upvote agrees when the reward model scores the answer above the window's median rated
+  - reward: an upvote agrees when the reward model scores the answer above the window's mean rated
     answer, a downvote when below (only with scores);
   - reference: an upvote agrees when the answer keeps the key facts of the closest reference, a downvote
     when it contradicts it (data_checks/contradiction.py, the same test validate runs); answers to
@@ -102,12 +102,13 @@ def krippendorff_alpha(by_unit: dict[str, dict[str, bool]]) -> dict:
 
 
 def reward_verdicts(units: dict[str, dict]) -> dict[str, bool]:
-    """Per scored answer: True above the window's median score, False below (at the median: no verdict)."""
+    """Per scored answer: True above the window's mean score, False below (at the mean: no verdict). Not the median:
+    when most answers are alike (right, scored alike) the median is their score, and they would get no verdict."""
     scores = {k: float(r["reward_score"]) for k, r in units.items() if r.get("reward_score") is not None}
     if len(scores) < 2:
         return {}
-    median = float(np.median(list(scores.values())))
-    return {k: s > median for k, s in scores.items() if s != median}
+    mean = float(np.mean(list(scores.values())))
+    return {k: s > mean for k, s in scores.items() if not np.isclose(s, mean)}
 
 
 def answer_record(rating: dict, line: int) -> dict:
