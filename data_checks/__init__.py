@@ -1,6 +1,6 @@
 """Data checks: one concern per module, each a detector plus a Great Expectations suite.
 
-    format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py  contradiction.py
+    format.py  length.py  duplicates.py  pii.py  leakage.py  preference.py  contradiction.py  raters.py
     (text.py: the shared text view; facts.py: key facts of answers; split.py: the train/eval split;
     pii_context.py: what the words right before a PII-shaped number say it is)
 
@@ -13,10 +13,10 @@ context and renders their Data Docs; tasks/validate.py wires them together.
 
 def all_rules() -> dict[str, str]:
     """Every rule of every suite: name -> what it asserts."""
-    from data_checks import contradiction, duplicates, format, leakage, length, pii, preference
+    from data_checks import contradiction, duplicates, format, leakage, length, pii, preference, raters
 
     return {**format.RULES, **length.RULES, **duplicates.RULES, **pii.RULES, **leakage.RULES, **preference.RULES,
-            **contradiction.RULES}
+            **contradiction.RULES, **raters.RULES}
 
 
 def check_rule_names(max_fraction: dict[str, float]) -> None:

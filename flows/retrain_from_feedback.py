@@ -15,6 +15,9 @@ training and waits for a reviewer (the watermark's `pending`). Until the decisio
 exactly that window and stops again; later windows wait behind it, so nothing a reviewer has not
 seen trains. `feedback.approved_window` (its rows train) or `feedback.rejected_window` (marked read,
 never trained), each with `feedback.review_note`, settles it (`tunegate retrain --approve/--reject`).
+The same holds for a window whose rows come past `data.checks.rater_max_fraction` from flagged raters
+(data_checks/raters.py): validate reads the window's ratings file, with the registered reward model's
+score of each rated answer added first when there is a current one.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from prefect.runtime import deployment
 
 from flows.finetune import finetune_pipeline
 from tasks.feedback import (advance_watermark, collect_feedback, current_champion, extend_production_set,
-                            hold_for_review, load_production_set)
+                            hold_for_review, load_production_set, score_ratings)
 from tasks.validate import ConflictReviewRequired
-from tunegate.config import FeedbackConfig, PipelineParams, load_config
+from tunegate.config import FeedbackConfig, PipelineParams, RewardConfig, load_config
 
 
 @flow(name="retrain-from-feedback")
@@ -65,6 +68,8 @@ def retrain_from_feedback(params: PipelineParams) -> dict:
     run_name = f"{deployment.name or 'retrain-from-feedback'}-{window['label']}"
     champion = current_champion(params.tracking)
     production = load_production_set(params.tracking, str(Path(window["prompts_file"]).parent / "production_set.v.jsonl"))
+    # The rater check weighs each vote against the reward model too, when a good enough one is registered.
+    score_ratings(window["ratings_file"], params.tracking, (params.reward or RewardConfig()).min_accuracy)
     state = finetune_pipeline(with_feedback(params, window, checks, production, feedback, run_name), return_state=True)
     summary = read_summary(Path(params.output_dir).resolve() / run_name)
     if summary is None:  # no gate decision was reached
@@ -100,6 +105,7 @@ def with_feedback(params: PipelineParams, window: dict, checks, production: dict
     data = params.data.model_copy(update={
         "feedback_files": [f for f in [window["sft_file"]] if f],
         "feedback_preference_files": [f for f in [window["preference_file"]] if f],
+        "feedback_ratings_file": window["ratings_file"],  # the rater check (data_checks/raters.py)
         "checks": checks,
         "production_eval_file": production["file"] if production["rows"] else None,
     })

@@ -244,6 +244,28 @@ def window_ratings(records: list[dict]) -> list[dict]:
             for row in records]
 
 
+@task(retries=2, retry_delay_seconds=[2, 5])
+def score_ratings(ratings_file: str | None, tracking: TrackingConfig, min_accuracy: float) -> str | None:
+    """Add the registered reward model's `reward_score` to each rated answer in the window's ratings file, for the
+    rater check; the file stays as it is when no reward model is current or it ranks held-out pairs too poorly."""
+    from tasks.reward import current_reward_model
+    from tunegate.reward_model import RewardScorer
+
+    if not ratings_file:
+        return ratings_file
+    path = Path(ratings_file)
+    model = current_reward_model(tracking, min_accuracy, path.parent / "reward")
+    if model is None or not model.informative:
+        return ratings_file
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    answers = {json.dumps([r["conversation"], r["answer"]]): r for r in rows}  # each rated answer scored once
+    scores = RewardScorer(model.path).score_messages([r["conversation"] for r in answers.values()],
+                                                     [r["answer"] for r in answers.values()])
+    score = dict(zip(answers, scores))
+    return write_jsonl(path, [{**r, "reward_score": float(score[json.dumps([r["conversation"], r["answer"]])])}
+                              for r in rows])
+
+
 def window_label(start: datetime, end: datetime) -> str:
     return f"{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
 

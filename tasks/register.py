@@ -260,6 +260,7 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
                 "data/rows_kept": validated.rows_kept,
                 "data/rows_quarantined": validated.rows_quarantined,
                 **{f"data/{rule}": n for rule, n in validated.rule_counts.items()},
+                **{f"data/{name}": v for name, v in validated.rater_metrics.items()},  # the window's raters
                 "train/loss": trained.train_loss,
                 "train/seconds": trained.seconds,
                 **eval_metrics("eval", candidate),

@@ -26,6 +26,14 @@ The contradiction suite compares new rows (feedback, general data) with the cura
 When more than `checks.conflict_max_fraction` of the window conflicts, the stage raises
 `ConflictReviewRequired` before anything trains, naming the top conflicting prompts; a reviewer
 approves with `data.checks.conflicts_approved`, and the conflicting rows then train.
+
+The rater suite (data_checks/raters.py) runs when `data.feedback_ratings_file` names the window's
+ratings: Krippendorff's alpha, each user's agreement with the other raters, the reward model and the
+references (the curated rows and the production set, as above), and the flagged raters. A feedback
+row that came only from flagged raters is quarantined as `rater_outlier`; when more than
+`checks.rater_max_fraction` of the window is, the stage stops for review exactly as for conflicts
+(`ConflictReviewRequired`, approved the same way, and the approved rows then train). The numbers go
+in the report's `raters` section and, through `Validated.rater_metrics`, on the MLflow run.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import re
 import sys
 import tempfile
 import time
@@ -46,7 +55,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from data_checks import (check_rule_names, contradiction, duplicates, format as format_check, leakage, length, pii,
-                         preference)
+                         preference, raters)
 from data_checks.facts import FactIndex
 from data_checks.split import eval_split
 from data_checks.gx_suite import GxRun
@@ -58,6 +67,7 @@ from tunegate.models import ResolvedModel
 
 
 CONFLICT_RULES = ("conflicts_with_curated", "conflicts_with_production")
+REVIEW_RULES = (*CONFLICT_RULES, "rater_outlier")  # past their share a reviewer decides, and may approve
 
 
 class DataValidationError(RuntimeError):
@@ -90,6 +100,18 @@ def files(rows: list[dict], names: list[str]) -> np.ndarray:
     """Which rows come from one of the named files."""
     wanted = set(map(str, names))
     return np.fromiter((r["source"]["file"] in wanted for r in rows), dtype=bool, count=len(rows))
+
+
+def feedback_lines(rows: list[dict], names: list[str]) -> list[dict | None]:
+    """Each row's line as the feedback stage wrote it (with its `feedback_sources`; ingest drops that key), None
+    for a row from any other file."""
+    lines: dict[tuple[str, int], bytes] = {}
+    for name in names:
+        if Path(name).exists():
+            with Path(name).open("rb") as f:
+                lines.update(((str(name), i), line) for i, line in enumerate(f, 1))
+    keys = [(r["source"]["file"], r["source"]["line"]) for r in rows]
+    return [orjson.loads(lines[k]) if k in lines else None for k in keys]
 
 
 def holdout_records(holdout_file: str | None) -> list[dict]:
@@ -152,6 +174,7 @@ def check_rows(
     window: np.ndarray | None = None,
     facts: FactIndex | None = None,
     scanned_at_ingest: bool = False,
+    rater_flags: tuple | None = None,
 ) -> dict:
     """Run every suite (or those in `only`) for one kind of row (sft or preference); return flags, details, summaries."""
     n, n_bad = len(records), len(ingest_rejected)
@@ -240,9 +263,13 @@ def check_rows(
             run("production_contradiction", contradiction.PRODUCTION_RULES, (frame, found[0]), measured=window)
         # Both kinds count toward one review threshold: the share of the window that contradicts any reference.
         conflict_share = float(conflicting[window].mean()) if window.any() else None
+    rater_share = None
+    if rater_flags is not None:  # (flag frame, details) over these rows, from data_checks.raters.detect
+        run("raters", raters.RULES, rater_flags, measured=window)
+        rater_share = float(rater_flags[0]["rater_outlier"].to_numpy()[window].mean()) if window.any() else None
     flags = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=range(n + n_bad))
     return {"flags": flags, "details": details, "summaries": summaries, "seconds": seconds, "conflicts": conflicts,
-            "conflict_share": conflict_share,
+            "conflict_share": conflict_share, "rater_share": rater_share,
             "redact_types": redact_types, "redacted": redacted, "redacted_rows": redacted_rows, "pii_rows": pii_rows,
             "length": length_info}
 
@@ -271,6 +298,73 @@ def conflict_summary(sft: dict, pref: dict | None, checks: ChecksConfig, records
         "approved_rows": sum((r or {}).get("approved_conflicts", 0) for r in (sft, pref)),
         "top": sorted(groups.values(), key=lambda g: -g["rows"])[:top],
     }
+
+
+def rater_summary(agreement: dict | None, sft: dict, pref: dict | None, checks: ChecksConfig) -> dict:
+    """The window's rater agreement (data_checks/raters.py) with the share of its rows that only flagged raters
+    gave, and whether that share stops the run for review; n/a, with why, when there is nothing to measure."""
+    if agreement is None:
+        return {"status": "n/a: no ratings file (data.feedback_ratings_file)", "flagged": [], "shares": {},
+                "review": False}
+    results = (("sft", sft), ("preference", pref))
+    shares = {kind: r["rater_share"] for kind, r in results if r is not None and r["rater_share"] is not None}
+    judged = agreement["judged"]
+    return {
+        "status": "measured" if judged >= 2 else f"n/a: {judged} of {len(agreement['users'])} users have "
+                  f"{checks.rater_min_ratings}+ comparable ratings; agreement needs two",
+        **agreement,
+        "flagged_rows": {kind: int(r["flags"]["rater_outlier"].sum()) for kind, r in results
+                         if r is not None and "rater_outlier" in r["flags"]},
+        "shares": shares,
+        "max_fraction": checks.rater_max_fraction,
+        "review": not checks.conflicts_approved and any(s > checks.rater_max_fraction for s in shares.values()),
+        "approved": checks.conflicts_approved,
+        "approved_rows": sum((r or {}).get("approved_raters", 0) for _, r in results),
+    }
+
+
+def rater_metrics(summary: dict) -> dict[str, float]:
+    """The rater numbers as MLflow metrics (data/raters/...): alpha when defined, counts, each judged user's
+    agreement; user ids are account ids, reduced to the characters a metric name may hold."""
+    if "users" not in summary:
+        return {}
+    metrics = {"users": len(summary["users"]), "judged": summary["judged"], "flagged": len(summary["flagged"]),
+               "flagged_rows": sum(summary["flagged_rows"].values()),
+               **({"alpha": summary["alpha"]} if summary["alpha"] is not None else {}),
+               **({"median_agreement": summary["median_agreement"]} if summary["median_agreement"] is not None else {})}
+    for u in summary["users"]:
+        if u["judged"]:
+            metrics[f"user/{re.sub(r'[^A-Za-z0-9_.-]', '_', u['user'])}/agreement"] = u["combined"]
+    return {f"raters/{k}": float(v) for k, v in metrics.items()}
+
+
+def rater_message(report: dict) -> str:
+    r = report["raters"]
+    shares = ", ".join(f"{kind} {share:.1%}" for kind, share in r["shares"].items())
+    flagged = {u["user"]: u for u in r["users"] if u["flagged"]}
+    lines = [f"Rater check: feedback rows that only flagged raters gave are {shares} of the window (allowed "
+             f"{r['max_fraction']:.1%}). Nothing was trained on it. Krippendorff's alpha "
+             + (f"{r['alpha']:.3f} over {r['alpha_answers']} answers by {r['alpha_raters']} users"
+                if r["alpha"] is not None else f"n/a ({r['alpha_why']})")
+             + f"; median user's agreement {r['median_agreement']:.2f}, allowed gap {r['max_gap']}. Flagged raters:"]
+    for user, u in flagged.items():
+        lines.append(f"  {user}: agreement {u['combined']:.2f} on {u['comparable']} ratings ("
+                     + "; ".join(f"{k} {u[k]['agreement']:.2f} of {u[k]['n']}" for k in raters.EVIDENCE if u[k]["n"])
+                     + ")")
+    lines.append("If these raters are trusted, approve the window: data.checks.conflicts_approved='<reviewer>: <reason>' "
+                 "(tunegate retrain --approve); their rows then train. Every quarantined row and its reason: "
+                 f"{report['quarantine']}")
+    return "\n".join(lines)
+
+
+def review_message(report: dict, failed: set[str]) -> str:
+    """Why the window waits for a reviewer: its conflicts, its flagged raters' rows, or both."""
+    parts = []
+    if report["conflicts"]["review"] or failed & set(CONFLICT_RULES):
+        parts.append(conflict_message(report))
+    if report["raters"]["review"] or "rater_outlier" in failed:
+        parts.append(rater_message(report))
+    return "\n\n".join(parts)
 
 
 def conflict_message(report: dict) -> str:
@@ -383,7 +477,8 @@ def validate_records(
 
     def thresholds(rules):
         review = 1.0 if checks.conflicts_approved else checks.conflict_max_fraction
-        defaults = {"conflicts_with_curated": review, "conflicts_with_production": review}
+        defaults = {"conflicts_with_curated": review, "conflicts_with_production": review,
+                    "rater_outlier": 1.0 if checks.conflicts_approved else checks.rater_max_fraction}
         return {rule: checks.max_fraction.get(rule, defaults.get(rule, max_fraction)) for rule in rules}
 
     policies = {t: checks.pii_policies.get(t, pii_policy) for t in pii.TYPES}
@@ -411,14 +506,29 @@ def validate_records(
                   max_length=max_length, eval_prompts=eval_prompts, only=only, curated=curated, facts=facts,
                   production=production,
                   scanned_at_ingest=pii_scanned_at_ingest)
-    sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, **common)
-    pref = (check_rows("preference", preferences, rejected_pref, window=pref_window, **common)
+    agreement, rater_flags = None, {"sft": None, "preference": None}
+    if data is not None and data.feedback_ratings_file and (only is None or "raters" in only):
+        started_raters = time.perf_counter()
+        ratings = _read_jsonl(Path(data.feedback_ratings_file))
+        agreement = raters.rater_agreement(ratings, checks, curated + (production or []), facts)
+        rater_flags = {"sft": raters.detect(records, feedback_lines(records, data.feedback_files), ratings, agreement),
+                       "preference": raters.detect(preferences, feedback_lines(preferences,
+                                                                               data.feedback_preference_files),
+                                                   ratings, agreement)}
+        raters_seconds = time.perf_counter() - started_raters
+    sft = check_rows("sft", records, rejected_sft, is_eval=is_eval, window=window, rater_flags=rater_flags["sft"],
+                     **common)
+    pref = (check_rows("preference", preferences, rejected_pref, window=pref_window,
+                       rater_flags=rater_flags["preference"], **common)
             if preferences or rejected_pref else None)
     for result in (sft, pref):
-        columns = [c for c in CONFLICT_RULES if result is not None and c in result["flags"]]
-        if checks.conflicts_approved and columns:
-            result["approved_conflicts"] = int(result["flags"][columns].any(axis=1).sum())
-            result["flags"][columns] = False  # a reviewer approved them: they train
+        for rules, key in ((CONFLICT_RULES, "approved_conflicts"), (("rater_outlier",), "approved_raters")):
+            columns = [c for c in rules if result is not None and c in result["flags"]]
+            if checks.conflicts_approved and columns:
+                result[key] = int(result["flags"][columns].any(axis=1).sum())
+                result["flags"][columns] = False  # a reviewer approved them: they train
+    if agreement is not None:
+        sft["seconds"]["raters"] = raters_seconds
 
     write_started = time.perf_counter()
     paths = {name: out_dir / f"{name}.jsonl" for name in ("clean", "clean_preferences", "quarantine")}
@@ -472,6 +582,7 @@ def validate_records(
         "split": {"fraction": data.eval_fraction, "seed": data.split_seed, "min_per_stratum": data.min_eval_per_stratum,
                   "strata": coverage} if data is not None else None,
         "conflicts": conflict_summary(sft, pref, checks, records, preferences),
+        "raters": rater_summary(agreement, sft, pref, checks),
         "files": per_file,
         "suites": suites,
         "nothing_to_check": [f"{s['data']}/{s['suite']}" for s in suites if s["nothing_to_check"]],
@@ -538,8 +649,23 @@ def report_markdown(report: dict) -> str:
             *split_markdown(report.get("split")),
             *([f"Conflicts with curated data approved by {report['conflicts']['approved']!r}: "
                f"{report['conflicts']['approved_rows']} rows train."] if report["conflicts"]["approved"] else []),
+            "",
+            rater_markdown(report["raters"]),
         ]
     )
+
+
+def rater_markdown(r: dict) -> str:
+    """One line on the window's raters: alpha, the median user's agreement, who is flagged and their rows."""
+    if "users" not in r:
+        return f"Raters: {r['status']}."
+    alpha = f"{r['alpha']:.3f} over {r['alpha_answers']} answers" if r["alpha"] is not None else f"n/a ({r['alpha_why']})"
+    median = f"{r['median_agreement']:.2f}" if r["median_agreement"] is not None else "n/a"
+    flagged = ", ".join(f"{u['user']} ({u['combined']:.2f}, n {u['comparable']})" for u in r["users"] if u["flagged"])
+    return (f"Raters: {len(r['users'])} users, {r['judged']} judged ({r['status']}); Krippendorff's alpha {alpha}; "
+            f"median user's agreement {median}; flagged: {flagged or 'none'}; their rows quarantined: "
+            f"{r['flagged_rows'] or 0}" + (f"; approved by {r['approved']!r}: {r['approved_rows']} rows train"
+                                              if r["approved"] else "") + ".")
 
 
 def split_markdown(split: dict | None) -> list[str]:
@@ -570,13 +696,15 @@ class Validated(BaseModel):
     success: bool
     conflicts_approved: str | None = None
     conflicts_approved_rows: int = 0
+    rater_metrics: dict[str, float] = {}
 
     @classmethod
     def of(cls, report: dict, report_file: Path) -> Validated:
         return cls(**{k: report[k] for k in ("clean", "clean_preferences", "quarantine", "rows_in", "rows_kept",
                                               "rows_quarantined", "preferences_kept", "rule_counts", "success")},
                    report_file=str(report_file), conflicts_approved=report["conflicts"]["approved"],
-                   conflicts_approved_rows=report["conflicts"]["approved_rows"])
+                   conflicts_approved_rows=report["conflicts"]["approved_rows"],
+                   rater_metrics=rater_metrics(report["raters"]))
 
 
 @task(cache_policy=STAGE_CACHE, persist_result=True)
@@ -592,8 +720,8 @@ def validate(ingested: Ingested, data: DataConfig, model: ResolvedModel, out_dir
     )
     create_markdown_artifact(markdown=report_markdown(report), key="data-validation", description="Data checks")
     failed = {r["rule"] for s in report["suites"] for r in s["rules"] if not r["success"]}
-    if report["conflicts"]["review"] or failed & set(CONFLICT_RULES):
-        raise ConflictReviewRequired(conflict_message(report))
+    if report["conflicts"]["review"] or report["raters"]["review"] or failed & set(REVIEW_RULES):
+        raise ConflictReviewRequired(review_message(report, failed))
     if failed:
         raise DataValidationError(failure_message(report))
     # Files a user listed; a feedback window whose every row is, say, a duplicate is a normal outcome.

@@ -216,7 +216,7 @@ def test_a_production_set_without_rows_adds_no_eval_task_and_no_gate_rule():
     # No prompts, no curated rows: nothing to add, nothing skipped, no crash.
     assert production_rows([], [], None, set(), "w", 0.5) == ([], {"known": 0, "pii": 0, "no_reference": 0})
     params = load_config("configs/tiny.yaml")
-    window = {"sft_file": None, "preference_file": None}
+    window = {"sft_file": None, "preference_file": None, "ratings_file": None}
     empty = {"version": 0, "rows": 0, "file": None, "run_id": None}
     run = with_feedback(params, window, params.data.checks, empty, FeedbackConfig(), "w")
     assert "production" not in run.eval.tasks and run.data.production_eval_file is None
