@@ -53,13 +53,12 @@ def finetune_pipeline(params: PipelineParams) -> RunSummary:
     suite = build_eval_suite(prepared, params.eval, params.gate, run.eval)
     trained = sft(prepared, params.sft, run.sft, run.checkpoints)
     aligned = dpo(trained, prepared, params.dpo, run.dpo)
-    reinforced = rl(aligned, rewarder, prepared, params.rl, run.rl, params.eval.key_facts.get("tunegate_domain"))
-    aligned = reinforced.policy
+    aligned = rl(aligned, rewarder, prepared, params.rl).policy
     baseline = resolve_baseline(params.tracking, run.baseline)
     evals = evaluate(aligned, baseline, suite, params.tracking)
     evals = judge(evals, params.judge)
     evals = reward_eval(evals, rewarder, params.reward)
-    registered = register(params, prepared, aligned, evals, reinforced.summary)
+    registered = register(params, prepared, aligned, evals)
     decision = gate(params.gate, registered, params.tracking)
     review = await_review(decision, registered.version, params.gate)
     promotion = promote(decision, registered, params.tracking, review)

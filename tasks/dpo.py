@@ -144,6 +144,7 @@ class Aligned(BaseModel):
     steps: int = 0
     seconds: float = 0.0
     seed: int | None = None
+    rl: dict | None = None  # tasks/rl.py's summary when RL replaced these weights with its own
 
     @property
     def weights(self) -> str:

@@ -227,8 +227,7 @@ class RegisteredVariant(RegisteredVersion):
     quantized: Quantized
 
 
-def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison,
-                 rl: dict | None = None) -> Registered:
+def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
     """Log the whole run to MLflow (RL's curves when it ran) and register the trained weights; run id and version."""
     import mlflow
 
@@ -268,15 +267,15 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
             }
         )
         log_training_curves(aligned)
-        if rl:
-            log_rl(rl)
+        if aligned.rl:
+            log_rl(aligned.rl)
         log_datasets(prepared, params.data.feedback_files + params.data.feedback_preference_files)
         mlflow.log_dict(params.model_dump(), "config.json")
         report = json.loads(Path(validated.report_file).read_text())
         mlflow.log_dict({k: v for k, v in report.items() if k not in ("clean", "quarantine")},
                         "data/validation_report.json")
         mlflow.log_dict(trained.model_dump(mode="json"), "train/sft_summary.json")
-        mlflow.log_dict(aligned.model_dump(mode="json", exclude={"sft"}), "train/dpo_summary.json")
+        mlflow.log_dict(aligned.model_dump(mode="json", exclude={"sft", "rl"}), "train/dpo_summary.json")
         mlflow.log_dict(candidate.model_dump(mode="json"), "eval/candidate.json")
         mlflow.log_dict(baseline.model_dump(mode="json"), "eval/baseline.json")
         table = side_by_side(evals)
@@ -309,10 +308,9 @@ def register_run(params: PipelineParams, prepared: Prepared, aligned: Aligned, e
 
 
 @task
-def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison,
-             rl: dict | None = None) -> Registered:
+def register(params: PipelineParams, prepared: Prepared, aligned: Aligned, evals: Comparison) -> Registered:
     """Log the run to MLflow and register the trained weights as a model version."""
-    return register_run(params, prepared, aligned, evals, rl)
+    return register_run(params, prepared, aligned, evals)
 
 
 def register_variant(quantized: Quantized, evals: Comparison, suite_version: str, params: PipelineParams

@@ -263,23 +263,24 @@ class Reinforced(BaseModel):
     seed: int | None = None
 
     @property
-    def summary(self) -> dict | None:
-        """What register logs to MLflow (curves as per-step metrics, the rest as rl_summary.json); None when skipped."""
-        return None if self.skipped else self.model_dump(mode="json", exclude={"aligned"})
-
-    @property
     def policy(self) -> Aligned:
         """What evaluate, register and export read: DPO's result with RL's weights in place of its own."""
-        return self.aligned if self.skipped else self.aligned.model_copy(update={"adapter": self.adapter,
-                                                                                  "model": self.model})
+        return self.aligned if self.skipped else self.aligned.model_copy(update={
+            "adapter": self.adapter, "model": self.model, "rl": self.model_dump(mode="json", exclude={"aligned"})})
+
+
+def rl_dir(prepared: Prepared, out_dir: str | None) -> Path:
+    """Where RL writes: out_dir, else <run>/rl beside prepare's <run>/data."""
+    return Path(out_dir) if out_dir else Path(prepared.train).parent.parent / "rl"
 
 
 def _rl_cache_key(context, parameters) -> str:
-    aligned, reward, prepared, cfg, terms = (parameters[k] for k in ("aligned", "reward", "prepared", "cfg", "terms"))
+    aligned, reward, prepared, cfg = (parameters[k] for k in ("aligned", "reward", "prepared", "cfg"))
+    terms = parameters.get("terms")
     weights = [file_sha256(p) for p in sorted(Path(aligned.weights).glob("*.safetensors"))]
     reward_weights = [file_sha256(p) for p in sorted(Path(reward.path).glob("*.safetensors"))] if (
         reward and reward.path) else []
-    output_root = Path(parameters["out_dir"]).parent.parent  # <output_dir>/<run>/rl
+    output_root = rl_dir(prepared, parameters.get("out_dir")).parent.parent  # <output_dir>/<run>/rl
     return content_key(output_root, file_sha256(prepared.train), file_sha256(prepared.validated.clean),
                        aligned.sft.base.path, *weights, *reward_weights,
                        cfg.model_dump_json() if cfg else "none", terms.model_dump_json() if terms else "none",
@@ -294,11 +295,12 @@ def check_rl_reward(reward: RewardModel, cfg: RLConfig | None) -> None:
 
 
 @task(cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_rl_cache_key), persist_result=True)
-def rl(aligned: Aligned, reward: RewardModel | None, prepared: Prepared, cfg: RLConfig | None, out_dir: str,
-       terms: KeyFactTerms | None = None) -> Reinforced:
+def rl(aligned: Aligned, reward: RewardModel | None, prepared: Prepared, cfg: RLConfig | None,
+       out_dir: str | None = None, terms: KeyFactTerms | None = None) -> Reinforced:
     """RL on the train prompts against the reward model and the key-fact checks; skipped without an rl section.
 
-    terms: the eval set's key-fact terms (eval.key_facts["tunegate_domain"]), so RL rewards what the gate checks."""
+    out_dir: default <run>/rl (next to prepare's <run>/data). terms: extra key-fact terms (e.g. the eval set's
+    eval.key_facts["tunegate_domain"]); rl.must_not_include is always checked."""
     if cfg is None:
         log.info("RL skipped: no `rl:` section in the config")
         return Reinforced(skipped=True, skip_reason="no `rl:` section in the config", adapter=aligned.adapter,
@@ -306,8 +308,8 @@ def rl(aligned: Aligned, reward: RewardModel | None, prepared: Prepared, cfg: RL
     check_reward_model(reward)
     rows = train_prompts(prepared.train, prepared.validated.clean, cfg, terms)
     policy = {"adapter": aligned.adapter, "model": aligned.model}
-    summary = train_rl(aligned.sft.base.path, policy, reward.path, rows, cfg, aligned.sft.precision, Path(out_dir),
-                       aligned.sft.base.trust_remote_code)
+    summary = train_rl(aligned.sft.base.path, policy, reward.path, rows, cfg, aligned.sft.precision,
+                       rl_dir(prepared, out_dir), aligned.sft.base.trust_remote_code)
     log.info("RL (%s): %d steps, %.1f s a step; mean reward %.3f -> %.3f", cfg.method, summary["steps"],
              summary["seconds_per_step"], summary["reward_first"], summary["reward_last"])
     return Reinforced(**summary, aligned=aligned, reward_model=f"{reward.registered_model} v{reward.version}"
