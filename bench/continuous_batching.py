@@ -6,7 +6,8 @@ Four ways, each answer greedy with the model's own EOS (so every way does the sa
 sequential `model.generate` (one request at a time), one left-padded `generate` over all 8, and
 transformers' ContinuousBatchingManager (`model.init_continuous_batching`) fed by 8 client threads,
 once all at once and once arriving `--gap` seconds apart (requests join while others decode), and
-once one request at a time through it (its cost at concurrency 1). Reports tok/s, the ratio to
+once one request at a time through it (its cost at concurrency 1), in alternating rounds (`--rounds`) so
+that a change in the machine's load hits every way alike. Reports tok/s, the ratio to
 sequential, p50/p95 latency, and whether every answer equals the sequential greedy answer token for
 token. Prints a markdown section for docs/benchmarks.md.
 """
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--base", default="bundled:smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.15, help="seconds between arrivals in the staggered run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of all the ways")
     parser.add_argument("--num-blocks", type=int, default=16, help="paged KV cache blocks (256 tokens each)")
     args = parser.parse_args()
 
@@ -134,14 +136,6 @@ def main() -> None:
 
     rows = []
     for max_new in (32, 16):
-        reference, lat = sequential(model, prompts, max_new)
-        tokens = sum(len(a) for a in reference)
-        wall = sum(lat)
-        rows.append((max_new, "sequential generate", tokens / wall, lat, True))
-        start = time.perf_counter()
-        answers, lat = padded(model, tok, prompts, max_new)
-        rows.append((max_new, "one padded generate", tokens / (time.perf_counter() - start), lat,
-                     answers == reference))
         manager = model.init_continuous_batching(
             generation_config=GenerationConfig(do_sample=False, max_new_tokens=max_new,
                                                eos_token_id=model.generation_config.eos_token_id),
@@ -149,19 +143,26 @@ def main() -> None:
         manager.start()
         router = Router(manager)
         through_manager(router, prompts[:1], 4, None)  # warm-up: the cache is allocated on the first batch
-        for name, gap in (("manager, 8 at once", 0.0), (f"manager, arriving {args.gap} s apart", args.gap),
-                          ("manager, one at a time", None)):
-            start = time.perf_counter()
-            answers, lat = through_manager(router, prompts, max_new, gap)
-            wall = time.perf_counter() - start
-            rows.append((max_new, name, sum(len(a) for a in answers) / wall, lat, answers == reference))
-            if answers != reference:
-                same = sum(a == r for a, r in zip(answers, reference))
-                print(f"{name} ({max_new}): {same}/8 answers equal the sequential greedy ones", file=sys.stderr)
+        reference = sequential(model, prompts, max_new)[0]
+        ways = {"sequential generate": lambda: sequential(model, prompts, max_new),
+                "one padded generate": lambda: padded(model, tok, prompts, max_new),
+                "manager, 8 at once": lambda: through_manager(router, prompts, max_new, 0.0),
+                f"manager, arriving {args.gap} s apart": lambda: through_manager(router, prompts, max_new, args.gap),
+                "manager, one at a time": lambda: through_manager(router, prompts, max_new, None)}
+        done = {name: [0, 0.0, [], True] for name in ways}  # tokens, wall, latencies, all equal to sequential
+        for _ in range(args.rounds):  # each way in turn, round after round: a load change hits all alike
+            for name, way in ways.items():
+                start = time.perf_counter()
+                answers, lat = way()
+                done[name][0] += sum(len(a) for a in answers)
+                done[name][1] += time.perf_counter() - start
+                done[name][2] += lat
+                done[name][3] &= answers == reference
         manager.stop(block=True, timeout=30)
+        rows += [(max_new, name, tokens / wall, lat, same) for name, (tokens, wall, lat, same) in done.items()]
 
     print(f"\n### `python bench/continuous_batching.py --base {args.base} --threads {args.threads} --gap {args.gap} "
-          f"--num-blocks {args.num_blocks}`\n")
+          f"--rounds {args.rounds} --num-blocks {args.num_blocks}`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; "
           f"torch threads {args.threads}; transformers {__import__('transformers').__version__}\n")
     print("| new tokens | way | tok/s | /sequential | p50 / p95 s | = sequential greedy |\n|---|---|---|---|---|---|")

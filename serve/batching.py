@@ -7,9 +7,8 @@
 Which requests come here: with serve.continuous_batching (the default) only those transformers'
 ContinuousBatchingManager cannot decode as they would be decoded alone: sampled ones (its
 do_sample is one per manager) and response_format ones (it has no per-request logits hook for a
-grammar mask); greedy plain requests go to serve/continuous.py. On the AVX2-only 2-core EPYC one
-left-padded `generate` of 8 ran at only 0.6x-1.7x sequential calls, the manager at 3x and more
-(docs/benchmarks.md "Issue 22"). One worker thread takes the waiting requests of one version (up to
+grammar mask); greedy plain requests go to serve/continuous.py, which says why (docs/benchmarks.md
+"Issue 22"). One worker thread takes the waiting requests of one version (up to
 `max_batch`) and decodes them as one batch through transformers' own hooks (inside `exclusive`,
 which holds the version's manager off the model), each row keeping its own settings:
 - a LogitsProcessor: the row's grammar mask (response_format), its temperature and top_p; a greedy
