@@ -2,6 +2,7 @@
 
     python bench/serve_speed.py --base tiny --max-tokens 32 --threads 2
     python bench/serve_speed.py --base bundled:smollm2-135m-instruct --max-tokens 24 --threads 2
+    python bench/serve_speed.py --base bundled:smollm2-135m-instruct --max-tokens 16 --prompts 8 --concurrency-only
 
 Two LoRA versions with random weights (so answers run to the token budget) are registered on the
 base model in a temporary MLflow store, as tasks/register.py does. The server is started on the
@@ -309,6 +310,41 @@ def gateway_overhead(tracking, work: Path, args, prompts: list[str], results: di
         stop_process(engine)
 
 
+def concurrency_only(tracking, work: Path, args, prompts: list[str]) -> None:
+    """Concurrency 1 against 8 only: the default server (continuous batching for these greedy requests), the padded
+    batches alone (serve.continuous_batching=false) and one request at a time, alternating rounds; prints the
+    served line and the tables of the full run."""
+    from openai import OpenAI
+
+    load_before = os.getloadavg()[0]
+    kinds = {"server": [], "padded": ["serve.continuous_batching=false"], "one-at-a-time": ["serve.max_batch_size=1"]}
+    results = {}
+    with ExitStack() as stack:
+        urls = {k: stack.enter_context(serve_model_process(server_args(tracking, work, args, *sets),
+                                                           work / f"{k}.log", 300)) for k, sets in kinds.items()}
+        served = {k: answerer(OpenAI(base_url=f"{u}/v1", api_key="-", max_retries=0, timeout=600), args.max_tokens)
+                  for k, u in urls.items()}
+        for fn in served.values():
+            fn(prompts[0])  # warm-up
+        for c in (1, 8):
+            rounds = {k: [] for k in kinds}
+            for _ in range(args.rounds):  # each kind in turn, round after round: a load change hits all alike
+                for k in kinds:
+                    rounds[k].append(timed_round(served[k], prompts, c))
+            results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+    print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} --prompts "
+          f"{args.prompts} --threads {args.threads} --rounds {args.rounds} --concurrency-only`\n")
+    print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; "
+          f"torch threads {args.threads}\n")
+    for key, name in (("server", "continuous batching (default)"), ("padded", "padded batches only")):
+        c1, c8 = results[(key, 1)], results[(key, 8)]
+        print(f"Served ({name}, tracing on): concurrency 8 at {c8['tok_s'] / c1['tok_s']:.2f}x the tok/s of "
+              f"concurrency 1 ({c8['tok_s']:.1f} vs {c1['tok_s']:.1f}).\n")
+    print_ratio_table(results, ("one-at-a-time", "one at a time"), ("server", "batched"))
+    print()
+    print_ratio_table(results, ("padded", "padded batches"), ("server", "continuous batching"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="tiny", help="tiny or bundled:smollm2-135m-instruct")
@@ -323,6 +359,8 @@ def main() -> None:
                         help="also measure `transformers serve` on the same merged weights")
     parser.add_argument("--gateway", action="store_true",
                         help="also measure serve-model as a gateway in front of `transformers serve`, against it direct")
+    parser.add_argument("--concurrency-only", action="store_true",
+                        help="only concurrency 1 against 8: continuous batching, padded batches, one at a time")
     args = parser.parse_args()
 
     import mlflow
@@ -342,8 +380,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-speed-"))  # removed at the end: merged copies are large
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{work}/mlflow.db", artifact_root=str(work / "artifacts"),
                               experiment="bench", registered_model="bench-model")
-    v1, v2 = register(tracking, base_dir, work, 1), register(tracking, base_dir, work, 2)
+    v1 = register(tracking, base_dir, work, 1)
     promote_version(tracking, v1)
+    if args.concurrency_only:
+        concurrency_only(tracking, work, args, prompts)
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    v2 = register(tracking, base_dir, work, 2)
 
     merged = mlflow.artifacts.download_artifacts(
         artifact_uri=mlflow.MlflowClient(tracking.tracking_uri).get_model_version("bench-model", v1).tags["merged"],

@@ -4,12 +4,13 @@
     job = batcher.submit(loaded, inputs, sampling)   # serve/backend.py: LoadedVersion, prompt_ids, Sampling
     for piece in job.pieces(): ...                    # text pieces, then (completion tokens, finish_reason)
 
-Why not transformers' continuous batching (`generate_batch` / ContinuousBatchingManager): on these
-CPUs it decoded at 11 tok/s against 15.8 for sequential `generate` calls, and its paged-attention
-variants are refused on CPU, while one left-padded `generate` over 8 prompts ran at 5.1x the
-sequential rate (ENVIRONMENT.md; bench/serve_speed.py measures all three again). So one worker
-thread takes the waiting requests of one version (up to `max_batch`) and decodes them as one batch
-through transformers' own hooks, each row keeping its own settings:
+Which requests come here: with serve.continuous_batching (the default) only those transformers'
+ContinuousBatchingManager cannot decode as they would be decoded alone: sampled ones (its
+do_sample is one per manager) and response_format ones (it has no per-request logits hook for a
+grammar mask); greedy plain requests go to serve/continuous.py, which says why (docs/benchmarks.md
+"Issue 22"). One worker thread takes the waiting requests of one version (up to
+`max_batch`) and decodes them as one batch through transformers' own hooks (inside `exclusive`,
+which holds the version's manager off the model), each row keeping its own settings:
 - a LogitsProcessor: the row's grammar mask (response_format), its temperature and top_p; a greedy
   row in a sampled batch keeps only its argmax, so it decodes as it would alone;
 - a StoppingCriteria: the row's max_tokens, EOS (a grammar row: every EOS it may end on), stop strings;
@@ -22,6 +23,7 @@ and a lone request is not delayed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -213,8 +215,11 @@ def decode_batch(jobs: list[Job]) -> None:
 class Batcher:
     """One worker thread that decodes waiting requests in batches of one version, at most `max_batch` rows."""
 
-    def __init__(self, max_batch: int = 8, wait_s: float = 0.05):
+    def __init__(self, max_batch: int = 8, wait_s: float = 0.05, exclusive=None):
         self.max_batch, self.wait_s = max_batch, wait_s
+        # exclusive(loaded): a context the batch decodes in, holding off any other user of the model
+        # (serve/continuous.py pauses the version's ContinuousBatchingManager)
+        self.exclusive = exclusive or (lambda loaded: contextlib.nullcontext())
         self.pending: list[Job] = []
         self.cond = threading.Condition()
         self.closed = False
@@ -266,4 +271,5 @@ class Batcher:
                 return
             self.last_wave = len(wave)
             self.waves = (self.waves + [len(wave)])[-100:]
-            decode_batch(wave)
+            with self.exclusive(wave[0].loaded):
+                decode_batch(wave)

