@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import cpu, write_section  # noqa: E402
-from serve_speed import register, start_server  # noqa: E402
+from serve_speed import register, server_args  # noqa: E402
 
 DEMO_EVAL_PROMPTS = 22  # tunegate_domain 15 + tunegate_assertions 7 in configs/demo.yaml
 
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md")
     args = parser.parse_args()
 
+    from cli.serving import serve_model_process
     from tasks.judge import judge_both_orders, judge_summary
     from tasks.promote import promote_version
     from tunegate.config import JudgeConfig, TrackingConfig
@@ -71,31 +72,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="judge-speed-"))
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{work}/mlflow.db", artifact_root=str(work / "artifacts"),
                               experiment="bench", registered_model="bench-model")
-    server = None
     try:
         promote_version(tracking, register(tracking, resolve_base_model(args.base), work, 1))
-        server, url = start_server(tracking, work, args, tracing=False)
         evals = comparison(args.pairs)
         rows, rates = [], {}
-        for structured in (False, True):
-            for concurrency in (1, 4):
-                cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=concurrency,
-                                  max_tokens=args.max_tokens, timeout_s=300, structured_output=structured)
-                start = time.perf_counter()
-                cache = work / f"cache-{concurrency}-{structured}"
-                summary = judge_summary(judge_both_orders(evals, cfg, cache), cfg)
-                wall = time.perf_counter() - start
-                requests = 2 * summary["pairs"] + summary["retried"]
-                demo = wall / summary["pairs"] * DEMO_EVAL_PROMPTS
-                rates[structured, concurrency] = summary["pairs"] / wall
-                ratio = f"{rates[True, concurrency] / rates[False, concurrency]:.2f}x" if structured else "1 (baseline)"
-                rows.append(f"| {'schema' if structured else 'prompt only'} | {concurrency} | {summary['pairs']} | "
-                            f"{requests} | {wall:.1f} | {summary['pairs'] / wall:.3f} | {ratio} | "
-                            f"{summary['no_verdict']} | {demo:.0f} s = {demo / (args.run_seconds + demo):.0%} |")
+        with serve_model_process(server_args(tracking, work, args, "serve.tracing=false"), work / "judge.log",
+                                 600) as url:
+            for structured in (False, True):
+                for concurrency in (1, 4):
+                    cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=concurrency,
+                                      max_tokens=args.max_tokens, timeout_s=300, structured_output=structured)
+                    start = time.perf_counter()
+                    cache = work / f"cache-{concurrency}-{structured}"
+                    summary = judge_summary(judge_both_orders(evals, cfg, cache), cfg)
+                    wall = time.perf_counter() - start
+                    requests = 2 * summary["pairs"] + summary["retried"]
+                    demo = wall / summary["pairs"] * DEMO_EVAL_PROMPTS
+                    rates[structured, concurrency] = summary["pairs"] / wall
+                    ratio = (f"{rates[True, concurrency] / rates[False, concurrency]:.2f}x" if structured
+                             else "1 (baseline)")
+                    rows.append(f"| {'schema' if structured else 'prompt only'} | {concurrency} | "
+                                f"{summary['pairs']} | {requests} | {wall:.1f} | {summary['pairs'] / wall:.3f} | "
+                                f"{ratio} | {summary['no_verdict']} | {demo:.0f} s = "
+                                f"{demo / (args.run_seconds + demo):.0%} |")
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     text = "\n".join([
         "## Pairwise judge throughput", "",

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from judge_speed import comparison  # noqa: E402
 from machine import cpu, write_section  # noqa: E402
-from serve_speed import register, start_server  # noqa: E402
+from serve_speed import register, server_args  # noqa: E402
 
 
 def identity_pairs() -> list[dict]:
@@ -53,6 +53,7 @@ def main() -> None:
 
     import torch
 
+    from cli.serving import serve_model_process
     from tasks.judge import judge_both_orders, judge_summary
     from tasks.promote import promote_version
     from tasks.reward import RewardModel, train_reward_model
@@ -79,19 +80,16 @@ def main() -> None:
     started = time.perf_counter()
     score_pairs(pairs, rewarder, cfg)
     reward_warm_s = time.perf_counter() - started
-    server = None
     try:
         promote_version(tracking, register(tracking, base, work, 1))
-        server, url = start_server(tracking, work, args, tracing=False)
-        judge_cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=1,
-                                max_tokens=args.max_tokens, timeout_s=300, structured_output=True)
-        started = time.perf_counter()
-        judged = judge_summary(judge_both_orders(evals, judge_cfg, work / "judge-cache"), judge_cfg)
-        judge_s = time.perf_counter() - started
+        with serve_model_process(server_args(tracking, work, args, "serve.tracing=false"), work / "judge.log",
+                                 600) as url:
+            judge_cfg = JudgeConfig(base_url=f"{url}/v1", model="bench-model", max_concurrency=1,
+                                    max_tokens=args.max_tokens, timeout_s=300, structured_output=True)
+            started = time.perf_counter()
+            judged = judge_summary(judge_both_orders(evals, judge_cfg, work / "judge-cache"), judge_cfg)
+            judge_s = time.perf_counter() - started
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     n = len(pairs)
     rows = [("LLM judge (serve-model, schema, both orders)", judge_s, f"{judged['no_verdict']} without a verdict"),
