@@ -7,7 +7,7 @@ against a shortened one). The judge is `tunegate serve-model` on the base model 
 schema (its fastest setting, bench/judge_speed.py), both orders per pair, an empty cache. The reward
 model is trained first (TRL RewardTrainer, LoRA on the same base, `--reward-steps` steps on the
 demo's identity preferences; its accuracy does not matter for speed) and scores both answers of
-every pair in batches (tasks/reward_eval.py), loading included and reported apart.
+every pair in batches as tasks/reward_eval.py does (after one warm-up call), loading reported apart.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def main() -> None:
     from cli.serving import serve_model_process
     from tasks.judge import judge_both_orders, judge_summary
     from tasks.promote import promote_version
-    from tasks.reward import RewardModel, train_reward_model
-    from tasks.reward_eval import score_pairs, scored_pairs
+    from tasks.reward import train_reward_model
+    from tasks.reward_eval import reward_prompt, scored_pairs
+    from tunegate.reward_model import RewardScorer
     from tunegate.config import JudgeConfig, RewardConfig, TrackingConfig
     from tunegate.models import resolve_base_model
 
@@ -72,14 +73,17 @@ def main() -> None:
     started = time.perf_counter()
     summary = train_reward_model(base, identity_pairs(), cfg, work / "reward")
     train_s = time.perf_counter() - started
-    rewarder = RewardModel(path=summary["path"], accuracy=summary["accuracy"], min_accuracy=0.0)
     pairs = scored_pairs(evals)
     started = time.perf_counter()
-    score_pairs(pairs, rewarder, cfg)  # loads the model, then scores
-    reward_s = time.perf_counter() - started
+    scorer = RewardScorer(summary["path"], cfg.max_length, cfg.score_batch_size)
+    load_s = time.perf_counter() - started
+    prompts = [reward_prompt(scorer, p["prompt"]) for p in pairs]
+    texts = [p["candidate"] for p in pairs] + [p["baseline"] for p in pairs]
+    scorer.score(prompts + prompts, texts)  # warm-up: first-call allocations
     started = time.perf_counter()
-    score_pairs(pairs, rewarder, cfg)
+    scorer.score(prompts + prompts, texts)  # what tasks/reward_eval.py does per pair: both answers
     reward_warm_s = time.perf_counter() - started
+    reward_s = load_s + reward_warm_s
     try:
         promote_version(tracking, register(tracking, base, work, 1))
         with serve_model_process(server_args(tracking, work, args, "serve.tracing=false"), work / "judge.log",
@@ -93,7 +97,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     n = len(pairs)
     rows = [("LLM judge (serve-model, schema, both orders)", judge_s, f"{judged['no_verdict']} without a verdict"),
-            ("reward model, loading included", reward_s, ""),
+            ("reward model, loading included", reward_s, f"loading (LoRA merged) {load_s:.1f} s"),
             ("reward model, loaded", reward_warm_s, "")]
     table = [f"| {way} | {n} | {s:.2f} | {n / s:.2f} | {1000 * s / n:.1f} | {judge_s / s:.0f}x | {note} |"
              for way, s, note in rows]
