@@ -104,10 +104,10 @@ def main() -> None:
     text = "\n".join([
         "## Reward model scoring against the LLM judge (issue 24)", "",
         f"Command: `python bench/reward_speed.py --base {args.base} --pairs {args.pairs} --reward-steps "
-        f"{args.reward_steps}`. Same {n} pairs (bench/judge_speed.py's), same run: the judge is `tunegate "
+        f"{args.reward_steps} --threads {args.threads}`. Same {n} pairs (bench/judge_speed.py's), same run: the judge is `tunegate "
         f"serve-model` on {args.base} under the verdict's schema at max_concurrency 1; the reward model is a LoRA "
         f"scalar head on the same base ({summary['steps']} RewardTrainer steps in {train_s:.0f} s, not counted), "
-        f"scoring both answers of every pair in batches of {cfg.score_batch_size}; {args.threads} torch threads.", "",
+        f"scoring both answers of every pair in batches of {cfg.score_batch_size}; torch threads: {args.threads}.", "",
         f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}.", "",
         "| scorer | pairs | wall s | pairs/s | ms a pair | vs the judge | note |", "|---|---|---|---|---|---|---|",
         *table, ""])
