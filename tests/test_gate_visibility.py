@@ -207,7 +207,9 @@ def test_a_candidate_that_calls_itself_chatgpt_is_blocked_by_the_demo_rules_thou
                                        "tunegate_assertions": scored_assertions(good_answers, checks)})
     assert scored_assertions(good_answers, checks)["metrics"]["pass"] == 1.0  # the demo's model passes them all
 
-    decision = decide(params.gate, cand, champ)
+    # The demo's rules on the eval tasks; its reward rule reads the reward model's scores (tests/test_reward.py).
+    gate = params.gate.model_copy(update={"rules": [r for r in params.gate.rules if r.task != "reward"]})
+    decision = decide(gate, cand, champ)
     rows = {r["metric"]: r for r in decision["rows"]}
     assert rows["token_f1"]["delta"] > 0 and rows["token_f1"]["verdict"] != "regressed"  # F1 alone would pass it
     assert rows["key_facts"]["delta"] == pytest.approx(-3 / 15)
