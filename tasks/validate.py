@@ -704,7 +704,7 @@ class Validated(BaseModel):
                                               "rows_quarantined", "preferences_kept", "rule_counts", "success")},
                    report_file=str(report_file), conflicts_approved=report["conflicts"]["approved"],
                    conflicts_approved_rows=report["conflicts"]["approved_rows"],
-                   rater_metrics=rater_metrics(report["raters"]))
+                   rater_metrics=rater_metrics(report.get("raters", {})))  # reports from before the rater check
 
 
 @task(cache_policy=STAGE_CACHE, persist_result=True)
