@@ -102,6 +102,19 @@ def merge_rounds(rounds: list[tuple[list[float], int, float]]) -> dict:
     return summarize([x for r in rounds for x in r[0]], sum(r[1] for r in rounds), sum(r[2] for r in rounds))
 
 
+def alternating_rounds(served: dict, prompts: list[str], n_rounds: int) -> dict:
+    """{(kind, concurrency): merged result} at concurrency 1 and 8; each kind in turn, round after round, so a load
+    change hits all alike."""
+    results = {}
+    for c in (1, 8):
+        rounds = {k: [] for k in served}
+        for _ in range(n_rounds):
+            for k in served:
+                rounds[k].append(timed_round(served[k], prompts, c))
+        results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+    return results
+
+
 def run_concurrent(fn, prompts: list[str], concurrency: int) -> dict:
     return merge_rounds([timed_round(fn, prompts, concurrency)])
 
@@ -300,12 +313,7 @@ def gateway_overhead(tracking, work: Path, args, prompts: list[str], results: di
                                                                    args.max_tokens)}
             for fn in served.values():
                 fn(prompts[0])
-            for c in (1, 8):
-                rounds = {k: [] for k in served}
-                for _ in range(args.rounds):
-                    for k, fn in served.items():
-                        rounds[k].append(timed_round(fn, prompts, c))
-                results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+            results |= alternating_rounds(served, prompts, args.rounds)
     finally:
         stop_process(engine)
 
@@ -326,12 +334,7 @@ def concurrency_only(tracking, work: Path, args, prompts: list[str]) -> None:
                   for k, u in urls.items()}
         for fn in served.values():
             fn(prompts[0])  # warm-up
-        for c in (1, 8):
-            rounds = {k: [] for k in kinds}
-            for _ in range(args.rounds):  # each kind in turn, round after round: a load change hits all alike
-                for k in kinds:
-                    rounds[k].append(timed_round(served[k], prompts, c))
-            results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+        results |= alternating_rounds(served, prompts, args.rounds)
     print(f"\n### `python bench/serve_speed.py --base {args.base} --max-tokens {args.max_tokens} --prompts "
           f"{args.prompts} --threads {args.threads} --rounds {args.rounds} --concurrency-only`\n")
     print(f"CPU: {cpu()}; load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}; "
@@ -409,12 +412,7 @@ def main() -> None:
         served = {k: answerer(c, args.max_tokens, ids if k == "server" else None) for k, c in clients.items()}
         for fn in served.values():
             fn(prompts[0])  # warm-up
-        for c in (1, 8):
-            rounds = {k: [] for k in kinds}
-            for _ in range(args.rounds):  # each kind in turn, round after round: a load change hits all alike
-                for k in kinds:
-                    rounds[k].append(timed_round(served[k], prompts, c))
-            results |= {(k, c): merge_rounds(r) for k, r in rounds.items()}
+        results |= alternating_rounds(served, prompts, args.rounds)
         _, serving_id = serving_experiment(tracking)
         expected, deadline = 2 * (1 + 2 * args.rounds * len(prompts)), time.monotonic() + 60
         while True:  # the servers export traces in the background: give the last ones a moment
