@@ -57,11 +57,16 @@ def score_pairs(pairs: list[dict], rewarder: RewardModel, cfg: RewardConfig) -> 
     return both[:len(pairs)], both[len(pairs):]
 
 
+def outcomes(cand: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The candidate's result per prompt: 1 when its answer scores higher, 0.5 on a tie, 0 when lower."""
+    return np.sign(cand - base) * 0.5 + 0.5
+
+
 def reward_summary(cand: np.ndarray, base: np.ndarray, rewarder: RewardModel, seconds: float,
                    n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Win rate with its sign test, mean margin with a bootstrap interval, and the reward model's own accuracy."""
     margin = cand - base
-    outcome = np.sign(margin) * 0.5 + 0.5  # 1 win, 0.5 tie, 0 loss
+    outcome = outcomes(cand, base)
     p_value, wins, losses = mcnemar_exact(margin)
     low, high, _ = paired_bootstrap(margin, n_bootstrap, seed, 0.05)
     n = len(margin)
@@ -84,7 +89,7 @@ def with_reward(evals: Comparison, pairs: list[dict], cand: np.ndarray, base: np
               "higher_is_better": {"win_rate": True, TASK: True}, "definition_hash": summary["reward_model"],
               "data_hash": evals.candidate.model_hash, "limit": None, "footing": {"reward_model": summary["reward_model"]},
               "strata": [p["task"] for p in pairs], "unmeasured": why_not}
-    outcome = (np.sign(cand - base) * 0.5 + 0.5).tolist()
+    outcome = outcomes(cand, base).tolist()
     measured = bool(pairs)
     task_cand = {**common, "reward": summary, "samples": {"win_rate": outcome, TASK: cand.tolist()},
                  "metrics": {"win_rate": summary["win_rate"], TASK: float(cand.mean())} if measured else {}}
