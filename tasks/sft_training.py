@@ -133,6 +133,16 @@ def sft_trainer_class(lm_head: str):
     return PlainHeadSFTTrainer
 
 
+def truncate_rows(dataset, max_length: int):
+    """TRL's truncation of tokenized rows (keep the start; drop a row left with no trained token), which TRL skips
+    when padding-free. Validated data has no row over max_length (the length suite), so this is usually a no-op."""
+    if max((len(ids) for ids in dataset["input_ids"]), default=0) <= max_length:
+        return dataset
+    columns = [c for c in dataset.column_names if c in ("input_ids", "labels", "completion_mask", "assistant_masks")]
+    cut = dataset.map(lambda row: {c: row[c][:max_length] for c in columns}, desc=f"Truncating to {max_length} tokens")
+    return cut.filter(lambda row: any(label != -100 for label in row["labels"]), desc="Dropping fully masked rows")
+
+
 def load_model(base_model_path: str, cfg: SFTConfig, precision: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -297,6 +307,7 @@ def train_sft(
     log.info("precision %s (%s); gradient checkpointing %s (%s); LM head %s (%s)", precision, precision_why,
              "on" if checkpointing else "off", checkpointing_why, lm_head, lm_head_why)
 
+    padding_free = cfg.padding_free and not cfg.packing  # packing is padding-free already
     use_eval = bool(eval_path and cfg.eval_steps)
     files = {"train": train_path} | ({"eval": eval_path} if use_eval else {})
     data = load_dataset("json", data_files=files).remove_columns(["id"])
@@ -311,8 +322,10 @@ def train_sft(
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
+        # TRL leaves truncation to the caller when padding-free without packing (truncate_rows below)
+        max_length=None if padding_free else cfg.max_length,
         packing=cfg.packing,
+        padding_free=padding_free,
         optim=cfg.optimizer,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -344,6 +357,10 @@ def train_sft(
         peft_config=peft_config_for(cfg),
         callbacks=callbacks,
     )
+    if padding_free:
+        trainer.train_dataset = truncate_rows(trainer.train_dataset, cfg.max_length)
+        if use_eval:
+            trainer.eval_dataset = truncate_rows(trainer.eval_dataset, cfg.max_length)
     resume = last_complete_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
     if resume:
         log.info("resuming from %s", resume)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 import tasks.sft_training
 import tunegate.precision
 from tasks.sft_training import (COMPLETE_MARKER, check_training_setup, choose_gradient_checkpointing, choose_lm_head,
-                                estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft)
+                                estimate_training_bytes, last_complete_checkpoint, launch_distributed, train_sft,
+                                truncate_rows)
 from tunegate.precision import choose_precision, cpu_matmul_speeds, precision_from_speeds
 from tunegate.config import SFTConfig, load_config
 
@@ -253,3 +254,26 @@ def test_packing_fills_sequences_and_trains(prepared, tmp_path):
     plain = two_steps(prepared, tmp_path / "plain", method="lora", max_length=256)
     assert math.isfinite(packed["train_loss"]) and packed["steps"] == 2
     assert packed["input_tokens_per_step"] > 2 * plain["input_tokens_per_step"]  # no padding, rows packed together
+
+
+def test_padding_free_trains_the_same_batches_to_the_same_losses(prepared, tmp_path):
+    # Each batch runs as one unpadded row; a token attending across rows would change the loss.
+    free = two_steps(prepared, tmp_path / "free", method="lora", padding_free=True)
+    padded = two_steps(prepared, tmp_path / "padded", method="lora", padding_free=False)
+    assert [s for s, _ in free["loss_curve"]] == [s for s, _ in padded["loss_curve"]] == [1, 2]
+    for (_, a), (_, b) in zip(free["loss_curve"], padded["loss_curve"]):
+        assert abs(a - b) < 1e-4, (free["loss_curve"], padded["loss_curve"])
+    assert free["input_tokens_per_step"] == padded["input_tokens_per_step"] > 100
+
+
+def test_padding_free_rows_are_truncated_as_trl_truncates_padded_ones():
+    from datasets import Dataset
+
+    rows = Dataset.from_list([
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},  # fits: unchanged
+        {"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, 3, 4, 5, 6]},  # keeps its start
+        {"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, -100, 5, 6]},  # nothing trained left: dropped
+    ])
+    cut = truncate_rows(rows, 4)
+    assert cut["input_ids"] == [[1, 2, 3], [1, 2, 3, 4]] and cut["labels"] == [[-100, 2, 3], [-100, -100, 3, 4]]
+    assert truncate_rows(rows, 6) is rows and len(truncate_rows(rows.select([]), 4)) == 0

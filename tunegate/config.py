@@ -187,6 +187,9 @@ class SFTConfig(_Section):
     warmup_steps: int = Field(2, description="Linear warmup steps before the cosine decay. Must be >= 1.")
     max_length: int = Field(512, ge=16, description="Maximum tokens per row after the chat template.")
     packing: bool = Field(False, description="Pack several rows into each sequence (TRL packing).")
+    padding_free: bool = Field(
+        True, description="Each batch's rows run as one unpadded sequence, kept apart by their position ids (TRL "
+        "padding_free): the same batches and loss as padded rows, without computing the padding.")
     optimizer: Literal["adamw_torch", "adamw_8bit"] = Field(
         "adamw_torch", description="adamw_torch, or adamw_8bit (bitsandbytes, CUDA only) to save optimizer memory."
     )
