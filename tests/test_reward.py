@@ -158,6 +158,18 @@ def test_a_reward_rule_blocks_a_candidate_the_reward_model_disfavours(trained):
                   same.baseline.model_dump() | {"version": "1"})["outcome"] == "passed"
 
 
+def test_the_same_store_trains_the_same_reward_model_whatever_ran_before(tiny_model, tmp_path):
+    import torch
+
+    from tasks.reward import train_reward_model
+
+    cfg = RewardConfig(max_steps=2)
+    first = train_reward_model(tiny_model, planted_rows(), cfg, tmp_path / "first")
+    torch.rand(7)  # another stage drew from the global RNG in between
+    second = train_reward_model(tiny_model, planted_rows(), cfg, tmp_path / "second")
+    assert first["heldout_margins"] == second["heldout_margins"] and len(first["heldout_margins"]) >= 5
+
+
 def test_a_reward_model_below_min_accuracy_never_gates(trained):
     from tasks.gate import decide
     from tasks.reward_eval import reward_eval
