@@ -110,7 +110,8 @@ def reward_line(r: dict) -> str:
     m_low, m_high = r["margin_ci"]
     return (f"{model}{weak}: win rate {r['win_rate']:.3f} over {r['pairs']} prompts ({r['wins']} wins, {r['ties']} ties, "
             f"{r['losses']} losses; sign test p={r['sign_test_p']:.3g}), mean margin {r['mean_margin']:+.3f} "
-            f"[{m_low:+.3f}, {m_high:+.3f}], {r['ms_per_pair']} ms a pair")
+            f"[{m_low:+.3f}, {m_high:+.3f}], {r['ms_per_pair']:.0f} ms a pair scored "
+            f"(+{r.get('load_seconds', 0):.1f} s loading the reward model)")
 
 
 def cmd_run(args) -> int:

@@ -47,14 +47,16 @@ def reward_prompt(scorer: RewardScorer, rendered: str) -> str:
     return rendered if messages is None else render_prompt(scorer.tokenizer, messages)
 
 
-def score_pairs(pairs: list[dict], rewarder: RewardModel, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Reward of the candidate's and of the champion's answer to each pair's prompt."""
+def score_pairs(pairs: list[dict], rewarder: RewardModel, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """Reward of the candidate's and of the champion's answer to each pair's prompt, and the seconds loading took."""
     if not pairs:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), 0.0
+    started = time.perf_counter()
     scorer = RewardScorer(rewarder.path, cfg.max_length, cfg.score_batch_size)
+    load_seconds = time.perf_counter() - started
     prompts = [reward_prompt(scorer, p["prompt"]) for p in pairs]
     both = scorer.score(prompts + prompts, [p["candidate"] for p in pairs] + [p["baseline"] for p in pairs])
-    return both[:len(pairs)], both[len(pairs):]
+    return both[:len(pairs)], both[len(pairs):], load_seconds
 
 
 def outcomes(cand: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -63,8 +65,9 @@ def outcomes(cand: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def reward_summary(cand: np.ndarray, base: np.ndarray, rewarder: RewardModel, seconds: float,
-                   n_bootstrap: int = 2000, seed: int = 0) -> dict:
-    """Win rate with its sign test, mean margin with a bootstrap interval, and the reward model's own accuracy."""
+                   load_seconds: float = 0.0, n_bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Win rate with its sign test, mean margin with a bootstrap interval, and the reward model's own accuracy.
+    `seconds`: scoring, loading the reward model not included (that is `load_seconds`)."""
     margin = cand - base
     outcome = outcomes(cand, base)
     p_value, wins, losses = mcnemar_exact(margin)
@@ -77,7 +80,8 @@ def reward_summary(cand: np.ndarray, base: np.ndarray, rewarder: RewardModel, se
             "informative": rewarder.informative, "pairs": n, "wins": wins, "losses": losses, "ties": n - wins - losses,
             "win_rate": float(outcome.mean()) if n else None, "sign_test_p": p_value,
             "mean_margin": float(margin.mean()) if n else None, "margin_ci": [low, high] if n else None,
-            "seconds": round(seconds, 3), "ms_per_pair": round(1000 * seconds / n, 2) if n else None}
+            "seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3),
+            "ms_per_pair": round(1000 * seconds / n, 2) if n else None}
 
 
 def with_reward(evals: Comparison, pairs: list[dict], cand: np.ndarray, base: np.ndarray, summary: dict,
@@ -111,13 +115,13 @@ def reward_eval(evals: Comparison, rewarder: RewardModel, cfg: RewardConfig | No
     # A weak model's scores are shown (the summary, MLflow) but never given to the gate.
     pairs = scored_pairs(evals) if rewarder.path else []
     started = time.perf_counter()
-    cand, base = score_pairs(pairs, rewarder, cfg)
-    summary = reward_summary(cand, base, rewarder, time.perf_counter() - started)
+    cand, base, load_seconds = score_pairs(pairs, rewarder, cfg)
+    summary = reward_summary(cand, base, rewarder, time.perf_counter() - started - load_seconds, load_seconds)
     if why_not:
         log.warning("reward: the gate's reward rules are uninformative: %s", why_not)
     if pairs:
-        log.info("reward %s: %d pairs in %.2f s (%s ms a pair), win rate %s (%d wins, %d ties, %d losses, sign test "
+        log.info("reward %s: %d pairs in %.2f s after %.1f s loading (%s ms a pair), win rate %s (%d wins, %d ties, %d losses, sign test "
                  "p=%.3g), mean margin %s %s", summary["reward_model"], summary["pairs"], summary["seconds"],
-                 summary["ms_per_pair"], summary["win_rate"], summary["wins"], summary["ties"], summary["losses"],
+                 load_seconds, summary["ms_per_pair"], summary["win_rate"], summary["wins"], summary["ties"], summary["losses"],
                  summary["sign_test_p"], summary["mean_margin"], summary["margin_ci"])
     return with_reward(evals, pairs, cand, base, summary, why_not)
