@@ -305,10 +305,9 @@ def eval_suite(
         raise EvalSuiteError(f"eval.limits names tasks the suite does not run: {unknown_limits}; it runs {names}")
     include_paths = [str(tasks_dir)] + [str(Path(p).resolve()) for p in cfg.include_paths]
     specs = [resolve_task(name, include_paths, cfg.limits.get(name)) for name in names]
-    scored_later = {"judge": {"win_rate", "no_verdict_rate"}, "reward": {"win_rate", "reward"}}  # after evaluate
     for rule in rules:
         metrics = next((s["higher_is_better"] for s in specs if s["name"] == rule.task), None)
-        metrics = scored_later[rule.task] if metrics is None else metrics  # the config checked the task's name
+        metrics = SCORED_AFTER_EVALUATION[rule.task] if metrics is None else metrics  # the config checked the name
         if rule.metric not in metrics:
             raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has {sorted(metrics)}")
     return {
@@ -625,6 +624,8 @@ def resolve_baseline(tracking: TrackingConfig, out_dir: str) -> ModelUnderTest:
                           model=None if is_adapter else weights, version=str(version.version))
 
 
+# Tasks scored on the evaluations' answers after evaluate (tasks/judge.py, tasks/reward_eval.py), with their metrics
+SCORED_AFTER_EVALUATION = {"judge": {"win_rate", "no_verdict_rate"}, "reward": {"win_rate", "reward"}}
 SUITE_VERSION_TAG = "eval_suite_version"  # on a version gated on another version's suite (a quantized variant)
 
 
@@ -637,9 +638,10 @@ def suite_owner(client, model_name: str, version: str):
     return mv
 
 
-def check_rules_against(specs: list[dict], rules: list[GateRule], where: str) -> None:
-    """Every rule names a task of the suite and a metric that task has."""
-    tasks = {s["name"]: s["higher_is_better"] for s in specs}
+def check_rules_against(specs: list[dict], rules: list[GateRule], where: str, scored_later: tuple[str, ...] = ()) -> None:
+    """Every rule names a task of the suite, or one of `scored_later` that the flow scores after evaluating, and a
+    metric that task has."""
+    tasks = {s["name"]: s["higher_is_better"] for s in specs} | {t: SCORED_AFTER_EVALUATION[t] for t in scored_later}
     for rule in rules:
         if rule.task not in tasks:
             judge = " (the pairwise judge runs only in tunegate run)" if rule.task == "judge" else ""
@@ -685,7 +687,7 @@ def gated_suite(baseline: ModelUnderTest, gate: GateConfig, tracking: TrackingCo
             if recorded.get(spec["name"], {}).get(key) != spec[key]:
                 raise EvalSuiteError(f"{where}: task {spec['name']} in {tasks_dir} is not what that run evaluated "
                                      f"({key} differs: its files changed, or lm-eval is another version)")
-    check_rules_against(specs, gate.rules, where)
+    check_rules_against(specs, gate.rules, where, scored_later=("reward",))  # the quantize flow scores reward
     cache_dir = str(Path(params.eval.cache_dir).resolve()) if params.eval.cache_dir else None  # as build_eval_suite
     return EvalSuite(tasks=specs, footing=eval_footing(params.eval), base_model_path=resolve_base_model(
         params.base_model), trust_remote_code=params.trust_remote_code, log_samples=params.eval.log_samples,

@@ -242,6 +242,16 @@ def current_reward_model(tracking: TrackingConfig, min_accuracy: float, out_dir:
                        registered_model=version.name, version=str(version.version), run_id=version.run_id)
 
 
+@task
+def registered_reward_model(cfg: RewardConfig | None, tracking: TrackingConfig, out_dir: str) -> RewardModel:
+    """For a flow that trains none (quantize): the reward model the registry calls `current`, or why there is none."""
+    if cfg is None:
+        return RewardModel(skipped=True, skip_reason="no `reward:` section in the config")
+    found = current_reward_model(tracking, cfg.min_accuracy, Path(out_dir))
+    return found or RewardModel(skipped=True, min_accuracy=cfg.min_accuracy, skip_reason=(
+        f"no version of {tracking.registered_model}{REWARD_SUFFIX} has the alias `{CURRENT}`"))
+
+
 def _reward_cache_key(context, parameters) -> str:
     store, model, cfg, tracking = (parameters[k] for k in ("store", "model", "cfg", "tracking"))
     root = Path(store.file).parent.parent.parent if store.file else Path("outputs")  # <output_dir>/<run>/preferences

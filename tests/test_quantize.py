@@ -228,3 +228,25 @@ def test_a_quantized_version_is_gated_against_the_champion_promoted_and_served(t
     assert "task tunegate_general in" in err and "is not what that run evaluated (data_hash differs" in err
     assert len(client.search_model_versions("name='test-model'")) == 3
     assert str(get_alias(client, "test-model", CHAMPION).version) == "2"
+
+
+def test_the_champions_suite_takes_the_reward_rules_the_flow_scores_and_refuses_judge_rules(tracking, tmp_path):
+    # configs/demo.yaml gates on reward: `tunegate quantize` with it refused to start before the flow scored reward.
+    from tasks.evaluate import EvalSuiteError, check_rules_against
+    from tasks.reward import registered_reward_model
+    from tunegate.config import GateRule, RewardConfig
+
+    specs = [{"name": "tunegate_domain", "higher_is_better": {"token_f1": True}}]
+    rules = [GateRule(task="tunegate_domain", metric="token_f1", max_drop=0.02),
+             GateRule(task="reward", metric="win_rate", max_drop=0.1, tier="supporting")]
+    check_rules_against(specs, rules, "champion v1's suite", scored_later=("reward",))
+    with pytest.raises(EvalSuiteError, match=r"gate rule on reward: champion v1's suite has no such task"):
+        check_rules_against(specs, rules, "champion v1's suite")
+    with pytest.raises(EvalSuiteError, match=r"gate rule on judge \(the pairwise judge runs only in tunegate run\)"):
+        check_rules_against(specs, [GateRule(task="judge", metric="win_rate", max_drop=0.1)], "it", ("reward",))
+    with pytest.raises(EvalSuiteError, match=r"gate rule on reward: it has no metric 'margin'"):
+        check_rules_against(specs, [GateRule(task="reward", metric="margin", max_drop=0.1)], "it", ("reward",))
+    # Without a registered reward model the rule is uninformative, with the reason, and the flow goes on.
+    none = registered_reward_model.fn(RewardConfig(min_accuracy=0.7), tracking, str(tmp_path))
+    assert none.skipped and not none.informative and "test-model-reward has the alias `current`" in none.skip_reason
+    assert "no `reward:` section" in registered_reward_model.fn(None, tracking, str(tmp_path)).why_not_informative()
