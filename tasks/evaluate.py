@@ -307,7 +307,7 @@ def eval_suite(
     specs = [resolve_task(name, include_paths, cfg.limits.get(name)) for name in names]
     for rule in rules:
         metrics = next((s["higher_is_better"] for s in specs if s["name"] == rule.task), None)
-        metrics = SCORED_AFTER_EVALUATION[rule.task] if metrics is None else metrics  # the config checked the name
+        metrics = SCORED_AFTER_EVALUATION[rule.task] if metrics is None else metrics  # the config checked names
         if rule.metric not in metrics:
             raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has {sorted(metrics)}")
     return {
@@ -638,7 +638,8 @@ def suite_owner(client, model_name: str, version: str):
     return mv
 
 
-def check_rules_against(specs: list[dict], rules: list[GateRule], where: str, scored_later: tuple[str, ...] = ()) -> None:
+def check_rules_against(specs: list[dict], rules: list[GateRule], where: str,
+                        scored_later: tuple[str, ...] = ()) -> None:
     """Every rule names a task of the suite, or one of `scored_later` that the flow scores after evaluating, and a
     metric that task has."""
     tasks = {s["name"]: s["higher_is_better"] for s in specs} | {t: SCORED_AFTER_EVALUATION[t] for t in scored_later}
