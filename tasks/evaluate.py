@@ -305,11 +305,7 @@ def eval_suite(
         raise EvalSuiteError(f"eval.limits names tasks the suite does not run: {unknown_limits}; it runs {names}")
     include_paths = [str(tasks_dir)] + [str(Path(p).resolve()) for p in cfg.include_paths]
     specs = [resolve_task(name, include_paths, cfg.limits.get(name)) for name in names]
-    for rule in rules:
-        metrics = next((s["higher_is_better"] for s in specs if s["name"] == rule.task), None)
-        metrics = SCORED_AFTER_EVALUATION[rule.task] if metrics is None else metrics  # the config checked names
-        if rule.metric not in metrics:
-            raise EvalSuiteError(f"gate rule on {rule.task}: it has no metric '{rule.metric}'; it has {sorted(metrics)}")
+    check_rules_against(specs, rules, "the eval suite", scored_later=tuple(SCORED_AFTER_EVALUATION))
     return {
         "tasks": specs,
         "footing": eval_footing(cfg),
