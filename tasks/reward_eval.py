@@ -120,8 +120,9 @@ def reward_eval(evals: Comparison, rewarder: RewardModel, cfg: RewardConfig | No
     if why_not:
         log.warning("reward: the gate's reward rules are uninformative: %s", why_not)
     if pairs:
-        log.info("reward %s: %d pairs in %.2f s after %.1f s loading (%s ms a pair), win rate %s (%d wins, %d ties, %d losses, sign test "
-                 "p=%.3g), mean margin %s %s", summary["reward_model"], summary["pairs"], summary["seconds"],
-                 load_seconds, summary["ms_per_pair"], summary["win_rate"], summary["wins"], summary["ties"], summary["losses"],
-                 summary["sign_test_p"], summary["mean_margin"], summary["margin_ci"])
+        log.info("reward %s: %d pairs in %.2f s after %.1f s loading (%s ms a pair), win rate %s (%d wins, %d ties, "
+                 "%d losses, sign test p=%.3g), mean margin %s %s", summary["reward_model"], summary["pairs"],
+                 summary["seconds"], load_seconds, summary["ms_per_pair"], summary["win_rate"], summary["wins"],
+                 summary["ties"], summary["losses"], summary["sign_test_p"], summary["mean_margin"],
+                 summary["margin_ci"])
     return with_reward(evals, pairs, cand, base, summary, why_not)

@@ -138,8 +138,8 @@ def truncate_rows(dataset, max_length: int):
     when padding-free. Validated data has no row over max_length (the length suite), so this is usually a no-op."""
     if max((len(ids) for ids in dataset["input_ids"]), default=0) <= max_length:
         return dataset
-    columns = [c for c in dataset.column_names if c in ("input_ids", "labels", "completion_mask", "assistant_masks")]
-    cut = dataset.map(lambda row: {c: row[c][:max_length] for c in columns}, desc=f"Truncating to {max_length} tokens")
+    cut = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length], "labels": row["labels"][:max_length]},
+                      desc=f"Truncating to {max_length} tokens")
     return cut.filter(lambda row: any(label != -100 for label in row["labels"]), desc="Dropping fully masked rows")
 
 
