@@ -40,6 +40,7 @@ from tunegate.config import load_config  # noqa: E402
 
 
 def prepare_once(params, work: Path) -> dict:
+    """The config's data ingested, validated and prepared as the flow's first stages leave it (train.jsonl, ...)."""
     from tasks.ingest import ingest_files
     from tasks.prepare import prepare_data
     from tasks.validate import validate_records
@@ -48,9 +49,9 @@ def prepare_once(params, work: Path) -> dict:
     data = params.data
     ingested = ingest_files(data.domain_files + data.general_files, work)
     report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work,
-                              data.max_rejected_fraction, data.pii_policy)
-    return prepare_data(Path(report["clean"]), data.general_files, data.general_holdout_file,
-                        resolve_base_model(params.base_model), work, data.eval_fraction, data.split_seed)
+                              data.max_rejected_fraction, data.pii_policy, data=data)
+    return prepare_data(Path(report["clean"]), data.general_holdout_file, resolve_base_model(params.base_model), work,
+                        params.trust_remote_code)
 
 
 def reversed_answers(train: Path, out: Path) -> Path:

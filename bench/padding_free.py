@@ -2,7 +2,8 @@
 
     python bench/padding_free.py --steps 6 --rounds 2
 
-The demo's data (configs/demo.yaml) is ingested, validated and prepared as the flow does; then train_sft
+Run from the repository root. The demo's data (configs/demo.yaml) is ingested, validated and prepared as the
+flow does (bench/gate_false_blocks.py's prepare_once); then train_sft
 (tasks/sft_training.py) runs --steps LoRA steps of the demo's SFT settings (no eval, no checkpoint) with
 sft.padding_free off and on, alternating for --rounds rounds so that load changing during the run hits
 both alike. Reported: seconds a step (the Trainer's train_runtime / steps, loading not counted), the
@@ -27,27 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from gate_false_blocks import prepare_once  # noqa: E402
 from machine import cpu, write_section  # noqa: E402
-
-
-def prepared_demo(work: Path) -> tuple[str, str, object]:
-    """(base model path, train.jsonl, the demo's SFT section) as the flow's first stages leave them."""
-    from tasks.ingest import ingest_files
-    from tasks.prepare import prepare_data
-    from tasks.validate import validate_records
-    from tunegate.config import load_config
-    from tunegate.models import resolve_base_model
-
-    params = load_config(ROOT / "configs" / "demo.yaml")
-    base = resolve_base_model(params.base_model)
-    data = params.data.model_copy(update={
-        "domain_files": [str(ROOT / f) for f in params.data.domain_files],
-        "general_files": [str(ROOT / f) for f in params.data.general_files],
-        "general_holdout_file": str(ROOT / params.data.general_holdout_file), "preference_files": []})
-    ingested = ingest_files(data.domain_files + data.general_files, work)
-    report = validate_records(Path(ingested["records"]), Path(ingested["rejected"]), work, 0.2, "reject", data=data)
-    out = prepare_data(Path(report["clean"]), data.general_holdout_file, base, work)
-    return base, out["train"], params.sft
 
 
 def padding_share(base: str, train: str, batch_size: int, seed: int) -> float:
@@ -82,11 +64,14 @@ def main() -> None:
     import torch
 
     from tasks.sft_training import train_sft
+    from tunegate.config import load_config
 
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="padding-free-"))
-    base, train, sft = prepared_demo(work)
-    sft = sft.model_copy(update={"max_steps": args.steps, "eval_steps": 0, "save_steps": 10_000,
+    params = load_config(ROOT / "configs" / "demo.yaml")
+    prepared = prepare_once(params, work)
+    base, train = prepared["base_model_path"], prepared["train"]
+    sft = params.sft.model_copy(update={"max_steps": args.steps, "eval_steps": 0, "save_steps": 10_000,
                                  **({"batch_size": args.batch_size} if args.batch_size else {})})
     runs: dict[str, list[dict]] = {"padded": [], "padding-free": []}
     for round_ in range(args.rounds):
